@@ -49,3 +49,34 @@ export interface ImageWriter {
   /** Give up: close and leave the file for the caller to delete. */
   abort(): Promise<void>;
 }
+
+/** What a format driver may ask of the code that opens it: its backing files, opened by the same rules. */
+export interface OpenContext {
+  /**
+   * Open a backing file named inside an image. `path` is as stored in the image (relative paths are
+   * relative to the referring image's folder; the caller resolves them). Loops and depth are checked here.
+   */
+  openBacking(path: string, format: string | undefined, referrer: string): Promise<DiskImage>;
+}
+
+/** Output options given with -o, already split: `cluster_size=65536,compat=1.1` -> Map. */
+export type FormatOptions = ReadonlyMap<string, string>;
+
+export interface WriterContext {
+  /** Compress data clusters (--compress). */
+  compress: boolean;
+  /** Number of worker threads available for CPU-heavy work. */
+  threads: number;
+}
+
+export interface FormatDriver {
+  /** qemu-img's name: raw, qcow2, vdi, vmdk, vpc, vhdx. */
+  readonly name: string;
+  /** Does this header (the first 64 KiB or less of the file) belong to this format? */
+  probe(head: Buffer): boolean;
+  open(file: import('../io/file.js').BlockFile, ctx: OpenContext): Promise<DiskImage>;
+  /** Valid -o keys with a one-line description each, for the error listing them. */
+  readonly createOptions?: ReadonlyMap<string, string>;
+  /** Create a new image at `path` (a temporary name; the caller renames it when done). */
+  createWriter?(path: string, virtualSize: number, options: FormatOptions, ctx: WriterContext): Promise<ImageWriter>;
+}

@@ -70,11 +70,22 @@ export type LvRole =
 export function lvRoles(vg: VolumeGroupInfo): Map<string, LvRole> {
   const names = new Set(vg.lvs.map((l) => l.name));
   const pvKeys = new Set(vg.pvs.map((p) => p.key));
-  // LVs that another LV's non-striped segment names (snapshot origin/cow, thin pool parts...).
+  // LVs that another LV's non-striped segment names (thin pool parts, raid images...).
   const usedBy = new Map<string, string>();
+  // Old-style snapshots: an internal "snapshotN" LV ties the origin to the COW LV, which is the
+  // one users know by name (lvs shows it as the snapshot); name both in warnings.
+  const snapshot = new Map<string, string>();
+  const internal = new Set<string>();
   for (const lv of vg.lvs) {
     for (const seg of lv.segments) {
       if (isStripedType(seg.type)) continue;
+      const origin = seg.type === 'snapshot' ? seg.origin : undefined;
+      const cow = seg.type === 'snapshot' ? seg.cow : undefined;
+      if (origin !== undefined && cow !== undefined) {
+        internal.add(lv.name);
+        snapshot.set(cow, `a snapshot of ${origin}`);
+        if (!snapshot.has(origin)) snapshot.set(origin, `the origin of snapshot ${cow}`);
+      }
       for (const r of seg.refs) if (names.has(r) && r !== lv.name && !usedBy.has(r)) usedBy.set(r, `${seg.type} ${lv.name}`);
     }
   }
@@ -83,14 +94,16 @@ export function lvRoles(vg: VolumeGroupInfo): Map<string, LvRole> {
   for (const lv of vg.lvs) {
     const other = lv.segments.find((s) => !isStripedType(s.type));
     const stacked = lv.segments.flatMap((s) => s.stripes ?? []).find((a) => !pvKeys.has(a.name));
+    const visible = lv.status.includes('VISIBLE');
     let role: LvRole;
-    if (other) role = { kind: 'special', why: `a ${other.type} LV` };
+    if (internal.has(lv.name)) role = { kind: 'hidden' };
+    else if (snapshot.has(lv.name)) role = { kind: 'special', why: snapshot.get(lv.name)! };
+    else if (!visible) role = { kind: 'hidden' };
+    else if (other) role = { kind: 'special', why: `a ${other.type} LV` };
     else if (stacked) role = { kind: 'special', why: names.has(stacked.name) ? `stacked on LV ${stacked.name}` : `placed on unknown ${stacked.name}` };
     else if (usedBy.has(lv.name)) role = { kind: 'special', why: `used by ${usedBy.get(lv.name)}` };
-    else if (!lv.status.includes('VISIBLE')) role = { kind: 'hidden' };
     else if (!lv.status.includes('WRITE') || !vgWritable) role = { kind: 'read-only' };
     else role = { kind: 'plain' };
-    if (role.kind === 'special' && !lv.status.includes('VISIBLE')) role = { kind: 'hidden' };
     roles.set(lv.name, role);
   }
   return roles;

@@ -40,6 +40,9 @@ export interface LvSegment {
   stripeSize?: number;
   /** Every string value of the segment except `type`: names of the LVs/PVs it uses. */
   refs: string[];
+  /** For snapshot segments: the origin LV and the COW LV. */
+  origin?: string;
+  cow?: string;
 }
 
 export interface LogicalVolumeInfo {
@@ -91,6 +94,10 @@ function parseSegment(sec: LvmSection, where: string): LvSegment {
   const refs: string[] = [];
   for (const [k, v] of sec.entries) if (k !== 'type') collectStrings(v, refs);
   const seg: LvSegment = { startExtent, extentCount, type, refs };
+  if (type === 'snapshot') {
+    seg.origin = sec.string('origin');
+    seg.cow = sec.string('cow_store');
+  }
   if (!isStripedType(type)) return seg;
   const count = type === 'linear' ? 1 : need(sec, 'stripe_count', where);
   const raw = sec.get('stripes');

@@ -38,7 +38,41 @@ class NtfsVolume {
       throw new CorruptError(`ntfs: MFT record 0 at ${hex(b.mftLcn * b.clusterSize)} does not describe the MFT at cluster ${b.mftLcn}`);
     }
     this.mftRuns = data.runs;
+    // A fragmented MFT continues its run list in extension records (listed in $ATTRIBUTE_LIST);
+    // they are read in VCN order, each through the runs known so far.
+    this.mftRuns = (await this.dataRuns(mft)).runs;
     return mft;
+  }
+
+  /** The full run list of a record's unnamed $DATA, gathered from extension records if needed. */
+  async dataRuns(rec: MftRecord): Promise<{ runs: Run[]; dataSize: number }> {
+    const where = `MFT record ${rec.number} $DATA`;
+    const base = unnamedData(rec);
+    if (!base?.runs) throw new CorruptError(`ntfs: ${where} is missing or resident`);
+    const runs = [...base.runs];
+    const list = rec.attributes.find((a) => a.type === ATTR.attributeList);
+    if (list) {
+      const v = await this.head(list, 1 << 20, `MFT record ${rec.number} $ATTRIBUTE_LIST`);
+      for (let pos = 0, n = 0; pos + 26 <= v.length; n++) {
+        const len = v.readUInt16LE(pos + 4);
+        if (len < 26 || pos + len > v.length || n > 65536) throw new CorruptError(`ntfs: MFT record ${rec.number} $ATTRIBUTE_LIST has a bad entry at byte ${pos}`);
+        const ref = Number(v.readBigUInt64LE(pos + 16) & 0xffffffffffffn);
+        const startVcn = Number(v.readBigUInt64LE(pos + 8));
+        if (v.readUInt32LE(pos) === ATTR.data && v[pos + 6] === 0 && ref !== rec.number && startVcn > 0) {
+          const ext = await this.record(ref);
+          const a = ext.attributes.find((x) => x.type === ATTR.data && x.name === '' && x.startVcn === startVcn);
+          if (!a?.runs) throw new CorruptError(`ntfs: ${where} extent at VCN ${startVcn} is missing from MFT record ${ref}`);
+          runs.push(...a.runs);
+          if (rec.number === 0) this.mftRuns = [...runs].sort((x, y) => x.vcn - y.vcn);
+        }
+        pos += len;
+      }
+    }
+    runs.sort((x, y) => x.vcn - y.vcn);
+    for (let i = 1; i < runs.length; i++) {
+      if (runs[i]!.vcn !== runs[i - 1]!.vcn + runs[i - 1]!.length) throw new CorruptError(`ntfs: ${where} runs are not contiguous at VCN ${runs[i]!.vcn}`);
+    }
+    return { runs, dataSize: base.dataSize ?? 0 };
   }
 
   get mftExtents(): Run[] {
@@ -126,8 +160,8 @@ export const ntfsReader: FsReader = {
     // ntfs-3g refuses a volume whose mirror disagrees with the MFT; so do we.
     const mirrorBytes = 4 * boot.mftRecordSize;
     const mirrRecord = await nv.record(MFT.mftMirr);
-    const mirrRuns = unnamedData(mirrRecord)?.runs;
-    if (!mirrRuns || mirrRuns[0]?.lcn !== boot.mftMirrLcn) {
+    const mirrRuns = (await nv.dataRuns(mirrRecord)).runs;
+    if (mirrRuns[0]?.lcn !== boot.mftMirrLcn) {
       throw new CorruptError(`ntfs: $MFTMirr (MFT record 1) does not describe the mirror at cluster ${boot.mftMirrLcn}`);
     }
     const mirror = await readRuns(volume, mirrRuns, cs, 0, mirrorBytes, '$MFTMirr');
@@ -168,9 +202,9 @@ export const ntfsReader: FsReader = {
 
     // $Bitmap: bit n of byte n/8 is cluster n.
     const bm = await nv.record(MFT.bitmap);
-    const data = unnamedData(bm);
+    const data = await nv.dataRuns(bm);
     const bytes = Math.ceil(boot.clusterCount / 8);
-    if (!data?.runs || (data.dataSize ?? 0) < bytes) {
+    if (data.dataSize < bytes) {
       throw new CorruptError(`ntfs: $Bitmap (MFT record 6) has no non-resident data covering ${bytes} bytes`);
     }
     const b = new ExtentsBuilder();

@@ -151,7 +151,13 @@ export async function writeWith(
   virtualSize?: number,
 ): Promise<void> {
   const src = await RawImage.open(await BlockFile.open(rawPath));
-  const w = await driver.createWriter!(outPath, virtualSize ?? src.virtualSize, new Map(Object.entries(options)), wctx);
+  let w;
+  try {
+    w = await driver.createWriter!(outPath, virtualSize ?? src.virtualSize, new Map(Object.entries(options)), wctx);
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
   try {
     const step = 300 * 1024 + 7;
     for await (const e of src.extents(0, src.virtualSize)) {
@@ -171,8 +177,8 @@ export async function writeWith(
   }
 }
 
-export function qemuInfo(path: string): { format: string; 'virtual-size': number; 'format-specific'?: { data?: Record<string, unknown> } } {
-  return JSON.parse(run('qemu-img', ['info', '--output=json', path]));
+export function qemuInfo(path: string, fmt?: string): { format: string; 'virtual-size': number; 'format-specific'?: { data?: Record<string, unknown> } } {
+  return JSON.parse(run('qemu-img', ['info', '--output=json', ...(fmt ? ['-f', fmt] : []), path]));
 }
 
 /** qemu-img compare says identical (exit 0); qemu-img check passes where the format has a check. */

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { CorruptError, hex } from '../io/errors.js';
 import { crc32c } from '../io/checksums.js';
+import { xxh64 } from './btrfs-xxhash.js';
 
 export const SUPER_OFFSET = 0x10000;
 export const SUPER_SIZE = 4096;
@@ -78,6 +79,13 @@ function checksummer(type: number): Checksummer | undefined {
     return (d) => {
       const out = Buffer.alloc(4);
       out.writeUInt32LE(crc32c(d));
+      return out;
+    };
+  }
+  if (type === 1) {
+    return (d) => {
+      const out = Buffer.alloc(8);
+      out.writeBigUInt64LE(xxh64(d));
       return out;
     };
   }

@@ -95,6 +95,7 @@ const VARIANTS: Array<[string, string[]]> = [
   ['default (DUP metadata)', []],
   ['single metadata', ['-m', 'single', '-d', 'single']],
   ['sha256 checksums', ['--csum', 'sha256']],
+  ['xxhash checksums', ['--csum', 'xxhash']],
   ['mixed block groups', ['-M', '-m', 'single', '-d', 'single']],
 ];
 
@@ -150,6 +151,12 @@ test('btrfs: a log tree, a second device or a RAID profile keeps everything', { 
     run('btrfs', ['rescue', 'zero-log', img]);
     assert.equal((await analyze(img)).trusted, true);
 
+    // blake2b checksums are not implemented: untrusted, with the reason.
+    const blake = makeBtrfs(dir, ['--csum', 'blake2'], 'blake.img');
+    const b2 = await analyze(blake);
+    assert.equal(b2.trusted, false);
+    assert.match(b2.warnings.join(' '), /checksum type blake2b is not supported/);
+
     const d1 = join(dir, 'd1.img');
     const d2 = join(dir, 'd2.img');
     garbageFile(d1, SIZE, 0x5a);
@@ -194,6 +201,26 @@ test('btrfs: corrupt metadata gives CorruptError or an untrusted result, never a
     // Both bad: nothing to trust.
     patchBytes(img, copies[1]! + 200, Buffer.from('garbage'));
     await assert.rejects(analyze(img), { name: 'CorruptError', message: /tree block at logical 0x[0-9a-f]+: copy at 0x[0-9a-f]+ has a bad checksum/ });
+    patchBytes(img, 0, pristine);
+
+    // Random flips in the extent tree root (both copies, checksum recomputed): the walk's own checks.
+    const node = readBytes(img, copies[0]!, 16384);
+    for (let i = 0; i < 40; i++) {
+      const bad = Buffer.from(node);
+      const off = i % 2 ? 0x30 + randomInt(0, 0x800) : 16384 - randomInt(1, 0x400);
+      bad[off] = randomInt(0, 256);
+      bad.writeUInt32LE(crc32c(bad.subarray(0x20)), 0);
+      for (const c of copies) patchBytes(img, c, bad);
+      const { volume, close } = await openRawVolume(img);
+      try {
+        const r = await btrfsReader.analyze(volume);
+        if (!r.trusted) assert.equal(r.free.isEmpty, true);
+      } catch (e) {
+        assert.ok(e instanceof SparsifyError, `unexpected ${(e as Error).stack}`);
+      } finally {
+        await close();
+      }
+    }
     patchBytes(img, 0, pristine);
 
     // Superblock checksum.

@@ -18,7 +18,7 @@ import { parseLvmText, LvmSection } from '../../src/layout/lvm-text.js';
 import { parseVolumeGroup } from '../../src/layout/lvm-vg.js';
 import { mapLogicalVolume, type PvPlacement } from '../../src/layout/lvm-map.js';
 import { CorruptError } from '../../src/io/errors.js';
-import type { Volume } from '../../src/layout/volume.js';
+import { Volume } from '../../src/layout/volume.js';
 
 const FIX = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'lvm');
 const MiB = 1 << 20;
@@ -308,7 +308,6 @@ test('multi: a PV of a multi-PV VG is kept whole; with both PVs the striped and 
       for (const lvName of ['stripe', 'span']) {
         const segs = mapLogicalVolume(vg, vg.lvs.find((l) => l.name === lvName)!, placements);
         assert.ok(Array.isArray(segs), String(segs));
-        const { Volume } = await import('../../src/layout/volume.js');
         const lv = new Volume(volume.image, `/dev/mvg/${lvName}`, segs);
         const oseg = o.segs.filter((s) => s.lv === lvName);
         assert.equal(lv.size, oseg[0]!.size);

@@ -1,0 +1,71 @@
+/**
+ * qcow2 cluster compression: raw deflate (qemu calls it "zlib") or zstd. Used by the reader
+ * (decompress) and by the writer's worker threads (compress).
+ */
+import { constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
+import zstd from 'zstd-napi/binding.js';
+import type { CompressionType } from './header.js';
+
+/**
+ * Decompress one cluster. `src` holds the compressed bytes as the L2 descriptor bounds them (whole
+ * sectors, so possibly followed by unrelated bytes). Returns exactly `clusterSize` bytes, or a
+ * string saying why that was impossible.
+ */
+export function decompressCluster(src: Buffer, clusterSize: number, type: CompressionType): Buffer | string {
+  return type === 'zstd' ? unzstd(src, clusterSize) : inflate(src, clusterSize);
+}
+
+function inflate(src: Buffer, clusterSize: number): Buffer | string {
+  let out: Buffer;
+  try {
+    // Sync flush: a stream that stops short still yields what it produced, so we can report the size.
+    // The output cap stops a deflate bomb; qemu's own stream stops at one cluster too.
+    out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: clusterSize * 2 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ERR_BUFFER_TOO_LARGE') return 'inflates to more than one cluster';
+    return `deflate data is invalid (${(e as Error).message})`;
+  }
+  if (out.length < clusterSize) return `inflates to ${out.length} bytes instead of ${clusterSize}`;
+  // Bytes past one cluster can only come from trailing sector padding decoding as more blocks.
+  return out.length === clusterSize ? out : out.subarray(0, clusterSize);
+}
+
+function unzstd(src: Buffer, clusterSize: number): Buffer | string {
+  const out = Buffer.alloc(clusterSize);
+  const dctx = new zstd.DCtx();
+  let produced = 0;
+  let consumed = 0;
+  // Each call consumes input or produces output; bound the loop anyway.
+  for (let guard = 0; produced < clusterSize && guard < 1 << 16; guard++) {
+    let r: [number, number, number];
+    try {
+      r = dctx.decompressStream(out.subarray(produced), src.subarray(consumed));
+    } catch (e) {
+      return `zstd data is invalid (${(e as Error).message})`;
+    }
+    produced += r[1];
+    consumed += r[2];
+    if (r[1] === 0 && r[2] === 0) break;
+    if (r[0] === 0 && produced < clusterSize && consumed >= src.length) break;
+  }
+  if (produced < clusterSize) return `zstd data decompresses to ${produced} bytes instead of ${clusterSize}`;
+  return out;
+}
+
+/**
+ * Compress one cluster as qemu does. Returns undefined when it does not shrink (qemu then stores
+ * the cluster uncompressed).
+ */
+export function compressCluster(src: Buffer, type: CompressionType): Buffer | undefined {
+  let out: Buffer;
+  if (type === 'zstd') {
+    const dst = Buffer.allocUnsafe(zstd.compressBound(src.length));
+    const n = zstd.compress(dst, src, 3);
+    out = dst.subarray(0, n);
+  } else {
+    // qemu inflates with a 4 KiB window (windowBits -12), so streams must not reach further back.
+    out = deflateRawSync(src, { windowBits: 12, memLevel: 9, level: zc.Z_DEFAULT_COMPRESSION });
+  }
+  return out.length < src.length ? out : undefined;
+}

@@ -1,0 +1,290 @@
+/**
+ * Writes a new qcow2 image front to back. Data arrives in ascending writes; each guest cluster is
+ * assembled, dropped if all zero (it stays unallocated and reads as zero: the output has no
+ * backing file), optionally compressed on worker threads, and appended. L2 tables are written as
+ * soon as writes move past their range; L1 table, refcounts and header are written by finish().
+ *
+ * Layout: header, refcount block 0, L1 table, then L2 tables and data in guest order (with
+ * refcount blocks where allocation reaches a new block's range), refcount table last.
+ */
+import { writeFile } from 'node:fs/promises';
+import { Piscina } from 'piscina';
+import { BlockFile } from '../../io/file.js';
+import { SparsifyError, hex } from '../../io/errors.js';
+import type { FormatOptions, ImageWriter, WriterContext } from '../types.js';
+import { HostAllocator } from './allocator.js';
+import type { CompressTask } from './compress-worker.js';
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
+import { OutputStream } from './output.js';
+import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
+
+const COPIED = 0x80000000; // bit 63, in the high word
+const COMPRESSED = 0x40000000; // bit 62, in the high word
+
+interface Pending {
+  cluster: number;
+  raw: Uint8Array;
+  result: Promise<Uint8Array | null>;
+}
+
+export class Qcow2Writer implements ImageWriter {
+  readonly format = 'qcow2';
+  private readonly cs: number;
+  private readonly l2Entries: number;
+  private readonly entryBytes: number;
+  private readonly clusters: number;
+  private readonly l1: Buffer;
+  private l1Offset = 0;
+  private readonly zero: Buffer;
+  /** L2 table being filled: its index in L1, host offset and contents. */
+  private l2Index = -1;
+  private l2Host = 0;
+  private readonly l2: Buffer;
+  /** Cluster being assembled from unaligned writes. */
+  private partial: { cluster: number; buf: Buffer } | undefined;
+  private lastEnd = 0;
+  /** preallocation=metadata: clusters below this are allocated. */
+  private preallocNext = 0;
+  private readonly queue: Pending[] = [];
+  private readonly pool: Piscina | undefined;
+  private readonly maxInFlight: number;
+  private chain: Promise<void> = Promise.resolve();
+  private done = false;
+
+  private constructor(
+    private readonly file: BlockFile,
+    private readonly out: OutputStream,
+    private readonly alloc: HostAllocator,
+    private readonly opts: Qcow2CreateOptions,
+    readonly virtualSize: number,
+    compress: boolean,
+    threads: number,
+  ) {
+    this.cs = 2 ** opts.clusterBits;
+    this.entryBytes = opts.extendedL2 ? 16 : 8;
+    this.l2Entries = this.cs / this.entryBytes;
+    this.clusters = Math.ceil(virtualSize / this.cs);
+    this.l1 = Buffer.alloc(Math.max(1, Math.ceil(this.clusters / this.l2Entries)) * 8);
+    this.zero = Buffer.alloc(this.cs);
+    this.l2 = Buffer.alloc(this.cs);
+    this.maxInFlight = Math.max(2, threads * 4);
+    if (compress) {
+      // Under tsx the sources are .ts; once built they are .js next to this module.
+      const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+      this.pool = new Piscina({
+        filename: new URL(`./compress-worker${ext}`, import.meta.url).href,
+        minThreads: 1,
+        maxThreads: Math.max(1, threads),
+      });
+    }
+  }
+
+  static async create(path: string, virtualSize: number, options: FormatOptions, ctx: WriterContext): Promise<Qcow2Writer> {
+    const opts = parseCreateOptions(options);
+    if (ctx.compress && opts.preallocation !== 'off') {
+      throw new SparsifyError('qcow2: --compress cannot be combined with preallocation=metadata');
+    }
+    if (!Number.isSafeInteger(virtualSize) || virtualSize < 0) throw new SparsifyError(`qcow2: invalid virtual size ${virtualSize}`);
+    // qemu rounds the virtual size up to whole sectors.
+    const size = Math.ceil(virtualSize / 512) * 512;
+    const cs = 2 ** opts.clusterBits;
+    const l1Bytes = Math.ceil(Math.ceil(size / cs) / (cs / (opts.extendedL2 ? 16 : 8))) * 8;
+    if (l1Bytes > 32 << 20) {
+      throw new SparsifyError(`qcow2: virtual size ${size} needs an L1 table larger than qemu's 32 MiB limit; use a larger cluster_size`);
+    }
+    await writeFile(path, '');
+    const file = await BlockFile.open(path, 'r+');
+    const out = new OutputStream(file, cs);
+    const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
+    const w = new Qcow2Writer(file, out, alloc, opts, size, ctx.compress, ctx.threads);
+    alloc.reserveHeader();
+    w.l1Offset = await alloc.allocClusters(Math.ceil(w.l1.length / cs));
+    return w;
+  }
+
+  write(buf: Buffer, offset: number): Promise<void> {
+    // Calls are queued so that a caller that does not await each write still gets them in order.
+    const p = this.chain.then(() => this.doWrite(buf, offset));
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async doWrite(buf: Buffer, offset: number): Promise<void> {
+    if (this.done) throw new SparsifyError('qcow2: write after finish');
+    const end = offset + buf.length;
+    if (offset < this.lastEnd) throw new SparsifyError(`qcow2: write at ${hex(offset)} goes backwards (previous write ended at ${hex(this.lastEnd)})`);
+    if (end > this.virtualSize) throw new SparsifyError(`qcow2: write at ${hex(offset)} (+${buf.length}) past end of disk (${hex(this.virtualSize)})`);
+    this.lastEnd = end;
+    const cs = this.cs;
+    let pos = offset;
+    while (pos < end) {
+      const cluster = Math.floor(pos / cs);
+      const within = pos - cluster * cs;
+      const n = Math.min(cs - within, end - pos);
+      if (this.partial && this.partial.cluster !== cluster) await this.flushPartial();
+      if (n === cs) {
+        await this.emit(cluster, buf.subarray(pos - offset, pos - offset + cs));
+      } else {
+        if (!this.partial) this.partial = { cluster, buf: Buffer.alloc(cs) };
+        buf.copy(this.partial.buf, within, pos - offset, pos - offset + n);
+        if (within + n === cs) await this.flushPartial();
+      }
+      pos += n;
+    }
+  }
+
+  private async flushPartial(): Promise<void> {
+    const p = this.partial;
+    this.partial = undefined;
+    if (p) await this.emit(p.cluster, p.buf);
+  }
+
+  /** One complete guest cluster, in ascending order. `data` is only valid during this call. */
+  private async emit(cluster: number, data: Buffer): Promise<void> {
+    if (data.equals(this.zero)) return; // never allocated: reads as zero
+    if (this.opts.preallocation === 'metadata') await this.preallocate(cluster);
+    if (!this.pool) {
+      await this.placeData(cluster, data);
+      return;
+    }
+    const raw = new Uint8Array(data); // a copy the worker gets its own clone of
+    const task: CompressTask = { data: raw, type: this.opts.compressionType };
+    const result = this.pool.run(task) as Promise<Uint8Array | null>;
+    result.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
+    this.queue.push({ cluster, raw, result });
+    if (this.queue.length >= this.maxInFlight) await this.placeNext();
+  }
+
+  /** Place the oldest compression result: keeps host layout in guest order, whatever the workers do. */
+  private async placeNext(): Promise<void> {
+    const p = this.queue.shift()!;
+    const compressed = await p.result;
+    if (compressed) await this.placeCompressed(p.cluster, compressed);
+    else await this.placeData(p.cluster, p.raw);
+  }
+
+  /** Make the L2 table covering `cluster` current, writing out the previous one. */
+  private async useL2(cluster: number): Promise<number> {
+    const index = Math.floor(cluster / this.l2Entries);
+    if (index !== this.l2Index) {
+      await this.writeL2();
+      this.l2Index = index;
+      this.l2.fill(0);
+      this.l2Host = await this.alloc.allocClusters(1);
+    }
+    return (cluster % this.l2Entries) * this.entryBytes;
+  }
+
+  private async writeL2(): Promise<void> {
+    if (this.l2Index < 0) return;
+    await this.out.writeAt(Buffer.from(this.l2), this.l2Host);
+    setEntry(this.l1, this.l2Index * 8, this.l2Host, COPIED);
+    this.l2Index = -1;
+  }
+
+  /** Allocate a standard cluster for `cluster` and, when given, write its data. */
+  private async placeData(cluster: number, data: Uint8Array | undefined): Promise<void> {
+    const e = await this.useL2(cluster);
+    const host = await this.alloc.allocClusters(1);
+    setEntry(this.l2, e, host, COPIED);
+    if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 12); // all 32 subclusters allocated
+    if (data) await this.out.append(data, host);
+  }
+
+  private async placeCompressed(cluster: number, data: Uint8Array): Promise<void> {
+    const e = await this.useL2(cluster);
+    const host = await this.alloc.allocBytes(data.length);
+    // Descriptor: host byte offset in bits [0, x), extra 512-byte sectors in bits [x, 62).
+    const x = BigInt(62 - (this.opts.clusterBits - 8));
+    const extraSectors = Math.floor((host + data.length - 1) / 512) - Math.floor(host / 512);
+    const desc = BigInt(host) | (BigInt(extraSectors) << x) | (BigInt(COMPRESSED) << 32n);
+    this.l2.writeBigUInt64BE(desc, e);
+    await this.out.append(data, host);
+  }
+
+  /** preallocation=metadata: give every cluster below `limit` a host cluster (left as a hole: zeros). */
+  private async preallocate(limit: number): Promise<void> {
+    for (; this.preallocNext < limit; this.preallocNext++) await this.placeData(this.preallocNext, undefined);
+    this.preallocNext = Math.max(this.preallocNext, limit + 1);
+  }
+
+  async finish(): Promise<void> {
+    const p = this.chain.then(() => this.doFinish());
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async doFinish(): Promise<void> {
+    if (this.done) return;
+    try {
+      await this.flushPartial();
+      while (this.queue.length) await this.placeNext();
+      if (this.opts.preallocation === 'metadata') await this.preallocate(this.clusters);
+      await this.writeL2();
+      await this.out.writeAt(this.l1, this.l1Offset);
+      const ref = await this.alloc.finish();
+      await this.out.flush();
+      await this.file.truncate(ref.fileEnd);
+      await this.out.writeAt(this.header(ref.tableOffset, ref.tableClusters), 0);
+      await this.file.sync();
+    } finally {
+      this.done = true;
+      await this.shutdown();
+    }
+  }
+
+  private header(refTable: number, refClusters: number): Buffer {
+    const o = this.opts;
+    const h = Buffer.alloc(this.cs);
+    h.writeUInt32BE(QCOW2_MAGIC, 0);
+    h.writeUInt32BE(o.version, 4);
+    // 8: backing file offset/size stay 0 (the output has no backing file)
+    h.writeUInt32BE(o.clusterBits, 20);
+    h.writeBigUInt64BE(BigInt(this.virtualSize), 24);
+    // 32: crypt_method 0
+    h.writeUInt32BE(this.l1.length / 8, 36);
+    h.writeBigUInt64BE(BigInt(this.l1Offset), 40);
+    h.writeBigUInt64BE(BigInt(refTable), 48);
+    h.writeUInt32BE(refClusters, 56);
+    // 60: no snapshots
+    let extOff = 72;
+    if (o.version === 3) {
+      let incompat = 0n;
+      if (o.extendedL2) incompat |= INCOMPAT_EXTL2;
+      if (o.compressionType === 'zstd') incompat |= INCOMPAT_COMPRESSION;
+      h.writeBigUInt64BE(incompat, 72);
+      h.writeBigUInt64BE(o.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n, 80);
+      h.writeUInt32BE(o.refcountOrder, 96);
+      h.writeUInt32BE(112, 100);
+      h[104] = o.compressionType === 'zstd' ? 1 : 0;
+      extOff = 112;
+    }
+    // Header extensions: just the end marker (8 zero bytes, already there).
+    void extOff;
+    return h.subarray(0, Math.max(extOff + 8, 512));
+  }
+
+  async abort(): Promise<void> {
+    this.done = true;
+    this.queue.length = 0;
+    await this.shutdown();
+  }
+
+  private closed = false;
+
+  private async shutdown(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (this.pool) await this.pool.destroy();
+    } finally {
+      await this.file.close();
+    }
+  }
+}
+
+/** Write a standard L1/L2 entry: host offset (bits 9-55) plus flags in the high word. */
+function setEntry(buf: Buffer, at: number, host: number, highFlags: number): void {
+  buf.writeUInt32BE((Math.floor(host / 2 ** 32) | highFlags) >>> 0, at);
+  buf.writeUInt32BE(host % 2 ** 32, at + 4);
+}

@@ -21,10 +21,10 @@ const SIZE = 128 << 20;
 const skip = haveTool('mkfs.btrfs') && haveTool('btrfs') ? false : 'btrfs-progs (mkfs.btrfs, btrfs) not installed';
 const FILES: Record<string, number> = { 'big.bin': 6 << 20, 'mid.bin': 300_000, 'tiny.txt': 7, 'sub/a.bin': 5000, 'sub/deep/b.bin': 70_000 };
 
-function makeBtrfs(dir: string, extra: string[], name = 'btrfs.img'): string {
+function makeBtrfs(dir: string, extra: string[], name = 'btrfs.img', files = FILES): string {
   const src = join(dir, 'src');
   mkdirSync(join(src, 'sub/deep'), { recursive: true });
-  for (const [f, size] of Object.entries(FILES)) writeFileSync(join(src, f), fileContent(f, size));
+  for (const [f, size] of Object.entries(files)) writeFileSync(join(src, f), fileContent(f, size));
   const img = join(dir, name);
   garbageFile(img, SIZE);
   run('mkfs.btrfs', ['-q', '-K', '-f', ...extra, '--rootdir', src, img]);
@@ -91,19 +91,25 @@ function resealSuper(img: string): void {
   patchBytes(img, 0x10000, c);
 }
 
-const VARIANTS: Array<[string, string[]]> = [
+/** Enough small files that, with 4 KiB nodes, the extent and fs trees grow interior nodes. */
+const MANY: Record<string, number> = { ...FILES };
+for (let i = 0; i < 1200; i++) MANY[`sub/m${i}.bin`] = 4096 + (i % 7) * 1000;
+
+const VARIANTS: Array<[string, string[], Record<string, number>?]> = [
   ['default (DUP metadata)', []],
+  ['many files, 4 KiB nodes', ['--nodesize', '4096'], MANY],
   ['single metadata', ['-m', 'single', '-d', 'single']],
   ['sha256 checksums', ['--csum', 'sha256']],
   ['xxhash checksums', ['--csum', 'xxhash']],
   ['mixed block groups', ['-M', '-m', 'single', '-d', 'single']],
 ];
 
-for (const [label, extra] of VARIANTS) {
+for (const [label, extra, files = FILES] of VARIANTS) {
   test(`btrfs ${label}: free map matches dump-tree, survives clobbering, files restore identical`, { skip }, async () => {
     const { dir, cleanup } = tempDir();
     try {
-      const img = makeBtrfs(dir, extra);
+      const img = makeBtrfs(dir, extra, 'btrfs.img', files);
+      if (files === MANY) assert.match(run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'extent', img]), /^node \d+ level [1-9]/m);
       const a = await analyze(img);
       assert.equal(a.trusted, true, a.warnings.join('; '));
       const ref = toolsFree(img);
@@ -123,7 +129,7 @@ for (const [label, extra] of VARIANTS) {
       const out = join(dir, 'restored');
       mkdirSync(out);
       run('btrfs', ['restore', img, out]);
-      for (const [f, size] of Object.entries(FILES)) {
+      for (const [f, size] of Object.entries(files)) {
         assert.equal(sha256(readFileSync(join(out, f))), sha256(fileContent(f, size)), `${f} restored`);
       }
       const again = await analyze(img);

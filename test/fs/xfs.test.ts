@@ -106,15 +106,22 @@ async function analyze(img: string) {
   }
 }
 
-for (const [label, extra] of [['v5', []], ['v4', ['-m', 'crc=0']]] as const) {
+const VARIANTS: Array<[string, string[]]> = [
+  ['v5', []],
+  ['v4', ['-m', 'crc=0']],
+  ['v5 4k-sectors rmapbt', ['-s', 'size=4096', '-m', 'rmapbt=1']],
+  ['v5 1k-blocks', ['-b', 'size=1024']],
+];
+
+for (const [label, extra] of VARIANTS) {
   test(`xfs ${label}: free map matches xfs_db, survives clobbering, files read back`, { skip }, async () => {
     const { dir, cleanup } = tempDir();
     try {
-      const img = makeXfs(dir, [...extra]);
+      const img = makeXfs(dir, extra);
       const a = await analyze(img);
       assert.equal(a.trusted, true, a.warnings.join('; '));
       assert.equal(a.type, 'xfs');
-      assert.equal(a.details?.version, label === 'v5' ? 5 : 4);
+      assert.equal(a.details?.version, label.startsWith('v5') ? 5 : 4);
       const bs = a.blockSize;
       const ref = dbFreeBlocks(img);
       assert.equal(a.freeBytes, ref.agfFree * bs, 'sum of agf_freeblks');

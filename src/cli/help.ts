@@ -1,0 +1,32 @@
+/** The --help text. */
+export function helpText(prog: string): string {
+  return `${prog}: make a virtual machine disk image thin-provisioned again
+
+ ${prog} [--options] indisk outdisk          copy mode: write a new sparse image
+ ${prog} [--options] --in-place disk         in-place mode: discard free space
+ ${prog} --analyze [--json] disk             show the disk map and what would be reclaimed
+
+Options (virt-sparsify compatible; long options also work with one dash and as unique prefixes):
+  --analyze                 Print the disk map (tables, volumes, filesystems, free space); write nothing
+  --json                    With --analyze: print it as JSON
+  --check-tmpdir MODE       ignore|continue|warn|fail (copy mode needs no temporary space: always passes)
+  --colors, --colours       Colour the messages
+  --compress                Compress the output (qcow2, streamOptimized vmdk)
+  --convert FMT             Output format (default: the input's)
+  --format FMT              Input format (default: detected; give 'raw' for untrusted raw images)
+  --ignore FS|VG            Do not reclaim the free space of this filesystem or volume group
+  --in-place                Discard free space in the image itself instead of copying
+  --machine-readable[=FMT]  Machine-readable output (FMT: file:NAME, fd:N, stream:stdout, stream:stderr)
+  -o OPTS                   Output format options, e.g. cluster_size=65536,compat=1.1
+  -q, --quiet               Quiet
+  --tmp DIR                 Accepted for compatibility: sparsify needs no temporary space
+  -v, --verbose             Verbose messages
+  -V, --version             Print the version
+  --wrap                    Wrap long messages
+  -x                        Trace the steps taken
+  --zero PART|LV            Zero this whole partition or logical volume
+  --help                    This help
+
+Exit status: 0 success, 1 error (including ^C), 2 --check-tmpdir=fail, 3 in-place discard not supported.
+`;
+}

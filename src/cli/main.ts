@@ -1,0 +1,163 @@
+/**
+ * The sparsify command line: virt-sparsify's options, messages and exit codes, over the library.
+ */
+import { basename } from 'node:path';
+import { statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { SparsifyError } from '../io/errors.js';
+import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
+import { Output, MachineReadableError, humanSize } from './output.js';
+import { helpText } from './help.js';
+import { sparsifyCopy } from '../operations/copy.js';
+import { openImage } from '../formats/open.js';
+import { analyzeDisk } from '../analyze/analyze.js';
+import { toJson, toText } from '../analyze/report.js';
+
+const pkg = createRequire(import.meta.url)('../../../package.json') as { version: string };
+
+/** What --machine-readable prints with no disk: only capabilities that really work. */
+export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'tmp-option', 'ntfs', 'btrfs'];
+
+function progName(): string {
+  const b = basename(process.argv[1] ?? 'sparsify').replace(/\.(m?js|ts)$/, '');
+  return b === 'main' || b === 'cli' ? 'sparsify' : b;
+}
+
+/** Options whose feature does not work yet: refuse them clearly rather than pretend. */
+function refuseUnsupported(o: CliOptions): void {
+  if (o.inPlace) throw new SparsifyError('--in-place is not supported yet');
+  if (o.keys.length || o.keysFromStdin) throw new SparsifyError('--key and --keys-from-stdin are not supported yet: encrypted volumes are kept whole');
+  if (o.tmp !== undefined) {
+    if (o.tmp.startsWith('prebuilt:')) throw new SparsifyError('--tmp prebuilt:FILE is not supported: sparsify needs no temporary overlay');
+    let st;
+    try {
+      st = statSync(o.tmp);
+    } catch {
+      throw new SparsifyError(`--tmp ${o.tmp}: no such directory or block device`);
+    }
+    if (!st.isDirectory() && !st.isBlockDevice()) throw new SparsifyError(`--tmp ${o.tmp}: not a directory or block device`);
+  }
+}
+
+function checkInPlaceConflicts(o: CliOptions): void {
+  const bad: string[] = [];
+  if (o.checkTmpdirGiven && o.checkTmpdir !== 'warn') bad.push('--check-tmpdir');
+  if (o.compress) bad.push('--compress');
+  if (o.convert !== undefined) bad.push('--convert');
+  if (o.outputOptions !== undefined) bad.push('-o');
+  if (o.tmp !== undefined) bad.push('--tmp');
+  if (bad.length) throw new SparsifyError(`you cannot use --in-place and ${bad[0]} options together`);
+}
+
+async function runAnalyze(o: CliOptions, out: Output): Promise<number> {
+  if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} --analyze [--json] disk`);
+  const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w) });
+  try {
+    const map = await analyzeDisk(image, { trace: (t) => out.traceLine(t) });
+    process.stdout.write((o.json ? JSON.stringify(toJson(map), null, 2) : toText(map)) + '\n');
+  } finally {
+    await image.close();
+  }
+  return 0;
+}
+
+async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise<number> {
+  if (o.operands.length !== 2) throw new UsageError(`usage is: ${progName()} [--options] indisk outdisk`);
+  const [input, output] = o.operands as [string, string];
+  const report = await sparsifyCopy({
+    input,
+    output,
+    format: o.format,
+    convert: o.convert,
+    outputOptions: o.outputOptions,
+    compress: o.compress,
+    ignore: o.ignore,
+    zero: o.zero,
+    signal,
+    onStatus: (t) => out.status(t),
+    onWarning: (t) => out.warning(t),
+    onInfo: (t) => out.info(t),
+    onTrace: (t) => out.traceLine(t),
+    onProgress: (p) => out.progress(p),
+  });
+  out.endProgress();
+  out.status('Sparsify operation completed with no errors.');
+  out.info(
+    `the output uses ${humanSize(report.outputAllocated)} on the host (the input used ${humanSize(report.inputAllocated)}); ` +
+      `${humanSize(report.bytesWritten)} of data written`,
+  );
+  out.info('Before deleting the old disk, carefully check that the target disk boots and works correctly.');
+  return 0;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const prog = progName();
+  let o: CliOptions;
+  try {
+    o = parseCommandLine(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${prog}: ${e.message}\nTry '${prog} --help' for more information.\n`);
+      return 1;
+    }
+    throw e;
+  }
+  if (o.help) {
+    process.stdout.write(helpText(prog));
+    return 0;
+  }
+  if (o.version) {
+    process.stdout.write(`${prog} ${pkg.version}\n`);
+    return 0;
+  }
+  if (o.shortOptions) {
+    process.stdout.write(shortOptionList().join('\n') + '\n');
+    return 0;
+  }
+  if (o.longOptions) {
+    process.stdout.write(longOptionList().join('\n') + '\n');
+    return 0;
+  }
+
+  let out: Output;
+  try {
+    out = new Output({ prog, quiet: o.quiet, verbose: o.verbose, trace: o.trace, colors: o.colors, wrap: o.wrap, machineReadable: o.machineReadable });
+  } catch (e) {
+    if (e instanceof MachineReadableError) {
+      process.stderr.write(`${prog}: error: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    if (o.machineReadable !== undefined && o.operands.length === 0 && !o.analyze) {
+      for (const c of CAPABILITIES) out.machineLine(c);
+      return 0;
+    }
+    if (o.inPlace) checkInPlaceConflicts(o);
+    refuseUnsupported(o);
+    return o.analyze ? await runAnalyze(o, out) : await runCopy(o, out, controller.signal);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      out.error(e.message);
+      return 1;
+    }
+    if (e instanceof SparsifyError) {
+      out.error(e.message);
+      return e.exitCode;
+    }
+    const err = e as NodeJS.ErrnoException;
+    out.error(err.code ? `${err.message}` : `internal error: ${err.message ?? String(e)}`);
+    if (o.verbose && err.stack) process.stderr.write(err.stack + '\n');
+    return 1;
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    out.close();
+  }
+}

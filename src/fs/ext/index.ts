@@ -1,0 +1,145 @@
+/**
+ * ext2/3/4 free space: the block bitmaps of every group, cross-checked against the group
+ * descriptors' free counts and checksums, minus every metadata block the layout rules place.
+ */
+import { Extents, ExtentsBuilder } from '../../io/extents.js';
+import { CorruptError } from '../../io/errors.js';
+import { crc32cRaw } from '../../io/checksums.js';
+import type { Volume } from '../../layout/volume.js';
+import type { FsAnalysis, FsReader } from '../types.js';
+import { SUPERBLOCK_OFFSET, RO_COMPAT, COMPAT, INCOMPAT, distrustReasons, extTypeName, hasExtMagic, parseSuperblock, type ExtSuperblock } from './superblock.js';
+import { BG_BLOCK_UNINIT, groupFirstBlock, readGroupDescs, type GroupDesc } from './groups.js';
+import { metadataBlocks, metadataClustersInGroup } from './metadata.js';
+import { freeRuns } from './bitmap.js';
+
+/** Largest single read when fetching runs of adjacent bitmap blocks (flex_bg packs them together). */
+const MAX_BITMAP_READ = 4 << 20;
+
+function uuidString(u: Buffer): string {
+  const h = u.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function clustersInGroup(s: ExtSuperblock, g: number): number {
+  const first = groupFirstBlock(s, g);
+  const blocks = Math.min(s.blocksPerGroup, s.blocksCount - first);
+  return Math.ceil(blocks / s.clusterRatio);
+}
+
+/** Read the block bitmaps of the given groups, coalescing adjacent blocks into large reads. */
+async function* readBitmaps(vol: Volume, s: ExtSuperblock, groups: GroupDesc[]): AsyncGenerator<[GroupDesc, Buffer]> {
+  const sorted = [...groups].sort((a, b) => a.blockBitmap - b.blockBitmap);
+  let i = 0;
+  while (i < sorted.length) {
+    let j = i + 1;
+    while (
+      j < sorted.length &&
+      sorted[j]!.blockBitmap === sorted[j - 1]!.blockBitmap + 1 &&
+      (j - i + 1) * s.blockSize <= MAX_BITMAP_READ
+    ) j++;
+    const first = sorted[i]!.blockBitmap;
+    if (first < s.firstDataBlock || first + (j - i) > s.blocksCount) {
+      throw new CorruptError(`ext: block bitmap of group ${sorted[i]!.index} at block ${first} lies outside the filesystem`);
+    }
+    const buf = await vol.readAt(first * s.blockSize, (j - i) * s.blockSize);
+    for (let k = i; k < j; k++) yield [sorted[k]!, buf.subarray((k - i) * s.blockSize, (k - i + 1) * s.blockSize)];
+    i = j;
+  }
+}
+
+function bitmapChecksumError(s: ExtSuperblock, d: GroupDesc, bitmap: Buffer): string | undefined {
+  if (!(s.roCompat & RO_COMPAT.METADATA_CSUM)) return undefined;
+  const computed = crc32cRaw(s.csumSeed, bitmap.subarray(0, s.clustersPerGroup / 8));
+  const full = s.descSize >= 0x3c && s.incompat & INCOMPAT.BIT64;
+  const ok = full ? computed === d.blockBitmapCsum : (computed & 0xffff) === (d.blockBitmapCsum & 0xffff);
+  return ok ? undefined : `block bitmap of group ${d.index} at block ${d.blockBitmap} fails its checksum`;
+}
+
+async function analyzeExt(vol: Volume): Promise<FsAnalysis> {
+  const sbBuf = await vol.readAt(SUPERBLOCK_OFFSET, 1024);
+  const s = parseSuperblock(sbBuf, vol.size);
+  const type = extTypeName(s);
+  const size = s.blocksCount * s.blockSize;
+  const clusterBytes = s.blockSize * s.clusterRatio;
+  const base = {
+    type,
+    label: s.label || undefined,
+    uuid: uuidString(s.uuid),
+    blockSize: clusterBytes,
+    size,
+    details: {
+      blockSize: s.blockSize,
+      groups: s.groupCount,
+      journal: (s.compat & COMPAT.HAS_JOURNAL) !== 0,
+      features: `compat 0x${s.compat.toString(16)} incompat 0x${s.incompat.toString(16)} ro_compat 0x${s.roCompat.toString(16)}`,
+    },
+  };
+  const untrusted = (reasons: string[]): FsAnalysis => ({
+    ...base,
+    usedBytes: size - Math.min(size, s.freeBlocksCount * s.blockSize),
+    freeBytes: Math.min(size, s.freeBlocksCount * s.blockSize),
+    free: new Extents(),
+    trusted: false,
+    warnings: reasons.map((r) => `${r}: its free space is kept as it is`),
+  });
+
+  const reasons = distrustReasons(s, sbBuf);
+  if (reasons.length) return untrusted(reasons);
+
+  const groups = await readGroupDescs(vol, s);
+  const descErrors = groups.flatMap((d) => (d.csumError ? [d.csumError] : []));
+  if (descErrors.length) return untrusted([descErrors[0]! + (descErrors.length > 1 ? ` (and ${descErrors.length - 1} more)` : '')]);
+
+  const meta = metadataBlocks(s, groups);
+  const perGroup = new Map<number, Extents>();
+  const problems: string[] = [];
+  const hasCsum = (s.roCompat & (RO_COMPAT.GDT_CSUM | RO_COMPAT.METADATA_CSUM)) !== 0;
+
+  const check = (d: GroupDesc, freeBits: number, runs: Extents) => {
+    if (freeBits !== d.freeClusters) {
+      problems.push(`group ${d.index}: bitmap shows ${freeBits} free clusters but its descriptor says ${d.freeClusters}`);
+      return;
+    }
+    perGroup.set(d.index, runs.subtract(metadataClustersInGroup(s, meta, d.index)));
+  };
+
+  // BLOCK_UNINIT is only honoured by the kernel when group checksums protect the flag.
+  const uninit = groups.filter((d) => hasCsum && d.flags & BG_BLOCK_UNINIT);
+  const initialised = groups.filter((d) => !(hasCsum && d.flags & BG_BLOCK_UNINIT));
+  for (const d of uninit) {
+    const n = clustersInGroup(s, d.index);
+    const metaInGroup = metadataClustersInGroup(s, meta, d.index);
+    const runs = Extents.of(0, n).subtract(metaInGroup);
+    check(d, runs.total(), runs);
+  }
+  for await (const [d, bitmap] of readBitmaps(vol, s, initialised)) {
+    const csumErr = bitmapChecksumError(s, d, bitmap);
+    if (csumErr) {
+      problems.push(csumErr);
+      continue;
+    }
+    const { runs, free } = freeRuns(bitmap, clustersInGroup(s, d.index));
+    check(d, free, runs);
+  }
+  if (problems.length) return untrusted([problems[0]! + (problems.length > 1 ? ` (and ${problems.length - 1} more)` : '')]);
+
+  const free = new ExtentsBuilder();
+  for (let g = 0; g < s.groupCount; g++) {
+    const first = groupFirstBlock(s, g) * s.blockSize;
+    for (const r of perGroup.get(g) ?? new Extents()) {
+      free.add(first + r.start * clusterBytes, Math.min(size, first + r.end * clusterBytes));
+    }
+  }
+  const freeExtents = free.build();
+  const freeBytes = freeExtents.total();
+  return { ...base, usedBytes: size - freeBytes, freeBytes, free: freeExtents, trusted: true, warnings: [] };
+}
+
+export const extReader: FsReader = {
+  name: 'ext',
+  async probe(vol: Volume): Promise<boolean> {
+    if (vol.size < SUPERBLOCK_OFFSET + 1024) return false;
+    return hasExtMagic(await vol.readAt(SUPERBLOCK_OFFSET, 1024));
+  },
+  analyze: analyzeExt,
+};

@@ -1,0 +1,125 @@
+/**
+ * Copy mode end to end: open the source (locked against writers), analyze, plan, and write a new
+ * sparse image under a temporary name in the output's folder, renamed into place only when
+ * complete and flushed. The source is never written.
+ */
+import { stat, rename, unlink, open } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { SparsifyError } from '../io/errors.js';
+import { openImage } from '../formats/open.js';
+import { findDriver, formatDrivers } from '../formats/registry.js';
+import type { ImageWriter } from '../formats/types.js';
+import { analyzeDisk } from '../analyze/analyze.js';
+import { allInfo, allWarnings, type DiskMap } from '../analyze/diskmap.js';
+import { makePlan, type Plan } from '../plan/plan.js';
+import { copyImage } from '../execute/copy.js';
+import type { OperationEvents } from './events.js';
+import { parseOutputOptions } from './output-options.js';
+import { availableParallelism } from 'node:os';
+
+export interface CopyRequest extends OperationEvents {
+  input: string;
+  output: string;
+  /** Input format; detected when absent. */
+  format?: string;
+  /** Output format; the input's when absent. */
+  convert?: string;
+  /** -o text, e.g. "cluster_size=65536,compat=1.1". */
+  outputOptions?: string;
+  compress?: boolean;
+  ignore?: string[];
+  zero?: string[];
+}
+
+export interface CopyReport {
+  map: DiskMap;
+  plan: Plan;
+  outputFormat: string;
+  bytesRead: number;
+  bytesWritten: number;
+  inputAllocated: number;
+  outputAllocated: number;
+}
+
+async function sameFile(a: string, b: string): Promise<boolean> {
+  try {
+    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } catch {
+    // Some filesystems cannot fsync a directory; the rename is still atomic.
+  } finally {
+    await h.close();
+  }
+}
+
+export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
+  if (await sameFile(req.input, req.output)) throw new SparsifyError('you cannot use the same disk image for input and output');
+  const outStat = await stat(req.output).catch(() => undefined);
+  if (outStat && !outStat.isFile()) throw new SparsifyError(`${req.output}: output must be a regular file (writing to a ${outStat.isDirectory() ? 'directory' : 'device'} is not supported yet)`);
+
+  req.onStatus?.('Examine source disk');
+  const image = await openImage(req.input, { format: req.format, lock: 'read', warn: req.onWarning });
+  try {
+    const outputFormat = req.convert ?? image.format;
+    const driver = findDriver(outputFormat);
+    if (req.compress && outputFormat === 'raw') {
+      throw new SparsifyError('--compress cannot be used for raw output.  Remove this option or use --convert qcow2.');
+    }
+    if (!driver?.createWriter) {
+      const known = formatDrivers().filter((d) => d.createWriter).map((d) => d.name).join(', ');
+      throw new SparsifyError(`output format '${outputFormat}' is not supported yet (supported: ${known})`);
+    }
+    const options = parseOutputOptions(req.outputOptions);
+
+    const map = await analyzeDisk(image, { trace: req.onTrace });
+    for (const w of allWarnings(map)) req.onWarning?.(w);
+    for (const i of allInfo(map)) req.onInfo?.(i);
+    const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
+    for (const s of plan.steps) {
+      if (s.action === 'fill-free') req.onStatus?.(`Fill free space in ${s.device} with zero`);
+      else if (s.action === 'zero-device') req.onStatus?.(`Zeroing ${s.device}`);
+      else req.onStatus?.(`Ignoring ${s.device}`);
+    }
+
+    const temp = join(dirname(req.output), `.${basename(req.output)}.sparsify-${process.pid}.tmp`);
+    let writer: ImageWriter | undefined;
+    try {
+      writer = await driver.createWriter(temp, image.virtualSize, options, {
+        compress: req.compress ?? false,
+        threads: Math.max(1, availableParallelism()),
+      });
+      req.onStatus?.('Copy to destination and make sparse');
+      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal });
+      await writer.finish();
+      writer = undefined;
+      await rename(temp, req.output);
+      await syncDir(dirname(req.output));
+      const outputAllocated = (await stat(req.output)).blocks * 512;
+      return {
+        map,
+        plan,
+        outputFormat,
+        bytesRead: r.bytesRead,
+        bytesWritten: r.bytesWritten,
+        inputAllocated: map.allocatedBytes,
+        outputAllocated,
+      };
+    } catch (e) {
+      await writer?.abort();
+      await unlink(temp).catch(() => undefined);
+      throw e;
+    }
+  } finally {
+    await image.close();
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * plan: from the DiskMap and the user's options to the ranges to discard and keep.
+ * Discard = trusted free space of every volume not ignored, plus whole devices named by --zero.
+ * Keep = everything else. Nothing leaves the keep set without a structure that proves it free.
+ */
+import { Extents } from '../io/extents.js';
+import type { DiskMap, MapNode } from '../analyze/diskmap.js';
+import { walk } from '../analyze/diskmap.js';
+import { matches } from './devices.js';
+
+export interface PlanOptions {
+  ignore?: readonly string[];
+  zero?: readonly string[];
+}
+
+export interface PlanStep {
+  device: string;
+  action: 'fill-free' | 'zero-device' | 'ignore';
+  bytes: number;
+}
+
+export interface Plan {
+  virtualSize: number;
+  /** Ranges whose content is dropped: they read as zero afterwards. */
+  discard: Extents;
+  /** Everything else, copied or left as it is. */
+  keep: Extents;
+  steps: PlanStep[];
+  /** Names given with --ignore/--zero that match nothing on the disk. */
+  unmatched: string[];
+}
+
+export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
+  const ignore = opts.ignore ?? [];
+  const zero = opts.zero ?? [];
+  const steps: PlanStep[] = [];
+  const used = new Set<string>();
+  let discard = new Extents();
+
+  const visit = (node: MapNode, ignored: boolean): void => {
+    const ig = ignore.find((s) => matches(s, node));
+    if (ig) used.add(ig);
+    const isIgnored = ignored || ig !== undefined;
+    const z = zero.find((s) => matches(s, node));
+    if (z && node.role !== 'disk') {
+      used.add(z);
+      // An LV's extents may be scattered: zero exactly the disk ranges of its own segments.
+      const ranges = node.diskRanges;
+      discard = discard.union(ranges);
+      steps.push({ device: node.device, action: 'zero-device', bytes: ranges.total() });
+      return;
+    }
+    if (isIgnored) {
+      if (ig) steps.push({ device: node.device, action: 'ignore', bytes: 0 });
+    } else if (!node.free.isEmpty) {
+      discard = discard.union(node.free);
+      steps.push({ device: node.device, action: 'fill-free', bytes: node.free.total() });
+    }
+    for (const c of node.children) visit(c, isIgnored);
+  };
+  visit(map.root, false);
+
+  discard = discard.clip(0, map.virtualSize);
+  return {
+    virtualSize: map.virtualSize,
+    discard,
+    keep: discard.complement(0, map.virtualSize),
+    steps,
+    unmatched: [...ignore, ...zero].filter((s) => !used.has(s)),
+  };
+}
+
+export { walk };

@@ -111,7 +111,7 @@ export const btrfsReader: FsReader = {
       if (c.stripes.length !== (profile === BG_DUP ? 2 : 1)) return keep(`chunk at ${hex(c.logical)} has ${c.stripes.length} stripes for ${profileName(c.type)}`);
       for (const s of c.stripes) {
         if (s.devid !== sb.devId) return keep(`chunk at ${hex(c.logical)} has a stripe on device ${s.devid}`);
-        if (s.offset < RESERVED_START || s.offset + c.length > sb.devTotalBytes) {
+        if (s.offset + c.length > sb.devTotalBytes) {
           throw new CorruptError(`btrfs: chunk at ${hex(c.logical)} has a stripe at ${hex(s.offset)} outside the device`);
         }
       }
@@ -192,8 +192,9 @@ export const btrfsReader: FsReader = {
     if (ui < used.length) return keep(`extent at ${hex(used[ui]!.start)} lies outside every block group`);
 
     const unallocated = Extents.of(RESERVED_START, sb.devTotalBytes).subtract(stripes);
-    const supers = new Extents(SUPER_MIRRORS.map((m) => ({ start: m, end: m + SUPER_SIZE })));
-    const free = new Extents(freeRanges).union(unallocated).subtract(supers).clip(0, sb.devTotalBytes);
+    // Superblock copies, and the first MiB (boot loader area; very old mkfs put a chunk there).
+    const keepAlways = new Extents([{ start: 0, end: RESERVED_START }, ...SUPER_MIRRORS.map((m) => ({ start: m, end: m + SUPER_SIZE }))]);
+    const free = new Extents(freeRanges).union(unallocated).subtract(keepAlways).clip(0, sb.devTotalBytes);
     result.free = free;
     result.freeBytes = free.total();
     result.usedBytes = result.size - result.freeBytes;

@@ -24,23 +24,34 @@ process.env.TEST_DEV = '1';
 
 const FILES: Record<string, number> = { 'big.bin': 3 << 20, 'mid.bin': 300_000, 'tiny.txt': 1, 'sub/a.bin': 5000, 'sub/deep/b.bin': 70_000 };
 
+/** Protofile lines (mkfs.xfs -p) for the files under `src`, nested as their paths say. */
+function protoLines(src: string, files: string[]): string[] {
+  type Dir = { dirs: Map<string, Dir>; files: string[] };
+  const root: Dir = { dirs: new Map(), files: [] };
+  for (const f of files) {
+    const parts = f.split('/');
+    let d = root;
+    for (const p of parts.slice(0, -1)) {
+      if (!d.dirs.has(p)) d.dirs.set(p, { dirs: new Map(), files: [] });
+      d = d.dirs.get(p)!;
+    }
+    d.files.push(f);
+  }
+  const emit = (d: Dir): string[] => [
+    ...d.files.map((f) => `${f.split('/').pop()} ---644 0 0 ${join(src, f)}`),
+    ...[...d.dirs].flatMap(([name, sub]) => [`${name} d--755 0 0`, ...emit(sub), '$']),
+  ];
+  return ['/dummy', '0 0', 'd--755 0 0', ...emit(root), '$', ''];
+}
+
 /** Build a populated XFS image on a garbage-filled file; returns its path. */
-function makeXfs(dir: string, extra: string[]): string {
+function makeXfs(dir: string, extra: string[], files: Record<string, number> = FILES): string {
   const src = join(dir, 'src');
-  mkdirSync(join(src, 'sub/deep'), { recursive: true });
-  for (const [name, size] of Object.entries(FILES)) writeFileSync(join(src, name), fileContent(name, size));
-  const proto = [
-    '/dummy', '0 0', 'd--755 0 0',
-    `big.bin ---644 0 0 ${src}/big.bin`,
-    `mid.bin ---644 0 0 ${src}/mid.bin`,
-    `tiny.txt ---644 0 0 ${src}/tiny.txt`,
-    'sub d--755 0 0',
-    `a.bin ---644 0 0 ${src}/sub/a.bin`,
-    'deep d--755 0 0',
-    `b.bin ---644 0 0 ${src}/sub/deep/b.bin`,
-    '$', '$', '$', '',
-  ].join('\n');
-  writeFileSync(join(dir, 'proto'), proto);
+  for (const [name, size] of Object.entries(files)) {
+    mkdirSync(join(src, name, '..'), { recursive: true });
+    writeFileSync(join(src, name), fileContent(name, size));
+  }
+  writeFileSync(join(dir, 'proto'), protoLines(src, Object.keys(files)).join('\n'));
   const img = join(dir, 'xfs.img');
   garbageFile(img, SIZE);
   run('mkfs.xfs', ['-q', '-K', '-f', ...extra, '-p', join(dir, 'proto'), img]);
@@ -106,18 +117,25 @@ async function analyze(img: string) {
   }
 }
 
-const VARIANTS: Array<[string, string[]]> = [
+/** 9 KiB files on 1 KiB blocks with an 8 KiB stripe unit: each file is stripe-aligned, leaving a
+ * gap after it, so one AG gets hundreds of free extents and a two-level free-space btree. */
+const FRAGMENTED: Record<string, number> = { ...FILES };
+for (let i = 0; i < 400; i++) FRAGMENTED[`frag/f${i}`] = 9216;
+
+const VARIANTS: Array<[string, string[], Record<string, number>?]> = [
   ['v5', []],
   ['v4', ['-m', 'crc=0']],
   ['v5 4k-sectors rmapbt', ['-s', 'size=4096', '-m', 'rmapbt=1']],
   ['v5 1k-blocks', ['-b', 'size=1024']],
+  ['v5 fragmented', ['-b', 'size=1024', '-d', 'su=8k,sw=1'], FRAGMENTED],
 ];
 
-for (const [label, extra] of VARIANTS) {
+for (const [label, extra, files = FILES] of VARIANTS) {
   test(`xfs ${label}: free map matches xfs_db, survives clobbering, files read back`, { skip }, async () => {
     const { dir, cleanup } = tempDir();
     try {
-      const img = makeXfs(dir, extra);
+      const img = makeXfs(dir, extra, files);
+      if (files === FRAGMENTED) assert.match(db(img, ...[0, 1, 2, 3].flatMap((ag) => [`agf ${ag}`, 'p bnolevel'])), /bnolevel = [2-9]/);
       const a = await analyze(img);
       assert.equal(a.trusted, true, a.warnings.join('; '));
       assert.equal(a.type, 'xfs');
@@ -133,13 +151,13 @@ for (const [label, extra] of VARIANTS) {
       for (const r of a.free) assert.equal(r.start % bs, 0);
 
       const agBlocks = Number(/agblocks = (\d+)/.exec(db(img, 'sb 0', 'p agblocks'))![1]);
-      const before = Object.keys(FILES).map((f) => sha256(readThroughXfsDb(img, f, bs, agBlocks)));
-      assert.deepEqual(before, Object.entries(FILES).map(([f, n]) => sha256(fileContent(f, n))));
+      const before = Object.keys(files).map((f) => sha256(readThroughXfsDb(img, f, bs, agBlocks)));
+      assert.deepEqual(before, Object.entries(files).map(([f, n]) => sha256(fileContent(f, n))));
 
       clobber(img, a.free);
       const repair = runStatus('xfs_repair', ['-n', img]);
       assert.equal(repair.status, 0, `xfs_repair -n after clobbering free space:\n${repair.stdout}${repair.stderr}`);
-      const after = Object.keys(FILES).map((f) => sha256(readThroughXfsDb(img, f, bs, agBlocks)));
+      const after = Object.keys(files).map((f) => sha256(readThroughXfsDb(img, f, bs, agBlocks)));
       assert.deepEqual(after, before);
       const again = await analyze(img);
       assert.equal(again.freeBytes, a.freeBytes);

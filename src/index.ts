@@ -1,0 +1,16 @@
+/** sparsify as a library: the same pipeline the CLI and the service use. */
+export { Extents, ExtentsBuilder, type Range } from './io/extents.js';
+export { SparsifyError, CorruptError } from './io/errors.js';
+export type { DiskImage, ImageExtent, ExtentKind, LayerInfo, ImageWriter, FormatDriver } from './formats/types.js';
+export { openImage, probeFormat, type OpenOptions } from './formats/open.js';
+export { formatDrivers, findDriver } from './formats/registry.js';
+export { Volume, type Segment } from './layout/volume.js';
+export { analyzeDisk, reclaimableBytes, type AnalyzeOptions } from './analyze/analyze.js';
+export type { DiskMap, MapNode, ContentKind, VolumeRole } from './analyze/diskmap.js';
+export { toJson, toText, type DiskMapJson, type NodeJson } from './analyze/report.js';
+export { makePlan, type Plan, type PlanOptions, type PlanStep } from './plan/plan.js';
+export { copyImage, type CopyOptions, type CopyResult } from './execute/copy.js';
+export type { Progress, ProgressListener } from './execute/progress.js';
+export type { OperationEvents } from './operations/events.js';
+export { sparsifyCopy, type CopyRequest, type CopyReport } from './operations/copy.js';
+export { sparsifyInPlace, type InPlaceRequest, type InPlaceReport } from './operations/in-place.js';

@@ -91,6 +91,8 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
+  // `sparsify serve ...`: the service (API, UI, jobs), loaded only when asked for.
+  if (argv[0] === 'serve') return (await import('../service/cli.js')).serveMain(argv.slice(1));
   const prog = progName();
   let o: CliOptions;
   try {

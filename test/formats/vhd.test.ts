@@ -48,7 +48,7 @@ test('vpc: writer output matches the source per qemu-img (exact and CHS-rounded 
   try {
     const raw = join(dir, 'src.raw');
     makeRaw(raw, SIZE);
-    for (const opts of [{ subformat: 'dynamic' }, { subformat: 'fixed' }, { subformat: 'dynamic', force_size: 'off' }]) {
+    for (const opts of [{ subformat: 'dynamic' }, { subformat: 'fixed' }, { subformat: 'dynamic', force_size: 'off' }] as Record<string, string>[]) {
       const out = join(dir, `out-${Object.values(opts).join('-')}.vhd`);
       await writeWith(vpcDriver, raw, out, opts);
       assertQemuAgrees(raw, out, 'vpc', false);

@@ -19,7 +19,7 @@ export interface ExtSpec {
 }
 
 /** Make an ext filesystem image file on garbage, populated, with some files deleted. */
-export function makeExtImage(path: string, spec: ExtSpec, workDir: string): void {
+export function makeExtImage(path: string, spec: ExtSpec, workDir: string, garbage = true): void {
   const root = join(workDir, `root-${Math.random().toString(36).slice(2)}`);
   mkdirSync(root, { recursive: true });
   for (const [p, data] of Object.entries(spec.files)) {
@@ -27,7 +27,8 @@ export function makeExtImage(path: string, spec: ExtSpec, workDir: string): void
     mkdirSync(join(full, '..'), { recursive: true });
     writeFileSyncSafe(full, data);
   }
-  garbageFile(path, spec.sizeMiB << 20);
+  if (garbage) garbageFile(path, spec.sizeMiB << 20);
+  else closeSync(openSync(path, 'w'));
   run('mke2fs', ['-q', '-F', '-t', spec.type, '-E', 'nodiscard', ...(spec.mkfsArgs ?? []), '-d', root, path, `${spec.sizeMiB}M`]);
   for (const p of spec.remove ?? []) run('debugfs', ['-w', '-R', `rm /${p}`, path]);
 }
@@ -36,23 +37,6 @@ function writeFileSyncSafe(path: string, data: Buffer): void {
   const fd = openSync(path, 'w');
   writeSync(fd, data);
   closeSync(fd);
-}
-
-/** Copy `src` (a whole file) into `disk` at byte `offset`, without truncating. */
-export function placeAt(disk: string, src: string, offset: number): void {
-  const size = statSync(src).size;
-  const buf = Buffer.allocUnsafe(4 << 20);
-  const sfd = openSync(src, 'r');
-  const dfd = openSync(disk, 'r+');
-  try {
-    for (let off = 0; off < size; off += buf.length) {
-      const n = readSync(sfd, buf, 0, Math.min(buf.length, size - off), off);
-      writeSync(dfd, buf, 0, n, offset + off);
-    }
-  } finally {
-    closeSync(sfd);
-    closeSync(dfd);
-  }
 }
 
 /** Extract [offset, offset+length) of `disk` into a new file. */

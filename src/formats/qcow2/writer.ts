@@ -21,11 +21,15 @@ import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 const COPIED = 0x80000000; // bit 63, in the high word
 const COMPRESSED = 0x40000000; // bit 62, in the high word
 
-interface Pending {
-  cluster: number;
-  raw: Uint8Array;
-  result: Promise<Uint8Array | null>;
+/** A batch of clusters sent to a compression worker; `raw` keeps them for the ones that do not shrink. */
+interface Batch {
+  clusters: number[];
+  raw: Buffer;
+  result: Promise<(Uint8Array | null)[]>;
 }
+
+/** Guest bytes per compression task: amortises the worker round trip, even for 512-byte clusters. */
+const BATCH_BYTES = 1 << 20;
 
 export class Qcow2Writer implements ImageWriter {
   readonly format = 'qcow2';
@@ -45,7 +49,10 @@ export class Qcow2Writer implements ImageWriter {
   private lastEnd = 0;
   /** preallocation=metadata: clusters below this are allocated. */
   private preallocNext = 0;
-  private readonly queue: Pending[] = [];
+  private readonly queue: Batch[] = [];
+  /** Clusters gathered for the next compression task. */
+  private batch: { clusters: number[]; raw: Buffer } | undefined;
+  private readonly batchClusters: number;
   private readonly pool: Piscina | undefined;
   private readonly maxInFlight: number;
   private chain: Promise<void> = Promise.resolve();
@@ -67,7 +74,8 @@ export class Qcow2Writer implements ImageWriter {
     this.l1 = Buffer.alloc(Math.max(1, Math.ceil(this.clusters / this.l2Entries)) * 8);
     this.zero = Buffer.alloc(this.cs);
     this.l2 = Buffer.alloc(this.cs);
-    this.maxInFlight = Math.max(2, threads * 4);
+    this.maxInFlight = Math.max(2, threads * 2);
+    this.batchClusters = Math.max(1, Math.floor(BATCH_BYTES / this.cs));
     if (compress) {
       // Under tsx the sources are .ts; once built they are .js next to this module.
       const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
@@ -147,20 +155,33 @@ export class Qcow2Writer implements ImageWriter {
       await this.placeData(cluster, data);
       return;
     }
-    const raw = new Uint8Array(data); // a copy the worker gets its own clone of
-    const task: CompressTask = { data: raw, type: this.opts.compressionType };
-    const result = this.pool.run(task) as Promise<Uint8Array | null>;
+    if (!this.batch) this.batch = { clusters: [], raw: Buffer.allocUnsafe(this.batchClusters * this.cs) };
+    data.copy(this.batch.raw, this.batch.clusters.length * this.cs);
+    this.batch.clusters.push(cluster);
+    if (this.batch.clusters.length === this.batchClusters) await this.submitBatch();
+  }
+
+  private async submitBatch(): Promise<void> {
+    const b = this.batch;
+    this.batch = undefined;
+    if (!b) return;
+    const raw = b.raw.subarray(0, b.clusters.length * this.cs);
+    const task: CompressTask = { data: raw, clusterSize: this.cs, type: this.opts.compressionType };
+    const result = this.pool!.run(task) as Promise<(Uint8Array | null)[]>;
     result.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-    this.queue.push({ cluster, raw, result });
+    this.queue.push({ clusters: b.clusters, raw, result });
     if (this.queue.length >= this.maxInFlight) await this.placeNext();
   }
 
-  /** Place the oldest compression result: keeps host layout in guest order, whatever the workers do. */
+  /** Place the oldest batch: keeps host layout in guest order, whatever the workers' timing. */
   private async placeNext(): Promise<void> {
-    const p = this.queue.shift()!;
-    const compressed = await p.result;
-    if (compressed) await this.placeCompressed(p.cluster, compressed);
-    else await this.placeData(p.cluster, p.raw);
+    const b = this.queue.shift()!;
+    const results = await b.result;
+    for (let i = 0; i < b.clusters.length; i++) {
+      const compressed = results[i];
+      if (compressed) await this.placeCompressed(b.clusters[i]!, compressed);
+      else await this.placeData(b.clusters[i]!, b.raw.subarray(i * this.cs, (i + 1) * this.cs));
+    }
   }
 
   /** Make the L2 table covering `cluster` current, writing out the previous one. */
@@ -218,6 +239,7 @@ export class Qcow2Writer implements ImageWriter {
     if (this.done) return;
     try {
       await this.flushPartial();
+      if (this.pool) await this.submitBatch();
       while (this.queue.length) await this.placeNext();
       if (this.opts.preallocation === 'metadata') await this.preallocate(this.clusters);
       await this.writeL2();

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sparsify's tests use as oracles (mkfs/fsck of each filesystem,
+# partitioning tools, qemu-img, LVM and cryptsetup tools) when any is missing. Needs root.
+set -euo pipefail
+PACKAGES=(e2fsprogs xfsprogs btrfs-progs ntfs-3g dosfstools exfatprogs mtools qemu-utils gdisk fdisk
+          util-linux lvm2 cryptsetup-bin time)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

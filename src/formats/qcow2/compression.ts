@@ -36,18 +36,22 @@ function unzstd(src: Buffer, clusterSize: number): Buffer | string {
   const dctx = new zstd.DCtx();
   let produced = 0;
   let consumed = 0;
+  let frameEnded = false;
   // Each call consumes input or produces output; bound the loop anyway.
   for (let guard = 0; produced < clusterSize && guard < 1 << 16; guard++) {
     let r: [number, number, number];
     try {
       r = dctx.decompressStream(out.subarray(produced), src.subarray(consumed));
     } catch (e) {
+      // Bytes after a finished frame are the sector padding: the frame was simply too short.
+      if (frameEnded) break;
       return `zstd data is invalid (${(e as Error).message})`;
     }
     produced += r[1];
     consumed += r[2];
+    frameEnded = r[0] === 0;
     if (r[1] === 0 && r[2] === 0) break;
-    if (r[0] === 0 && produced < clusterSize && consumed >= src.length) break;
+    if (consumed >= src.length && (frameEnded || r[1] === 0)) break;
   }
   if (produced < clusterSize) return `zstd data decompresses to ${produced} bytes instead of ${clusterSize}`;
   return out;

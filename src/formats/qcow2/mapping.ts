@@ -85,13 +85,6 @@ export class Qcow2Mapping {
     return (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
   }
 
-  /** Total bytes of L2 tables referenced by the L1 table (for layer statistics). */
-  l2TableCount(): number {
-    let n = 0;
-    for (let i = 0; i < this.h.l1Size; i++) if (this.l2Offset(i) !== 0) n++;
-    return n;
-  }
-
   private loadL2(index: number, off: number): Promise<Buffer> {
     return this.l2Cache.get(off, async () => {
       const cs = this.clusterSize;

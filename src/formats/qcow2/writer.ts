@@ -81,8 +81,10 @@ export class Qcow2Writer implements ImageWriter {
       const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
       this.pool = new Piscina({
         filename: new URL(`./compress-worker${ext}`, import.meta.url).href,
-        minThreads: 1,
+        // A fixed set of workers: starting one costs far more than a task, so none may idle out.
+        minThreads: Math.max(1, threads),
         maxThreads: Math.max(1, threads),
+        idleTimeout: 60_000,
       });
     }
   }

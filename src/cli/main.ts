@@ -9,6 +9,7 @@ import { parseCommandLine, UsageError, longOptionList, shortOptionList, type Cli
 import { Output, MachineReadableError, humanSize } from './output.js';
 import { helpText } from './help.js';
 import { sparsifyCopy } from '../operations/copy.js';
+import { sparsifyInPlace } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
 import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
@@ -25,7 +26,6 @@ function progName(): string {
 
 /** Options whose feature does not work yet: refuse them clearly rather than pretend. */
 function refuseUnsupported(o: CliOptions): void {
-  if (o.inPlace) throw new SparsifyError('--in-place is not supported yet');
   if (o.keys.length || o.keysFromStdin) throw new SparsifyError('--key and --keys-from-stdin are not supported yet: encrypted volumes are kept whole');
   if (o.tmp !== undefined) {
     if (o.tmp.startsWith('prebuilt:')) throw new SparsifyError('--tmp prebuilt:FILE is not supported: sparsify needs no temporary overlay');
@@ -90,6 +90,30 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
   return 0;
 }
 
+async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal): Promise<number> {
+  if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} [--options] --in-place disk`);
+  const report = await sparsifyInPlace({
+    path: o.operands[0]!,
+    format: o.format,
+    ignore: o.ignore,
+    zero: o.zero,
+    signal,
+    onStatus: (t) => out.status(t),
+    onWarning: (t) => out.warning(t),
+    onInfo: (t) => out.info(t),
+    onTrace: (t) => out.traceLine(t),
+    onProgress: (p) => out.progress(p),
+  });
+  out.endProgress();
+  out.status('Sparsify in-place operation completed with no errors');
+  const freed = Math.max(0, report.allocatedBefore - report.allocatedAfter);
+  out.info(
+    `${humanSize(report.bytesDiscarded)} of free space discarded; ${humanSize(freed)} given back to the host ` +
+      `(the image used ${humanSize(report.allocatedBefore)}, now ${humanSize(report.allocatedAfter)})`,
+  );
+  return 0;
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   // `sparsify serve ...`: the service (API, UI, jobs), loaded only when asked for.
   if (argv[0] === 'serve') return (await import('../service/cli.js')).serveMain(argv.slice(1));
@@ -143,7 +167,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     if (o.inPlace) checkInPlaceConflicts(o);
     refuseUnsupported(o);
-    return o.analyze ? await runAnalyze(o, out) : await runCopy(o, out, controller.signal);
+    if (o.analyze) return await runAnalyze(o, out);
+    return o.inPlace ? await runInPlace(o, out, controller.signal) : await runCopy(o, out, controller.signal);
   } catch (e) {
     if (e instanceof UsageError) {
       out.error(e.message);

@@ -1,11 +1,17 @@
 /**
  * In-place mode end to end: open the image for writing under QEMU write locks, analyze, plan,
- * and discard the planned ranges through the format driver (hole punching, BLKDISCARD, qcow2/vdi
- * metadata updates), in an order that survives a crash at any instant.
+ * and discard the planned ranges through the format's discard backend (hole punching, BLKDISCARD,
+ * qcow2/vdi metadata updates), in an order that survives a crash at any instant.
  */
+import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
-import type { DiskMap } from '../analyze/diskmap.js';
-import type { Plan } from '../plan/plan.js';
+import { openImage } from '../formats/open.js';
+import type { DiskImage } from '../formats/types.js';
+import { RawImage } from '../formats/raw.js';
+import { analyzeDisk } from '../analyze/analyze.js';
+import { allInfo, allWarnings, walk, type DiskMap } from '../analyze/diskmap.js';
+import { makePlan, type Plan } from '../plan/plan.js';
+import { discardBackendFor, discardInPlace } from '../execute/in-place.js';
 import type { OperationEvents } from './events.js';
 
 export interface InPlaceRequest extends OperationEvents {
@@ -25,8 +31,87 @@ export interface InPlaceReport {
   /** Host bytes the image occupied before and after (du). */
   allocatedBefore: number;
   allocatedAfter: number;
+  /** Bytes of the plan, aligned to what the storage can discard (the progress total). */
+  bytesPlanned?: number;
+  /** Bytes of the plan left in place (reasons were warned). */
+  bytesKept?: number;
 }
 
-export async function sparsifyInPlace(_req: InPlaceRequest): Promise<InPlaceReport> {
-  throw new SparsifyError('--in-place is not supported yet');
+/** Image formats we know by magic: a file carrying one of these is never sparsified as raw by guess. */
+const FOREIGN_MAGICS: Array<{ name: string; at: number; magic: Buffer }> = [
+  { name: 'qcow2', at: 0, magic: Buffer.from([0x51, 0x46, 0x49, 0xfb]) },
+  { name: 'vdi', at: 0x40, magic: Buffer.from([0x7f, 0x10, 0xda, 0xbe]) },
+  { name: 'vmdk', at: 0, magic: Buffer.from('KDMV') },
+  { name: 'vmdk', at: 0, magic: Buffer.from('# Disk DescriptorFile') },
+  { name: 'vhdx', at: 0, magic: Buffer.from('vhdxfile') },
+  { name: 'vpc', at: 0, magic: Buffer.from('conectix') },
+];
+
+/** An image format the registry does not know yet would open as raw: refuse rather than punch it. */
+async function refuseDisguisedFormat(image: DiskImage, explicit: string | undefined): Promise<void> {
+  if (explicit !== undefined || !(image instanceof RawImage) || image.file.isBlockDevice) return;
+  const head = Buffer.alloc(Math.min(512, image.virtualSize));
+  await image.read(head, 0);
+  for (const m of FOREIGN_MAGICS) {
+    if (head.length >= m.at + m.magic.length && head.subarray(m.at, m.at + m.magic.length).equals(m.magic)) {
+      throw new SparsifyError(`${image.path}: looks like a ${m.name} image, which this build cannot sparsify in place; give --format raw if it really is a raw disk`);
+    }
+  }
+}
+
+async function allocated(path: string): Promise<number> {
+  const st = await stat(path);
+  return st.isBlockDevice() ? 0 : st.blocks * 512;
+}
+
+/** virt-sparsify's step messages: "Trimming /dev/sda1", "Zeroing ...", swap and volume groups. */
+function announce(map: DiskMap, plan: Plan, status: (t: string) => void): void {
+  const nodes = new Map([...walk(map.root)].map((n) => [n.device, n]));
+  for (const s of plan.steps) {
+    const n = nodes.get(s.device);
+    if (s.action === 'zero-device') status(`Zeroing ${s.device}`);
+    else if (s.action === 'ignore') status(`Ignoring ${s.device}`);
+    else if (n?.contentKind === 'swap') status(`Clearing Linux swap on ${s.device}`);
+    else if (n?.contentKind === 'volume-group') status(`Discard space in volgroup ${String(n.details['vg'] ?? s.device)}`);
+    else status(`Trimming ${s.device}`);
+  }
+}
+
+export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceReport> {
+  const allocatedBefore = await allocated(req.path).catch(() => 0);
+  req.onStatus?.('Examine disk');
+  const image = await openImage(req.path, { format: req.format, lock: 'write', writable: true, warn: req.onWarning });
+  let report: Omit<InPlaceReport, 'allocatedAfter'>;
+  try {
+    await refuseDisguisedFormat(image, req.format);
+    // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
+    const backend = await discardBackendFor(image);
+    const map = await analyzeDisk(image, { trace: req.onTrace });
+    for (const w of allWarnings(map)) req.onWarning?.(w);
+    for (const i of allInfo(map)) req.onInfo?.(i);
+    const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
+    if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
+    announce(map, plan, (t) => req.onStatus?.(t));
+
+    const r = await discardInPlace(backend, plan.discard, {
+      onProgress: req.onProgress,
+      onWarning: req.onWarning,
+      onTrace: req.onTrace,
+      signal: req.signal,
+    });
+    if (r.aborted) throw new SparsifyError('quit (^C) at user request');
+    report = {
+      map,
+      plan,
+      format: image.format,
+      bytesDiscarded: r.discarded,
+      allocatedBefore,
+      bytesPlanned: r.planned,
+      bytesKept: r.kept,
+    };
+  } finally {
+    await image.close();
+  }
+  return { ...report, allocatedAfter: await allocated(req.path).catch(() => 0) };
 }

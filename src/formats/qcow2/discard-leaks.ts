@@ -1,0 +1,104 @@
+/**
+ * The last step of a qcow2 in-place run: find host clusters nobody references (walking the L1 and
+ * every L2 table, as `qemu-img check` does), set a leaked cluster's refcount to 0 (flushed), and
+ * punch every unreferenced cluster with refcount 0 that still holds data in the file. This gives
+ * back what an interrupted earlier run leaked or had not punched yet. A referenced cluster with
+ * refcount 0 means a corrupt image: nothing is punched then.
+ */
+import type { BlockFile } from '../../io/file.js';
+import type { Qcow2Header } from './header.js';
+import type { Qcow2Refcounts } from './discard-refcount.js';
+import type { Qcow2Layout } from './discard-layout.js';
+import { yieldToEventLoop, type DiscardContext } from '../../execute/in-place-types.js';
+
+/** Above this many host clusters the bitmap would be too large (512-byte clusters, huge files). */
+const MAX_CLUSTERS = 2 ** 30;
+
+const L2_COMPRESSED = 0x40000000;
+
+export interface LeakResult {
+  /** Clusters whose refcount went from above 0 to 0. */
+  leaked: number;
+  /** Host bytes punched. */
+  punched: number;
+}
+
+export async function reclaimLeaks(file: BlockFile, h: Qcow2Header, layout: Qcow2Layout, refcounts: Qcow2Refcounts, ctx: DiscardContext): Promise<LeakResult> {
+  const cs = h.clusterSize;
+  const fileClusters = Math.ceil(file.size / cs);
+  if (fileClusters > MAX_CLUSTERS) {
+    ctx.warn('the qcow2 image has too many clusters to look for leaked ones; skipped');
+    return { leaked: 0, punched: 0 };
+  }
+  const refd = new Uint8Array(Math.ceil(fileClusters / 8) + 1);
+  const set = (c: number): void => {
+    if (c < fileClusters) refd[c >> 3]! |= 1 << (c & 7);
+  };
+  const isSet = (c: number): boolean => (refd[c >> 3]! & (1 << (c & 7))) !== 0;
+  layout.markMetadata(set);
+
+  for (let i = 0; i < layout.l1Size; i++) {
+    if (layout.l2Offset(i) === 0) continue;
+    const t = await layout.readL2(i);
+    for (let e = 0; e < t.length; e += 8) {
+      const hi = t.readUInt32BE(e);
+      const lo = t.readUInt32BE(e + 4);
+      if (hi & L2_COMPRESSED) {
+        for (const c of layout.compressedClusters(hi, lo, 0)) set(c);
+        continue;
+      }
+      const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      if (host !== 0) set(layout.dataCluster(host, 0));
+    }
+    if (i % 64 === 63) await yieldToEventLoop();
+  }
+
+  // Leaks: refcount above 0, referenced by nothing.
+  let leaked = 0;
+  let corrupt = false;
+  for (const { index, first } of refcounts.coveredBlocks()) {
+    const value = await refcounts.blockValues(index);
+    const n = Math.min(refcounts.perBlock, fileClusters - first);
+    for (let k = 0; k < n; k++) {
+      const c = first + k;
+      const rc = value(k);
+      if (rc > 0 && !isSet(c)) {
+        await refcounts.set(c, 0);
+        leaked++;
+      } else if (rc === 0 && isSet(c)) corrupt = true;
+    }
+  }
+  await refcounts.flush();
+  if (corrupt) {
+    refcounts.dropCache();
+    ctx.warn("some referenced qcow2 clusters have refcount 0 (the image needs 'qemu-img check -r all'); free clusters were not punched");
+    return { leaked, punched: 0 };
+  }
+
+  // Punch unreferenced clusters (refcount 0 now) where the file holds data.
+  let punched = 0;
+  let pos = cs; // the header cluster is always referenced
+  while (pos < file.size) {
+    const data = file.seekData(pos);
+    if (data < 0) break;
+    const hole = file.seekHole(data);
+    if (hole <= data) break;
+    let c = Math.floor(data / cs);
+    const last = Math.ceil(hole / cs);
+    while (c < last) {
+      if (isSet(c) || (await refcounts.get(c)) !== 0) {
+        c++;
+        continue;
+      }
+      let d = c + 1;
+      while (d < last && !isSet(d) && (await refcounts.get(d)) === 0) d++;
+      file.punchHole(c * cs, (d - c) * cs);
+      punched += (d - c) * cs;
+      c = d;
+    }
+    pos = last * cs;
+    await yieldToEventLoop();
+  }
+  refcounts.dropCache();
+  return { leaked, punched };
+}

@@ -1,0 +1,275 @@
+/**
+ * In-place discard for qcow2 (qemu docs/interop/qcow2.rst). Clusters wholly inside the discard
+ * ranges lose their data: the L2 entry becomes unallocated (no backing file) or a zero cluster
+ * (version 3 with a backing file; version 2 cannot say "zero", so those clusters are kept).
+ * Work goes in batches of L2 tables, each in the order that survives a crash at any instant:
+ *   1. L2 tables (and L1 entries of tables left empty) written, fdatasync;
+ *   2. refcounts of the freed host clusters decremented, fdatasync;
+ *   3. host clusters whose refcount reached 0 punched out of the file.
+ * A crash leaves at worst leaked clusters (refcount > 0, unreferenced), which the final pass of
+ * the next run (discard-leaks.ts) gives back.
+ */
+import type { BlockFile } from '../../io/file.js';
+import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
+import { Extents } from '../../io/extents.js';
+import * as sys from '../../io/syscalls.js';
+import {
+  discardUnsupported,
+  UNSUPPORTED_ERRNOS,
+  yieldToEventLoop,
+  type DiscardBackend,
+  type DiscardContext,
+  type DiscardResult,
+} from '../../execute/in-place-types.js';
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import { Qcow2Refcounts } from './discard-refcount.js';
+import { Qcow2Layout } from './discard-layout.js';
+import { reclaimLeaks } from './discard-leaks.js';
+
+/** L2 tables changed per batch (two fdatasyncs each). */
+const TABLES_PER_BATCH = 32;
+/** Freed host clusters per batch, to bound memory on images with small clusters. */
+const CLUSTERS_PER_BATCH = 1 << 18;
+
+const L2_COPIED = 0x80000000;
+const L2_COMPRESSED = 0x40000000;
+
+interface Batch {
+  /** L2 tables to write back: L1 index -> { host offset, new contents }. */
+  tables: Map<number, { offset: number; data: Buffer; empty: boolean }>;
+  /** Host clusters losing one reference each (repeated when several references go). */
+  decrements: number[];
+  /** Virtual bytes the batch covers (for progress), discarded and kept. */
+  covered: number;
+  discarded: number;
+  kept: number;
+}
+
+function newBatch(): Batch {
+  return { tables: new Map(), decrements: [], covered: 0, discarded: 0, kept: 0 };
+}
+
+export class Qcow2Discarder implements DiscardBackend {
+  private readonly cs: number;
+  private readonly span: number;
+  private v2BackingKept = 0;
+  private sharedKept = 0;
+
+  private constructor(
+    private readonly file: BlockFile,
+    private readonly h: Qcow2Header,
+    private readonly hasBacking: boolean,
+    private readonly layout: Qcow2Layout,
+    private readonly refcounts: Qcow2Refcounts,
+  ) {
+    this.cs = h.clusterSize;
+    this.span = this.cs * layout.l2Entries;
+  }
+
+  /** Refuse what in-place mode must not touch, before anything is written. */
+  static async open(file: BlockFile, h: Qcow2Header, hasBacking: boolean): Promise<Qcow2Discarder> {
+    const p = file.path;
+    if (!file.writable) throw new Error(`${p}: qcow2 in-place discard needs the image opened for writing`);
+    if (h.incompatible & INCOMPAT_DIRTY) {
+      const lazy = (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n ? ' (lazy refcounts)' : '';
+      throw new SparsifyError(`${p}: the qcow2 image is dirty${lazy}: its refcounts may be stale; run 'qemu-img check -r all ${p}' first`);
+    }
+    if (h.extendedL2) throw new SparsifyError(`${p}: qcow2 images with extended L2 entries (subclusters) are not supported yet in --in-place mode; use copy mode`);
+    if (h.hasDataFile) throw new SparsifyError(`${p}: qcow2 images with an external data file are not supported yet in --in-place mode; use copy mode`);
+    if (h.nbSnapshots > 0) {
+      throw new SparsifyError(`${p}: qcow2 images with internal snapshots (${h.nbSnapshots}) are not supported yet in --in-place mode; use copy mode`);
+    }
+    if (h.hasBitmaps) {
+      throw new SparsifyError(`${p}: qcow2 images with persistent dirty bitmaps are not supported yet in --in-place mode (the change would not be recorded in them); use copy mode`);
+    }
+    const refcounts = await Qcow2Refcounts.load(file, h);
+    const layout = await Qcow2Layout.load(file, h, refcounts);
+    return new Qcow2Discarder(file, h, hasBacking, layout, refcounts);
+  }
+
+  get description(): string {
+    const mode = this.hasBacking ? (this.h.version === 3 ? 'zero clusters' : 'kept (v2 with backing file)') : 'unallocated clusters';
+    return `qcow2 v${this.h.version}, ${this.cs}-byte clusters, discarded ranges become ${mode}`;
+  }
+
+  /** Whole clusters; the last, partial cluster counts as whole when the range reaches the end of the disk. */
+  align(ranges: Extents): Extents {
+    const size = this.h.virtualSize;
+    const inward = ranges.clip(0, size).alignInward(this.cs);
+    const tailStart = Math.floor(size / this.cs) * this.cs;
+    if (tailStart < size && ranges.clip(tailStart, size).total() === size - tailStart) return inward.union(Extents.of(tailStart, size));
+    return inward;
+  }
+
+  async probe(): Promise<void> {
+    const at = Math.ceil(this.file.size / this.cs) * this.cs;
+    try {
+      this.file.punchHole(at, this.cs);
+    } catch (e) {
+      const code = e instanceof sys.SyscallError ? e.code : undefined;
+      if (code && UNSUPPORTED_ERRNOS.has(code)) {
+        throw discardUnsupported(`${this.file.path}: the host filesystem cannot punch holes (fallocate: ${code})`);
+      }
+      throw e;
+    }
+  }
+
+  async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
+    let done = 0;
+    let discarded = 0;
+    let kept = 0;
+    let batch = newBatch();
+    const commit = async (): Promise<void> => {
+      await this.commit(batch);
+      done += batch.covered;
+      discarded += batch.discarded;
+      kept += batch.kept;
+      ctx.onProgress(done);
+      batch = newBatch();
+    };
+    const result = (aborted: boolean): DiscardResult => {
+      if (this.v2BackingKept) {
+        ctx.warn(`${this.v2BackingKept} bytes of free space kept: a version 2 (compat=0.10) qcow2 image with a backing file cannot mark clusters as zero (upgrade with 'qemu-img amend -o compat=1.1')`);
+      }
+      if (this.sharedKept) ctx.warn(`${this.sharedKept} bytes of free space kept: their clusters are shared (refcount above 1)`);
+      return { discarded, kept, aborted };
+    };
+
+    for (const r of ranges) {
+      let pos = r.start;
+      while (pos < r.end) {
+        if (ctx.signal?.aborted) {
+          await commit();
+          return result(true);
+        }
+        const l1i = Math.floor(pos / this.span);
+        const end = Math.min(r.end, (l1i + 1) * this.span);
+        await this.discardInTable(l1i, pos, end, batch);
+        batch.covered += end - pos;
+        pos = end;
+        if (batch.tables.size >= TABLES_PER_BATCH || batch.decrements.length >= CLUSTERS_PER_BATCH) await commit();
+        else if (batch.tables.size === 0 && batch.covered >= 64 * this.span) {
+          // Long unallocated stretches: report progress and let signals in.
+          await commit();
+          await yieldToEventLoop();
+        }
+      }
+    }
+    await commit();
+    if (ctx.signal?.aborted) return result(true);
+    // Leaked clusters (an earlier run killed between its steps) and punched-but-not-yet clusters.
+    const leaks = await reclaimLeaks(this.file, this.h, this.layout, this.refcounts, ctx);
+    if (leaks.leaked) ctx.warn(`gave back ${leaks.leaked} leaked qcow2 clusters (left by an interrupted run)`);
+    return result(false);
+  }
+
+  /** Plan the changes for guest range [start, end) inside the span of L1 entry `l1i`. */
+  private async discardInTable(l1i: number, start: number, end: number, b: Batch): Promise<void> {
+    const l2off = this.layout.l2Offset(l1i);
+    if (l2off === 0) {
+      // Nothing allocated here; without a backing file it already reads as zero.
+      b.discarded += end - start;
+      return;
+    }
+    let t = b.tables.get(l1i);
+    if (!t) {
+      // A table with more than one reference (snapshots, or a broken image) must not change in place.
+      if ((await this.refcounts.get(l2off / this.cs)) !== 1) {
+        this.sharedKept += end - start;
+        b.kept += end - start;
+        return;
+      }
+      const data = await this.layout.readL2(l1i);
+      t = { offset: l2off, data, empty: false };
+    }
+    const table = t.data;
+    const base = l1i * this.span;
+    let changed = false;
+    for (let g = start; g < end; g += this.cs) {
+      const idx = Math.floor((g - base) / this.cs);
+      const len = Math.min(this.cs, end - g);
+      const e = idx * 8;
+      const hi = table.readUInt32BE(e);
+      const lo = table.readUInt32BE(e + 4);
+      const newEntry = this.hasBacking ? (this.h.version === 3 ? 1 : -1) : 0;
+      if (hi & L2_COMPRESSED) {
+        if (newEntry < 0) {
+          this.v2BackingKept += len;
+          b.kept += len;
+          continue;
+        }
+        for (const c of this.layout.compressedClusters(hi, lo, g)) b.decrements.push(c);
+      } else {
+        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        if (host === 0) {
+          // Unallocated (falls through to the backing file, whose data there is free space too) or zero.
+          b.discarded += len;
+          continue;
+        }
+        if (newEntry < 0) {
+          this.v2BackingKept += len;
+          b.kept += len;
+          continue;
+        }
+        const c = this.layout.dataCluster(host, g);
+        const rc = await this.refcounts.get(c);
+        if (rc === 0) throw new CorruptError(`${this.file.path}: qcow2: data cluster at ${hex(host)} (guest offset ${hex(g)}) has refcount 0; run 'qemu-img check -r all' first`);
+        if (rc !== 1 || (hi & L2_COPIED) === 0) {
+          this.sharedKept += len;
+          b.kept += len;
+          continue;
+        }
+        b.decrements.push(c);
+      }
+      table.writeUInt32BE(0, e);
+      table.writeUInt32BE(newEntry, e + 4);
+      b.discarded += len;
+      changed = true;
+    }
+    if (changed) {
+      t.empty = !this.hasBacking && table.every((x) => x === 0);
+      b.tables.set(l1i, t);
+    }
+  }
+
+  /** Make a batch durable in the safe order, then punch what it freed. */
+  private async commit(b: Batch): Promise<void> {
+    if (b.tables.size === 0) return;
+    // Check every decrement first: a refcount going below zero means the image was already corrupt.
+    const count = new Map<number, number>();
+    for (const c of b.decrements) count.set(c, (count.get(c) ?? 0) + 1);
+    const emptied: number[] = [];
+    for (const [l1i, t] of b.tables) {
+      if (!t.empty) continue;
+      const c = t.offset / this.cs;
+      if ((await this.refcounts.get(c)) === 1 && !count.has(c)) {
+        emptied.push(l1i);
+        count.set(c, 1);
+      } else t.empty = false;
+    }
+    const after = new Map<number, number>();
+    for (const [c, n] of count) {
+      const rc = await this.refcounts.get(c);
+      if (rc < n) throw new CorruptError(`${this.file.path}: qcow2: cluster at ${hex(c * this.cs)} has refcount ${rc} but ${n} references; run 'qemu-img check -r all' first`);
+      after.set(c, rc - n);
+    }
+
+    // 1. L2 tables, then L1 entries of tables now empty.
+    for (const t of b.tables.values()) if (!t.empty) await this.file.write(t.data, t.offset);
+    for (const l1i of emptied) await this.layout.clearL1(l1i);
+    await this.file.sync();
+    // 2. Refcounts.
+    for (const [c, v] of after) await this.refcounts.set(c, v);
+    await this.refcounts.flush();
+    this.refcounts.dropCache();
+    // 3. Punch the clusters nobody references any more.
+    const free = [...after].filter(([, v]) => v === 0).map(([c]) => c).sort((a, b) => a - b);
+    let i = 0;
+    while (i < free.length) {
+      let j = i + 1;
+      while (j < free.length && free[j] === free[j - 1]! + 1) j++;
+      this.file.punchHole(free[i]! * this.cs, (j - i) * this.cs);
+      i = j;
+    }
+  }
+}

@@ -20,7 +20,8 @@ export class Qcow2Image implements DiskImage {
   private readonly decompressed: PromiseLru<Buffer>;
 
   private constructor(
-    private readonly file: BlockFile,
+    /** The qcow2 file itself (in-place discard works on it). */
+    readonly file: BlockFile,
     readonly header: Qcow2Header,
     private readonly map: Qcow2Mapping,
     private readonly dataFile: BlockFile,

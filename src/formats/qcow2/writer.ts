@@ -259,7 +259,7 @@ export class Qcow2Writer implements ImageWriter {
 
   private header(refTable: number, refClusters: number): Buffer {
     const o = this.opts;
-    const h = Buffer.alloc(this.cs);
+    const h = Buffer.alloc(512);
     h.writeUInt32BE(QCOW2_MAGIC, 0);
     h.writeUInt32BE(o.version, 4);
     // 8: backing file offset/size stay 0 (the output has no backing file)
@@ -271,7 +271,7 @@ export class Qcow2Writer implements ImageWriter {
     h.writeBigUInt64BE(BigInt(refTable), 48);
     h.writeUInt32BE(refClusters, 56);
     // 60: no snapshots
-    let extOff = 72;
+    let headerLength = 72; // version 2
     if (o.version === 3) {
       let incompat = 0n;
       if (o.extendedL2) incompat |= INCOMPAT_EXTL2;
@@ -279,13 +279,12 @@ export class Qcow2Writer implements ImageWriter {
       h.writeBigUInt64BE(incompat, 72);
       h.writeBigUInt64BE(o.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n, 80);
       h.writeUInt32BE(o.refcountOrder, 96);
-      h.writeUInt32BE(112, 100);
+      headerLength = 112; // through compression_type, padded to 8
+      h.writeUInt32BE(headerLength, 100);
       h[104] = o.compressionType === 'zstd' ? 1 : 0;
-      extOff = 112;
     }
-    // Header extensions: just the end marker (8 zero bytes, already there).
-    void extOff;
-    return h.subarray(0, Math.max(extOff + 8, 512));
+    // No header extensions: the end marker (8 zero bytes) follows the header.
+    return h.subarray(0, headerLength + 8);
   }
 
   async abort(): Promise<void> {

@@ -31,6 +31,8 @@ export interface DiscardBackend {
   /** Check that discarding works, changing nothing; throws `discardUnsupported` when it does not. */
   probe(): Promise<void>;
   discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult>;
+  /** Write zeros over small ranges discard could not cover (the unaligned edges of --zero devices). */
+  writeZeros?(ranges: Extents): Promise<void>;
 }
 
 /** virt-sparsify's message and exit code 3 for storage that cannot discard. */

@@ -21,6 +21,8 @@ export interface InPlaceOptions {
   onWarning?: (msg: string) => void;
   onTrace?: (msg: string) => void;
   signal?: AbortSignal;
+  /** Ranges of --zero devices: they must read as zero afterwards, edges included. */
+  zero?: Extents;
 }
 
 export interface InPlaceResult {
@@ -78,6 +80,13 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
     signal: opts.signal,
     warn: (m) => opts.onWarning?.(m),
   });
-  if (!r.aborted) opts.onProgress?.({ done: planned, total: planned });
+  if (!r.aborted) {
+    const edges = opts.zero ? opts.zero.subtract(ranges) : undefined;
+    if (edges && !edges.isEmpty) {
+      if (backend.writeZeros) await backend.writeZeros(edges);
+      else opts.onWarning?.(`${edges.total()} bytes at the unaligned edges of --zero devices were left as they were`);
+    }
+    opts.onProgress?.({ done: planned, total: planned });
+  }
   return { planned, discarded: r.discarded, kept: r.kept, aborted: r.aborted };
 }

@@ -61,6 +61,16 @@ export class RawFileDiscarder implements DiscardBackend {
     }
   }
 
+  async writeZeros(ranges: Extents): Promise<void> {
+    for (const r of ranges) {
+      for (let pos = r.start; pos < r.end; ) {
+        const n = Math.min(1 << 20, r.end - pos);
+        await this.file.write(Buffer.alloc(n), pos);
+        pos += n;
+      }
+    }
+  }
+
   async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
     let done = 0;
     let ops = 0;

@@ -5,6 +5,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
+import { Extents } from '../io/extents.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { RawImage } from '../formats/raw.js';
@@ -94,7 +95,11 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
     announce(map, plan, (t) => req.onStatus?.(t));
 
+    const nodes = new Map([...walk(map.root)].map((n) => [n.device, n]));
+    let zero = new Extents();
+    for (const s of plan.steps) if (s.action === 'zero-device') zero = zero.union(nodes.get(s.device)?.diskRanges ?? new Extents());
     const r = await discardInPlace(backend, plan.discard, {
+      zero,
       onProgress: req.onProgress,
       onWarning: req.onWarning,
       onTrace: req.onTrace,

@@ -2,11 +2,18 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
 import { RawImage } from './raw.js';
+import { startWriteback } from '../io/syscalls.js';
+
+/** Start write-back after this many bytes, so the disk works while we read. */
+const WRITEBACK_WINDOW = 32 << 20;
 import type { FormatDriver, FormatOptions, ImageWriter } from './types.js';
 
 /** Writes a sparse raw file: the file is sized up front, so whatever is not written is a hole. */
 export class RawWriter implements ImageWriter {
   readonly format = 'raw';
+  private pendingStart = -1;
+  private pendingEnd = -1;
+
   private constructor(private readonly handle: FileHandle) {}
 
   static async create(path: string, virtualSize: number): Promise<RawWriter> {
@@ -25,6 +32,12 @@ export class RawWriter implements ImageWriter {
     while (done < buf.length) {
       const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
       done += bytesWritten;
+    }
+    if (this.pendingStart < 0) this.pendingStart = offset;
+    this.pendingEnd = offset + buf.length;
+    if (this.pendingEnd - this.pendingStart >= WRITEBACK_WINDOW) {
+      startWriteback(this.handle.fd, this.pendingStart, this.pendingEnd - this.pendingStart);
+      this.pendingStart = -1;
     }
   }
 

@@ -1,0 +1,63 @@
+/**
+ * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
+ * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
+ * Options: --runs N (default 5), --quick (3 runs, no --compress bench), --only copy|inplace|service.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { benchCopy, median } from './copy.js';
+
+const args = process.argv.slice(2);
+const runs = Number(args[args.indexOf('--runs') + 1]) || (args.includes('--quick') ? 3 : 5);
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const log = (s: string) => console.log(s);
+const mib = (n: number) => `${(n / 1048576).toFixed(0)} MiB`;
+
+async function main(): Promise<void> {
+  const work = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'sparsify-bench-'));
+  const lines: string[] = [];
+  try {
+    if (!only || only === 'copy') {
+      const { compares, solos } = benchCopy(work, { runs, log, compress: !args.includes('--quick') });
+      lines.push('| benchmark | sparsify median | reference median | ratio | sparsify peak RSS | reference peak RSS | output size ratio | target |', '|---|---|---|---|---|---|---|---|');
+      for (const c of compares) {
+        const ours = median(c.ourSeconds);
+        const ref = median(c.refSeconds);
+        const sizeRatio = c.ourOutputBytes && c.refOutputBytes ? (c.ourOutputBytes / c.refOutputBytes).toFixed(3) : '';
+        lines.push(`| ${c.name} | ${ours.toFixed(2)} s | ${ref.toFixed(2)} s (${c.reference.split(' ').slice(0, 4).join(' ')}) | ${(ours / ref).toFixed(2)} | ${mib(c.ourPeakRss)} | ${mib(c.refPeakRss)} | ${sizeRatio} | ${c.target ?? ''} |`);
+      }
+      for (const s of solos) lines.push(`| ${s.name} | ${median(s.seconds).toFixed(2)} s | | | ${mib(s.peakRss)} | | | ${s.target ?? ''} |`);
+    }
+    if (!only || only === 'inplace') {
+      try {
+        const mod = (await import(new URL('./inplace.js', import.meta.url).href)) as { benchInPlace?: (o: { runs: number; log: (s: string) => void }) => Promise<Array<{ name: string; ourSeconds: number[]; reclaimedBytes: number; peakRssBytes: number; note?: string }>> };
+        if (mod.benchInPlace) {
+          lines.push('', '| in-place benchmark | sparsify median | reclaimed | peak RSS | note |', '|---|---|---|---|---|');
+          for (const r of await mod.benchInPlace({ runs, log })) lines.push(`| ${r.name} | ${median(r.ourSeconds).toFixed(2)} s | ${mib(r.reclaimedBytes)} | ${mib(r.peakRssBytes)} | ${r.note ?? ''} |`);
+        }
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
+      }
+    }
+    if (!only || only === 'service') {
+      try {
+        const mod = (await import(new URL('./service.js', import.meta.url).href)) as { benchService?: (o: { log: (s: string) => void }) => Promise<Array<{ name: string; p95Ms: number; medianMs: number; note?: string }>> };
+        if (mod.benchService) {
+          lines.push('', '| service benchmark | median | p95 | note |', '|---|---|---|---|');
+          for (const r of await mod.benchService({ log })) lines.push(`| ${r.name} | ${r.medianMs.toFixed(1)} ms | ${r.p95Ms.toFixed(1)} ms | ${r.note ?? ''} |`);
+        }
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
+      }
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  console.log('\n' + lines.join('\n'));
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? e.stack : String(e));
+  process.exit(1);
+});

@@ -1,0 +1,72 @@
+/** JSON schemas of the API's inputs: fastify validates requests with them, and the OpenAPI document shows them. */
+
+export const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+
+export const idParams = {
+  type: 'object',
+  required: ['id'],
+  additionalProperties: false,
+  properties: { id: { type: 'string', pattern: UUID_PATTERN, description: 'A disk or job id (a UUID; never a path)' } },
+} as const;
+
+/** Device names as virt-sparsify takes them: /dev/sda1, /dev/VG/LV, or a bare VG name. */
+const deviceName = { type: 'string', minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9/_.+:-]+$' } as const;
+
+export const sparsifyBody = {
+  description: 'Optional. An empty body sparsifies with the configured default mode.',
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: {
+    mode: { type: 'string', enum: ['in-place', 'copy-and-replace'], description: 'in-place discards free space through the image; copy-and-replace writes a sparse copy beside it and renames it over the original' },
+    ignore: { type: 'array', maxItems: 64, items: deviceName, description: 'Filesystems or volume groups left alone (as virt-sparsify --ignore)' },
+    zero: { type: 'array', maxItems: 64, items: deviceName, description: 'Partitions or LVs zeroed whole (as virt-sparsify --zero)' },
+  },
+} as const;
+
+export const allocationBody = {
+  type: 'object',
+  required: ['allocation'],
+  additionalProperties: false,
+  properties: { allocation: { type: 'string', enum: ['sparse', 'preallocated', 'auto'], description: 'auto: detected from the host (fallocated space never written)' } },
+} as const;
+
+export const jobsQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', pattern: '^(pending|running|finished|failed|cancelled)(,(pending|running|finished|failed|cancelled))*$' },
+    diskId: { type: 'string', pattern: UUID_PATTERN },
+    limit: { type: 'string', pattern: '^[0-9]{1,4}$' },
+  },
+} as const;
+
+export const eventsQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    after: { type: 'string', pattern: '^[0-9]{1,15}$' },
+    limit: { type: 'string', pattern: '^[0-9]{1,4}$' },
+  },
+} as const;
+
+export const disksQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', enum: ['ok', 'locked', 'in-use', 'illegal'] },
+    needsSparsify: { type: 'string', enum: ['true', 'false'] },
+    q: { type: 'string', maxLength: 200, description: 'Substring of the name' },
+  },
+} as const;
+
+export const policyBody = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    thresholdBytes: { type: 'integer', minimum: 0 },
+    thresholdPercent: { type: 'integer', minimum: 0, maximum: 100 },
+    scheduleEnabled: { type: 'boolean' },
+    scheduleIntervalSeconds: { type: 'integer', minimum: 10, maximum: 2592000 },
+  },
+} as const;

@@ -1,0 +1,82 @@
+/**
+ * Can this disk be sparsified? oVirt's checks, first failure wins, with its status codes:
+ *   1. the disk exists                                   404
+ *   2. no running VM has it open for writing             409  (QEMU's write lock)
+ *   3. it is readable (not ILLEGAL)                      409  (moved up: later checks need the image)
+ *   4. its format and storage can give space back        400
+ *   5. it is not preallocated                            400
+ *   6. it is a single volume: no backing chain, no internal snapshots   400
+ *   7. it is not locked by another job                   409
+ *   8. no other disk is derived from it (a backing file) 409
+ * The UI calls the same function to disable the button with the same reason.
+ */
+import { formatDrivers } from '../formats/registry.js';
+import type { SparsifyMode } from './config.js';
+import type { Allocation, DiskRecord } from './store.js';
+
+export interface Refusal {
+  status: 400 | 404 | 409;
+  code: string;
+  detail: string;
+}
+
+export interface ValidationContext {
+  /** Another process holds QEMU's write lock (tested fresh before a job is accepted). */
+  heldForWriting: boolean;
+  derived: DiskRecord[];
+  /** The disk's folder can punch holes. */
+  canDiscard: boolean;
+  mode: SparsifyMode;
+}
+
+/** Formats whose driver can discard in place (the in-place operation's contract). */
+export const IN_PLACE_FORMATS = ['raw', 'qcow2', 'vdi'];
+
+/** Formats copy-and-replace can rewrite: those with a writer. */
+export function copyFormats(): string[] {
+  return formatDrivers().filter((d) => d.createWriter).map((d) => d.name);
+}
+
+/** Fallocated space that was never written is more than half the file: the disk was created preallocated. */
+export function detectedAllocation(d: Pick<DiskRecord, 'actualSize' | 'hostDataBytes' | 'size'>): Allocation {
+  const unwritten = d.actualSize - d.hostDataBytes;
+  return unwritten > Math.max(1 << 20, d.size / 2) ? 'preallocated' : 'sparse';
+}
+
+export function allocationOf(d: DiskRecord): Allocation {
+  return d.allocationOverride ?? detectedAllocation(d);
+}
+
+export function validateSparsify(d: DiskRecord | undefined, ctx: ValidationContext): Refusal | null {
+  if (!d || !d.present) return { status: 404, code: 'disk-not-found', detail: 'no such disk' };
+  const name = d.name;
+  if (ctx.heldForWriting && !d.lockedBy) {
+    return { status: 409, code: 'disk-in-use', detail: `${name} is in use: another process (a running VM?) has it open for writing` };
+  }
+  if (d.health === 'illegal' || !d.format) {
+    return { status: 409, code: 'disk-illegal', detail: `${name} is illegal: ${d.error ?? 'the image cannot be read'}` };
+  }
+  if (ctx.mode === 'in-place') {
+    if (!IN_PLACE_FORMATS.includes(d.format)) {
+      return { status: 400, code: 'format-cannot-discard', detail: `${name}: ${d.format} images cannot be sparsified in place (formats: ${IN_PLACE_FORMATS.join(', ')}); use mode copy-and-replace` };
+    }
+    if (!ctx.canDiscard) return { status: 400, code: 'storage-cannot-discard', detail: `${name}: the storage holding it cannot punch holes, so in-place sparsify would give nothing back` };
+  } else {
+    const ok = copyFormats();
+    if (!ok.includes(d.format)) return { status: 400, code: 'format-cannot-rewrite', detail: `${name}: ${d.format} images cannot be rewritten (formats: ${ok.join(', ')})` };
+  }
+  if (allocationOf(d) === 'preallocated') {
+    return { status: 400, code: 'disk-preallocated', detail: `${name} is preallocated: sparsifying it would undo the reason it was preallocated (mark it thin with PATCH allocation=sparse to allow it)` };
+  }
+  if (d.chain.length > 1) {
+    return { status: 400, code: 'disk-has-snapshots', detail: `${name} is not a single volume: it has a backing chain of ${d.chain.length} volumes (snapshots); merge them first` };
+  }
+  if (d.snapshots > 0) {
+    return { status: 400, code: 'disk-has-snapshots', detail: `${name} has ${d.snapshots} internal snapshot(s); delete or merge them first` };
+  }
+  if (d.lockedBy) return { status: 409, code: 'disk-locked', detail: `${name} is locked by job ${d.lockedBy}` };
+  if (ctx.derived.length) {
+    return { status: 409, code: 'disk-has-derived-disks', detail: `${name} has derived disks (${ctx.derived.map((x) => x.name).join(', ')}) that use it as their backing file` };
+  }
+  return null;
+}

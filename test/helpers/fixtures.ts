@@ -5,6 +5,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, ftruncateSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createHash, randomFillSync } from 'node:crypto';
 import { BlockFile } from '../../src/io/file.js';
 import { RawImage } from '../../src/formats/raw.js';
@@ -83,4 +84,11 @@ export function fileContent(seed: string, size: number): Buffer {
     block = createHash('sha256').update(block).digest();
   }
   return out;
+}
+
+/** A path inside the repository, whether the tests run from test/ (tsx) or dist/test/ (npm test). */
+export function repoPath(...parts: string[]): string {
+  const here = fileURLToPath(new URL('.', import.meta.url));
+  const root = here.includes('/dist/test/') ? join(here, '..', '..', '..') : join(here, '..', '..');
+  return join(root, ...parts);
 }

@@ -11,7 +11,7 @@ import { gunzipSync } from 'node:zlib';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { tempDir, run, runStatus, haveTool, openRawVolume, fileContent, sha256, garbageFile } from '../helpers/fixtures.js';
+import { tempDir, run, runStatus, haveTool, openRawVolume, fileContent, sha256, garbageFile, repoPath } from '../helpers/fixtures.js';
 import { lvmReader } from '../../src/layout/lvm.js';
 import { lvmCrc, findLabel, readLabel, readMetadataArea } from '../../src/layout/lvm-label.js';
 import { parseLvmText, LvmSection } from '../../src/layout/lvm-text.js';
@@ -20,7 +20,7 @@ import { mapLogicalVolume, type PvPlacement } from '../../src/layout/lvm-map.js'
 import { CorruptError } from '../../src/io/errors.js';
 import { Volume } from '../../src/layout/volume.js';
 
-const FIX = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'lvm');
+const FIX = repoPath('test', 'fixtures', 'lvm');
 const MiB = 1 << 20;
 const havePvck = haveTool('pvck');
 const haveE2 = haveTool('mke2fs') && haveTool('e2fsck') && haveTool('debugfs');

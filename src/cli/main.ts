@@ -78,6 +78,7 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
     onWarning: (t) => out.warning(t),
     onInfo: (t) => out.info(t),
     onTrace: (t) => out.traceLine(t),
+    onVerbose: (t) => out.verbose(t),
     onProgress: (p) => out.progress(p),
   });
   out.endProgress();
@@ -102,6 +103,7 @@ async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal): Prom
     onWarning: (t) => out.warning(t),
     onInfo: (t) => out.info(t),
     onTrace: (t) => out.traceLine(t),
+    onVerbose: (t) => out.verbose(t),
     onProgress: (p) => out.progress(p),
   });
   out.endProgress();

@@ -1,3 +1,5 @@
+import type { BlockFile } from '../io/file.js';
+
 /**
  * The virtual disk seen through an image format: every format driver produces a DiskImage,
  * every writer consumes plain data writes. Offsets are virtual-disk byte offsets.
@@ -67,6 +69,8 @@ export interface WriterContext {
   compress: boolean;
   /** Number of worker threads available for CPU-heavy work. */
   threads: number;
+  /** The name the image gets once complete (writers get a temporary name; some formats record their own name). */
+  finalPath?: string;
 }
 
 export interface FormatDriver {
@@ -74,7 +78,7 @@ export interface FormatDriver {
   readonly name: string;
   /** Does this header (the first 64 KiB or less of the file) belong to this format? */
   probe(head: Buffer): boolean;
-  open(file: import('../io/file.js').BlockFile, ctx: OpenContext): Promise<DiskImage>;
+  open(file: BlockFile, ctx: OpenContext): Promise<DiskImage>;
   /** Valid -o keys with a one-line description each, for the error listing them. */
   readonly createOptions?: ReadonlyMap<string, string>;
   /** Create a new image at `path` (a temporary name; the caller renames it when done). */

@@ -80,10 +80,12 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     }
     const options = parseOutputOptions(req.outputOptions);
 
+    req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
     const map = await analyzeDisk(image, { trace: req.onTrace });
     for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    req.onVerbose?.(`plan: discard ${plan.discard.total()} bytes in ${plan.discard.count} ranges, keep ${plan.keep.total()} bytes`);
     for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
     for (const s of plan.steps) {
       if (s.action === 'fill-free') req.onStatus?.(`Fill free space in ${s.device} with zero`);
@@ -97,11 +99,13 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       writer = await driver.createWriter(temp, image.virtualSize, options, {
         compress: req.compress ?? false,
         threads: Math.max(1, availableParallelism()),
+        finalPath: req.output,
       });
       req.onStatus?.('Copy to destination and make sparse');
       const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal });
       await writer.finish();
       writer = undefined;
+      req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat})`);
       await rename(temp, req.output);
       await syncDir(dirname(req.output));
       const outputAllocated = (await stat(req.output)).blocks * 512;

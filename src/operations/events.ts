@@ -7,6 +7,8 @@ export interface OperationEvents {
   onWarning?: (text: string) => void;
   onInfo?: (text: string) => void;
   onTrace?: (text: string) => void;
+  /** Details for -v. */
+  onVerbose?: (text: string) => void;
   onProgress?: ProgressListener;
   /** Abort between ranges; the operation then fails with "quit (^C) at user request". */
   signal?: AbortSignal;

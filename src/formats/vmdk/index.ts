@@ -17,7 +17,8 @@ async function createVmdkWriter(path: string, virtualSize: number, options: Form
   if (ctx.compress && sub !== 'streamOptimized') {
     throw new SparsifyError('vmdk: --compress needs subformat=streamOptimized');
   }
-  return sub === 'streamOptimized' ? createStreamWriter(path, virtualSize, ctx.threads) : createSparseWriter(path, virtualSize);
+  // The descriptor names the file itself: use the name it will have once renamed into place.
+  return sub === 'streamOptimized' ? createStreamWriter(path, virtualSize, ctx.threads, ctx.finalPath) : createSparseWriter(path, virtualSize, ctx.finalPath);
 }
 
 export const vmdkDriver: FormatDriver = {

@@ -30,9 +30,9 @@ function geometry(size: number): { sectors: number; grains: number; gts: number 
   return { sectors, grains, gts: Math.ceil(grains / GTES) };
 }
 
-function descriptorSector(createType: string, path: string, sectors: number): Buffer {
+function descriptorSector(createType: string, extentFile: string, sectors: number): Buffer {
   const b = Buffer.alloc(DESC_SECTORS * SECTOR);
-  b.write(buildDescriptor({ createType, extentFile: basename(path), sectors }), 0, 'latin1');
+  b.write(buildDescriptor({ createType, extentFile, sectors }), 0, 'latin1');
   return b;
 }
 
@@ -124,7 +124,7 @@ export class SparseVmdkWriter implements ImageWriter {
   }
 }
 
-export async function createSparseWriter(path: string, size: number): Promise<ImageWriter> {
+export async function createSparseWriter(path: string, size: number, finalPath?: string): Promise<ImageWriter> {
   const g = geometry(size);
   const hdr: SparseHeader = {
     version: 1,
@@ -140,7 +140,7 @@ export async function createSparseWriter(path: string, size: number): Promise<Im
     compressAlgorithm: 0,
   };
   const out = await OutputFile.create(path);
-  await out.write(descriptorSector('monolithicSparse', path, g.sectors), SECTOR);
+  await out.write(descriptorSector('monolithicSparse', basename(finalPath ?? path), g.sectors), SECTOR);
   return new SparseVmdkWriter(out, buildSparseHeader(hdr), g.sectors * SECTOR);
 }
 
@@ -258,7 +258,7 @@ export class StreamVmdkWriter implements ImageWriter {
   }
 }
 
-export async function createStreamWriter(path: string, size: number, threads: number): Promise<ImageWriter> {
+export async function createStreamWriter(path: string, size: number, threads: number, finalPath?: string): Promise<ImageWriter> {
   const g = geometry(size);
   const hdr: SparseHeader = {
     version: 3,
@@ -275,6 +275,6 @@ export async function createStreamWriter(path: string, size: number, threads: nu
   };
   const out = await OutputFile.create(path);
   await out.write(buildSparseHeader(hdr), 0);
-  await out.write(descriptorSector('streamOptimized', path, g.sectors), SECTOR);
+  await out.write(descriptorSector('streamOptimized', basename(finalPath ?? path), g.sectors), SECTOR);
   return new StreamVmdkWriter(out, hdr, g.sectors * SECTOR, Math.max(2, threads * 4));
 }

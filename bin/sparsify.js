@@ -1,5 +1,14 @@
 #!/usr/bin/env node
-import { main } from '../dist/src/cli/main.js';
+// Reads and writes run on libuv's thread pool; give it room for both at once.
+process.env.UV_THREADPOOL_SIZE ??= '8';
+// Never a stack trace: anything that escapes is reported as one line, exit 1.
+const die = (e) => {
+  process.stderr.write(`sparsify: error: internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+};
+process.on('unhandledRejection', die);
+process.on('uncaughtException', die);
+const { main } = await import('../dist/src/cli/main.js');
 
 main(process.argv.slice(2)).then(
   (code) => {

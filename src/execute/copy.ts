@@ -14,6 +14,8 @@ import { nonZeroRuns } from './zero-runs.js';
 export const HOLE_GRANULARITY = 4096;
 const CHUNK = 8 << 20;
 const READS_IN_FLIGHT = 4;
+/** Writes left running while the next chunk is examined, for writers that allow it. */
+const WRITES_IN_FLIGHT = 4;
 
 export interface CopyOptions {
   onProgress?: ProgressListener;
@@ -55,8 +57,10 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
   let bytesWritten = 0;
   opts.onProgress?.({ done, total });
 
-  const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(CHUNK));
+  const writesInFlight = writer.concurrentWrites ? WRITES_IN_FLIGHT : 0;
+  const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));
   const pending: Array<Promise<{ buf: Buffer; range: Range }>> = [];
+  const writing: Array<Promise<Buffer>> = [];
   const it = chunks(toCopy);
 
   const startRead = (): boolean => {
@@ -65,7 +69,10 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
     const range = next.value;
     const buf = pool.pop()!;
     const view = buf.subarray(0, range.end - range.start);
-    pending.push(image.read(view, range.start).then(() => ({ buf, range })));
+    const p = image.read(view, range.start).then(() => ({ buf, range }));
+    // Awaited in order later; meanwhile a failure must not count as an unhandled rejection.
+    p.catch(() => undefined);
+    pending.push(p);
     return true;
   };
 
@@ -75,18 +82,28 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
       const { buf, range } = await pending.shift()!;
       if (opts.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
       const view = buf.subarray(0, range.end - range.start);
+      const writes: Array<Promise<void>> = [];
       for (const [s, e] of nonZeroRuns(view, range.start, HOLE_GRANULARITY)) {
-        await writer.write(view.subarray(s, e), range.start + s);
+        const w = writer.write(view.subarray(s, e), range.start + s);
+        if (writesInFlight) writes.push(w);
+        else await w;
         bytesWritten += e - s;
       }
-      pool.push(buf);
+      if (writesInFlight) {
+        const w = Promise.all(writes).then(() => buf);
+        w.catch(() => undefined);
+        writing.push(w);
+        // Keep a bounded number of chunks being written; their buffers return to the pool after.
+        while (writing.length >= writesInFlight) pool.push(await writing.shift()!);
+      } else pool.push(buf);
       done += range.end - range.start;
       opts.onProgress?.({ done, total });
       startRead();
     }
+    while (writing.length) pool.push(await writing.shift()!);
   } finally {
-    // Let reads already in flight settle before their buffers go away.
-    await Promise.allSettled(pending);
+    // Let reads and writes already in flight settle before their buffers go away.
+    await Promise.allSettled([...pending, ...writing]);
   }
   return { bytesRead: total, bytesWritten };
 }

@@ -11,6 +11,7 @@ import type { FormatDriver, FormatOptions, ImageWriter } from './types.js';
 /** Writes a sparse raw file: the file is sized up front, so whatever is not written is a hole. */
 export class RawWriter implements ImageWriter {
   readonly format = 'raw';
+  readonly concurrentWrites = true;
   private pendingStart = -1;
   private pendingEnd = -1;
 

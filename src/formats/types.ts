@@ -45,6 +45,8 @@ export interface DiskImage {
 /** Writes a new image. Data arrives in ascending, non-overlapping writes; what is never written reads as zero. */
 export interface ImageWriter {
   readonly format: string;
+  /** True when several write() calls may be in flight at once (they still never overlap). */
+  readonly concurrentWrites?: boolean;
   write(buf: Buffer, offset: number): Promise<void>;
   /** Flush all metadata and data to disk. After this the image is complete. */
   finish(): Promise<void>;

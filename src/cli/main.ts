@@ -14,10 +14,21 @@ import { openImage } from '../formats/open.js';
 import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
 
-const pkg = createRequire(import.meta.url)('../../../package.json') as { version: string };
+/** package.json, found from dist/src/cli (built) or src/cli (run from source). */
+function packageVersion(): string {
+  const require = createRequire(import.meta.url);
+  for (const p of ['../../../package.json', '../../package.json']) {
+    try {
+      return (require(p) as { version: string }).version;
+    } catch {
+      // try the next layout
+    }
+  }
+  return 'unknown';
+}
 
 /** What --machine-readable prints with no disk: only capabilities that really work. */
-export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'tmp-option', 'ntfs', 'btrfs'];
+export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs'];
 
 function progName(): string {
   const b = basename(process.argv[1] ?? 'sparsify').replace(/\.(m?js|ts)$/, '');
@@ -135,7 +146,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (o.version) {
-    process.stdout.write(`${prog} ${pkg.version}\n`);
+    process.stdout.write(`${prog} ${packageVersion()}\n`);
     return 0;
   }
   if (o.shortOptions) {

@@ -233,7 +233,7 @@ test('copy of a truncated disk: the partition past the end is kept and named, no
 test('CLI basics: capabilities, version, help, bad options, usage', () => {
   let r = sparsify(['--machine-readable']);
   assert.equal(r.status, 0);
-  assert.deepEqual(r.stdout.trim().split('\n'), ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'tmp-option', 'ntfs', 'btrfs']);
+  assert.deepEqual(r.stdout.trim().split('\n'), ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs']);
   r = sparsify(['-V']);
   assert.match(r.stdout, /^sparsify \d+\.\d+\.\d+\n$/);
   r = sparsify(['--help']);

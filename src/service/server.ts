@@ -58,7 +58,7 @@ export function buildServer(svc: Service): FastifyInstance {
   const doc = openApiDocument(VERSION);
 
   // oVirt's action bodies may be empty: an empty JSON body is no body.
-  app.removeContentTypeParser('application/json');
+  app.removeContentTypeParser(['application/json', 'text/plain']);
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
     const text = String(body);
     if (text.trim() === '') return done(null, null);

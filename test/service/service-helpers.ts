@@ -1,0 +1,152 @@
+/**
+ * Running the real service process for tests: spawn `serve` (from src with tsx, or from dist when
+ * the tests are compiled), wait for its address, talk HTTP to it, kill it hard or stop it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { buildDisk } from '../helpers/disk-builder.js';
+import { fileContent, run } from '../helpers/fixtures.js';
+
+export const TOKEN = 'test-token-0123456789';
+
+export interface Server {
+  url: string;
+  proc: ChildProcess;
+  output: () => string;
+  /** SIGKILL: the service dies mid-whatever. */
+  kill: () => Promise<void>;
+  /** SIGTERM and wait. */
+  stop: () => Promise<void>;
+}
+
+function entry(): { args: string[] } {
+  const fromTs = import.meta.url.endsWith('.ts');
+  const bin = fileURLToPath(new URL(`../../src/service/bin.${fromTs ? 'ts' : 'js'}`, import.meta.url));
+  return { args: fromTs ? ['--import', 'tsx', bin] : [bin] };
+}
+
+export async function startServer(opts: { dataDir: string; domains?: string[]; env?: Record<string, string>; token?: string | null }): Promise<Server> {
+  const args = [...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
+  for (const d of opts.domains ?? []) args.push('--domain', d);
+  if (opts.token !== null) args.push('--token', opts.token ?? TOKEN);
+  const proc = spawn(process.execPath, args, {
+    env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const url = await new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`server did not start in time:\n${out}`)), 30_000);
+    const check = () => {
+      const m = /listening on (http:\/\/[^\s]+)/.exec(out);
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]!);
+      }
+    };
+    proc.stdout!.on('data', check);
+    proc.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`server exited (${code}) before listening:\n${out}`));
+    });
+  });
+  return {
+    url,
+    proc,
+    output: () => out,
+    kill: async () => {
+      proc.kill('SIGKILL');
+      await exited;
+    },
+    stop: async () => {
+      proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+export interface Reply<T = Record<string, unknown>> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+export async function http<T = Record<string, any>>(s: Server, method: string, path: string, body?: unknown, opts: { token?: string | null; raw?: string; contentType?: string } = {}): Promise<Reply<T>> {
+  const headers: Record<string, string> = {};
+  const token = opts.token === undefined ? TOKEN : opts.token;
+  if (token) headers.authorization = `Bearer ${token}`;
+  let payload: string | undefined;
+  if (opts.raw !== undefined) payload = opts.raw;
+  else if (body !== undefined) payload = JSON.stringify(body);
+  if (payload !== undefined) headers['content-type'] = opts.contentType ?? 'application/json';
+  const res = await fetch(s.url + path, { method, headers, body: payload });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body: parsed as T, headers: res.headers };
+}
+
+export async function waitFor<T>(what: string | (() => string), fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** All disks once every one of them has been analyzed. */
+export async function analyzedDisks(s: Server, count: number): Promise<Array<Record<string, any>>> {
+  let last = '';
+  return waitFor(() => `${count} analyzed disks; last seen: ${last}`, async () => {
+    const r = await http<{ disks: Array<Record<string, any>> }>(s, 'GET', '/api/disks');
+    const d = r.body.disks;
+    last = d.map((x) => `${x.name}:${x.status}:${x.analysis.state}`).join(', ');
+    return d.length === count && d.every((x) => x.analysis.state !== 'pending' || x.status === 'illegal') ? d : undefined;
+  });
+}
+
+export function diskByName(disks: Array<Record<string, any>>, name: string): Record<string, any> {
+  const d = disks.find((x) => x.name === name);
+  if (!d) throw new Error(`no disk ${name} in ${disks.map((x) => x.name).join(', ')}`);
+  return d;
+}
+
+/**
+ * A guest disk as a VM leaves it: GPT, one ext4 partition built on garbage with a few files and a
+ * deleted big one, so most of the partition is free space the host still stores.
+ */
+export function makeGuestDisk(path: string, workDir: string, seed = 'disk'): void {
+  buildDisk(path, {
+    sizeMiB: 34,
+    label: 'gpt',
+    garbage: true,
+    workDir,
+    parts: [
+      {
+        sizeMiB: 32,
+        ext: {
+          type: 'ext4',
+          files: { 'etc/hostname': Buffer.from(`${seed}\n`), 'data/keep.bin': fileContent(`${seed}-keep`, 1 << 20), 'data/old.bin': fileContent(`${seed}-old`, 8 << 20) },
+          remove: ['data/old.bin'],
+        },
+      },
+    ],
+  });
+}
+
+/** A raw disk created preallocated (fallocate: space reserved, never written). */
+export function makePreallocated(path: string, size: number): void {
+  run('fallocate', ['-l', String(size), path]);
+}
+
+export const here = fileURLToPath(new URL('.', import.meta.url));
+export const repoRoot = join(here, '..', '..', ...(import.meta.url.endsWith('.ts') ? [] : ['..']));

@@ -1,0 +1,146 @@
+/** The service's API as the UI uses it: typed fetches, the token, and the live stream. */
+
+export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal';
+
+export interface Disk {
+  id: string;
+  name: string;
+  path: string;
+  domain: string;
+  format: string | null;
+  virtualSize: number | null;
+  actualSize: number;
+  allocation: 'sparse' | 'preallocated';
+  chain: { depth: number; leaf: boolean; backingId: string | null; derivedIds: string[]; snapshots: number };
+  status: DiskStatus;
+  error: string | null;
+  lockedBy: string | null;
+  analysis: { state: 'pending' | 'done' | 'failed'; dataBytes: number | null; reclaimableBytes: number | null; warnings: string[]; error: string | null };
+  reclaimableBytes: number | null;
+  needsSparsify: boolean;
+  sparsify: { allowed: boolean; mode: string; status?: number; code?: string; reason?: string };
+}
+
+export interface JobStep {
+  name: string;
+  status: string;
+  done: number;
+  total: number;
+}
+
+export interface Job {
+  id: string;
+  diskId: string;
+  diskName: string;
+  options: { mode: string };
+  status: 'pending' | 'running' | 'finished' | 'failed' | 'cancelled';
+  steps: JobStep[];
+  createdAt: number;
+  startedAt: number | null;
+  endedAt: number | null;
+  actualBefore: number | null;
+  actualAfter: number | null;
+  bytesReclaimed: number | null;
+  error: string | null;
+  progress: { done: number; total: number; percent: number };
+  step: string | null;
+}
+
+export interface ServiceEvent {
+  id: number;
+  time: number;
+  severity: 'info' | 'warning' | 'error';
+  type: string;
+  diskId: string | null;
+  message: string;
+}
+
+export interface Info {
+  version: string;
+  defaultMode: string;
+  modes: string[];
+  domains: Array<{ path: string }>;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const TOKEN_KEY = 'sparsify-token';
+
+/** The token arrives once in the URL (#token=...), printed by the server; it is kept in localStorage. */
+export function takeTokenFromUrl(): void {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]!));
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+}
+
+export function getToken(): string | null {
+  return localStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(t: string): void {
+  localStorage.setItem(TOKEN_KEY, t);
+}
+
+async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {};
+  const token = getToken();
+  if (token && method !== 'GET') headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = (await res.json().catch(() => ({}))) as { fault?: { detail?: string } };
+  if (!res.ok) throw new ApiError(res.status, data.fault?.detail ?? `${res.status} ${res.statusText}`);
+  return data as T;
+}
+
+export const api = {
+  info: () => call<Info>('GET', '/api/info'),
+  disks: () => call<{ disks: Disk[] }>('GET', '/api/disks').then((r) => r.disks),
+  jobs: () => call<{ jobs: Job[] }>('GET', '/api/jobs?limit=50').then((r) => r.jobs),
+  events: () => call<{ events: ServiceEvent[] }>('GET', '/api/events?limit=50').then((r) => r.events),
+  sparsify: (id: string, mode: string) => call<{ job: Job }>('POST', `/api/disks/${id}/sparsify`, { mode }).then((r) => r.job),
+  cancel: (id: string) => call<{ job: Job }>('POST', `/api/jobs/${id}/cancel`).then((r) => r.job),
+  rescan: () => call<unknown>('POST', '/api/rescan'),
+};
+
+export interface StreamHandlers {
+  disk: (d: Disk) => void;
+  diskRemoved: (id: string) => void;
+  job: (j: Job) => void;
+  progress: (p: { jobId: string; done: number; total: number }) => void;
+  event: (e: ServiceEvent) => void;
+  connected: (ok: boolean) => void;
+}
+
+export function openStream(h: StreamHandlers): () => void {
+  const es = new EventSource('/api/stream');
+  const on = <T,>(type: string, fn: (v: T) => void) => es.addEventListener(type, (e) => fn(JSON.parse((e as MessageEvent<string>).data) as T));
+  on<Disk>('disk', h.disk);
+  on<{ id: string }>('disk-removed', (v) => h.diskRemoved(v.id));
+  on<Job>('job', h.job);
+  on<{ jobId: string; done: number; total: number }>('progress', h.progress);
+  on<ServiceEvent>('event', h.event);
+  es.onopen = () => h.connected(true);
+  es.onerror = () => h.connected(false);
+  return () => es.close();
+}
+
+export function bytes(n: number | null | undefined): string {
+  if (n === null || n === undefined) return '—';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
+}

@@ -18,7 +18,8 @@ const TYPES: Record<string, string> = {
 /** dist/web, whether we run from dist/src/service (built) or src/service (tsx). */
 export function findWebRoot(): string | undefined {
   const here = dirname(fileURLToPath(import.meta.url));
-  for (const c of [resolve(here, '../../web'), resolve(here, '../../dist/web')]) {
+  // Never ../../web from src/service: that is the UI's source folder, not its build.
+  for (const c of [resolve(here, '../../dist/web'), resolve(here, '../../../dist/web')]) {
     if (existsSync(join(c, 'index.html'))) return c;
   }
   return undefined;

@@ -8,14 +8,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync, readFileSync, openSync, writeSync, readSync, closeSync } from 'node:fs';
+import { mkdirSync, writeFileSync, readFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomFillSync, randomInt } from 'node:crypto';
-import { tempDir, run, runStatus, haveTool, garbageFile, sha256, openRawVolume, fileContent } from '../helpers/fixtures.js';
+import { randomInt } from 'node:crypto';
+import { tempDir, run, runStatus, haveTool, garbageFile, sha256, openRawVolume, fileContent, clobber, readBytes } from '../helpers/fixtures.js';
 import { btrfsReader } from '../../src/fs/btrfs.js';
 import { SparsifyError } from '../../src/io/errors.js';
 import { crc32c } from '../../src/io/checksums.js';
-import type { Extents } from '../../src/io/extents.js';
 
 const SIZE = 128 << 20;
 const skip = haveTool('mkfs.btrfs') && haveTool('btrfs') ? false : 'btrfs-progs (mkfs.btrfs, btrfs) not installed';
@@ -48,17 +47,6 @@ function toolsFree(img: string): { unallocated: number; inGroups: number } {
   return { unallocated: devTotal - allocated, inGroups };
 }
 
-function clobber(img: string, free: Extents): void {
-  const fd = openSync(img, 'r+');
-  const chunk = Buffer.allocUnsafe(1 << 20);
-  randomFillSync(chunk);
-  try {
-    for (const r of free) for (let o = r.start; o < r.end; o += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - o), o);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 async function analyze(img: string) {
   const { volume, close } = await openRawVolume(img);
   try {
@@ -73,14 +61,6 @@ function patchBytes(img: string, off: number, bytes: Buffer): void {
   const fd = openSync(img, 'r+');
   writeSync(fd, bytes, 0, bytes.length, off);
   closeSync(fd);
-}
-
-function readBytes(img: string, off: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  const fd = openSync(img, 'r');
-  readSync(fd, b, 0, len, off);
-  closeSync(fd);
-  return b;
 }
 
 /** Rewrite the primary superblock's crc32c after patching it. */

@@ -9,27 +9,9 @@ import { join } from 'node:path';
 import { openSync, writeSync, readSync, closeSync, readFileSync, writeFileSync, truncateSync } from 'node:fs';
 import { exfatReader, exfatBootChecksum, parseExfatBootSector } from '../../src/fs/exfat.js';
 import { CorruptError } from '../../src/io/errors.js';
-import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume } from '../helpers/fixtures.js';
+import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume, clobber, patchFile as patch } from '../helpers/fixtures.js';
 
 const skip = !haveTool('mkfs.exfat') || !haveTool('fsck.exfat') || !haveTool('dump.exfat') ? 'exfatprogs not installed' : false;
-
-function clobber(path: string, ranges: Iterable<{ start: number; end: number }>): void {
-  const fd = openSync(path, 'r+');
-  try {
-    for (const r of ranges) {
-      const chunk = Buffer.alloc(Math.min(1 << 20, r.end - r.start), 0x5a);
-      for (let off = r.start; off < r.end; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - off), off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function patch(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
 
 function dumpFigures(img: string): { free: number; clusterSize: number } {
   const out = run('dump.exfat', [img]);

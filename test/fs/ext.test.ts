@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { openSync, writeSync, closeSync, readSync } from 'node:fs';
-import { tempDir, fileContent, openRawVolume, run } from '../helpers/fixtures.js';
+import { tempDir, fileContent, openRawVolume, run, clobber } from '../helpers/fixtures.js';
 import { makeExtImage, e2fsck, extFileSums, dumpe2fsFree } from '../helpers/ext-fixtures.js';
 import { extReader } from '../../src/fs/ext/index.js';
 import { Extents } from '../../src/io/extents.js';
@@ -30,16 +30,6 @@ const VARIANTS: Array<{ name: string; type: 'ext2' | 'ext3' | 'ext4'; args: stri
   { name: 'ext4 without flex_bg', type: 'ext4', args: ['-O', '^flex_bg'], size: 64 },
   { name: 'ext4 sparse_super2', type: 'ext4', args: ['-b', '1024', '-O', 'sparse_super2'], size: 64 },
 ];
-
-function clobber(img: string, free: Extents): void {
-  const fd = openSync(img, 'r+');
-  const junk = Buffer.alloc(1 << 20, 0x5a);
-  try {
-    for (const r of free) for (let o = r.start; o < r.end; o += junk.length) writeSync(fd, junk, 0, Math.min(junk.length, r.end - o), o);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 for (const v of VARIANTS) {
   test(`ext: ${v.name}: free ranges equal dumpe2fs, and clobbering them keeps the filesystem intact`, async () => {

@@ -1,39 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { openSync, writeSync, readSync, closeSync, writeFileSync, readFileSync, truncateSync } from 'node:fs';
+import { writeFileSync, readFileSync, truncateSync } from 'node:fs';
 import { fatReader, parseFatBootSector } from '../../src/fs/fat.js';
 import { CorruptError } from '../../src/io/errors.js';
-import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume, fileContent, sha256 } from '../helpers/fixtures.js';
+import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume, fileContent, sha256, clobber, patchFile as patch, readBytes } from '../helpers/fixtures.js';
 
 process.env.MTOOLS_SKIP_CHECK = '1';
 const skip = !haveTool('mkfs.fat') || !haveTool('mcopy') || !haveTool('fsck.fat') ? 'dosfstools or mtools not installed' : false;
-
-function clobber(path: string, ranges: Iterable<{ start: number; end: number }>): void {
-  const fd = openSync(path, 'r+');
-  try {
-    for (const r of ranges) {
-      const chunk = Buffer.alloc(Math.min(1 << 20, r.end - r.start), 0x5a);
-      for (let off = r.start; off < r.end; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - off), off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function patch(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
-
-function readBytes(path: string, offset: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  const b = Buffer.alloc(len);
-  readSync(fd, b, 0, len, offset);
-  closeSync(fd);
-  return b;
-}
 
 /** fsck.fat -n -v: "N files, USED/TOTAL clusters", and the cluster size. */
 function fsckFigures(img: string): { used: number; total: number; clusterSize: number } {

@@ -7,39 +7,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { openSync, writeSync, readSync, closeSync, readFileSync, writeFileSync, truncateSync } from 'node:fs';
+import { readFileSync, writeFileSync, truncateSync } from 'node:fs';
 import { ntfsReader } from '../../src/fs/ntfs.js';
 import { decodeRuns, parseNtfsBoot } from '../../src/fs/ntfs-records.js';
 import { CorruptError } from '../../src/io/errors.js';
-import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume, fileContent, sha256 } from '../helpers/fixtures.js';
+import { tempDir, run, runStatus, haveTool, garbageFile, openRawVolume, fileContent, sha256, clobber, patchFile as patch, readBytes } from '../helpers/fixtures.js';
 
 const skip = ['mkntfs', 'ntfscp', 'ntfscat', 'ntfscluster', 'ntfsfix', 'ntfsinfo'].some((t) => !haveTool(t)) ? 'ntfs-3g tools not installed' : false;
-
-function clobber(path: string, ranges: Iterable<{ start: number; end: number }>): void {
-  const fd = openSync(path, 'r+');
-  try {
-    for (const r of ranges) {
-      const chunk = Buffer.alloc(Math.min(1 << 20, r.end - r.start), 0x5a);
-      for (let off = r.start; off < r.end; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - off), off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function patch(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
-
-function readBytes(path: string, offset: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  const b = Buffer.alloc(len);
-  readSync(fd, b, 0, len, offset);
-  closeSync(fd);
-  return b;
-}
 
 /** File content as ntfscat reads it (binary-safe). */
 function ntfscat(img: string, name: string): Buffer {

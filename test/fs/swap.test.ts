@@ -1,35 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { openSync, writeSync, closeSync } from 'node:fs';
 import { swapReader } from '../../src/fs/swap.js';
-import { tempDir, run, haveTool, garbageFile, openRawVolume } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, garbageFile, openRawVolume, clobber, patchFile as patch } from '../helpers/fixtures.js';
 
 const SIZE = 16 << 20;
 const UUID = '0b4c1a38-5ad4-4d7a-9e3c-2f6a0c1e9d11';
 
-function patch(path: string, offset: number, data: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** Overwrite every free range with garbage (0x5a), as the worst-case executor would. */
-function clobber(path: string, ranges: Iterable<{ start: number; end: number }>): void {
-  const fd = openSync(path, 'r+');
-  try {
-    for (const r of ranges) {
-      const chunk = Buffer.alloc(Math.min(1 << 20, r.end - r.start), 0x5a);
-      for (let off = r.start; off < r.end; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - off), off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
 const skip = !haveTool('mkswap') ? 'mkswap not installed' : false;
 
 test('swap: body after the first page is free; label and UUID survive clobbering', { skip }, async () => {

@@ -8,11 +8,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomFillSync, randomInt } from 'node:crypto';
-import { tempDir, run, runStatus, haveTool, garbageFile, sha256, openRawVolume, fileContent } from '../helpers/fixtures.js';
+import { randomInt } from 'node:crypto';
+import { tempDir, run, runStatus, haveTool, garbageFile, sha256, openRawVolume, fileContent, clobber } from '../helpers/fixtures.js';
 import { xfsReader } from '../../src/fs/xfs.js';
 import { SparsifyError } from '../../src/io/errors.js';
-import type { Extents } from '../../src/io/extents.js';
 
 const SIZE = 64 << 20;
 const have = haveTool('mkfs.xfs') && haveTool('xfs_db') && haveTool('xfs_repair') && haveTool('xfs_logprint');
@@ -94,17 +93,6 @@ function readThroughXfsDb(img: string, path: string, blockSize: number, agBlocks
     closeSync(fd);
   }
   return data;
-}
-
-function clobber(img: string, free: Extents): void {
-  const fd = openSync(img, 'r+');
-  const chunk = Buffer.allocUnsafe(1 << 20);
-  randomFillSync(chunk);
-  try {
-    for (const r of free) for (let o = r.start; o < r.end; o += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - o), o);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 async function analyze(img: string) {

@@ -3,7 +3,7 @@
  * files deleted with debugfs so their old data lies in free blocks. And reading them back with
  * e2fsprogs as the oracle: e2fsck, dumpe2fs free-block lists, debugfs dumps of every file.
  */
-import { mkdirSync, readdirSync, readFileSync, statSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, runStatus, garbageFile, sha256 } from './fixtures.js';
 

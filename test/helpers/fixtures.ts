@@ -2,7 +2,7 @@
  * Shared helpers for tests that build disk images with real tools (mkfs, debugfs, sgdisk, qemu-img).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync, ftruncateSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync, ftruncateSync, statSync, readSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -91,4 +91,43 @@ export function repoPath(...parts: string[]): string {
   const here = fileURLToPath(new URL('.', import.meta.url));
   const root = here.includes('/dist/test/') ? join(here, '..', '..', '..') : join(here, '..', '..');
   return join(root, ...parts);
+}
+
+/**
+ * Overwrite every range with random garbage: what a test does to the ranges a reader calls free,
+ * before asking the filesystem's own fsck and tools whether anything was lost.
+ */
+export function clobber(path: string, ranges: Iterable<{ start: number; end: number }>): void {
+  const fd = openSync(path, 'r+');
+  const chunk = Buffer.allocUnsafe(1 << 20);
+  randomFillSync(chunk);
+  try {
+    for (const r of ranges) {
+      for (let off = r.start; off < r.end; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, r.end - off), off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Write `data` at `offset` of an existing file. */
+export function patchFile(path: string, offset: number, data: Buffer): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Read `len` bytes at `offset` of a file (zero-filled past its end). */
+export function readBytes(path: string, offset: number, len: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    readSync(fd, b, 0, len, offset);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { openSync, writeSync, closeSync, readSync, truncateSync } from 'node:fs';
-import { tempDir, garbageFile, run } from '../helpers/fixtures.js';
+import { openSync, closeSync, readSync, truncateSync } from 'node:fs';
+import { tempDir, garbageFile, run, patchFile as patch } from '../helpers/fixtures.js';
 import { BlockFile } from '../../src/io/file.js';
 import { RawImage } from '../../src/formats/raw.js';
 import { analyzeDisk } from '../../src/analyze/analyze.js';
@@ -36,12 +36,6 @@ function sfdiskParts(img: string): Map<string, [number, number]> {
 
 function ourParts(root: MapNode): Map<string, [number, number]> {
   return new Map(root.children.map((c) => [c.device, [c.offset, c.size] as [number, number]]));
-}
-
-function patch(img: string, offset: number, bytes: Buffer): void {
-  const fd = openSync(img, 'r+');
-  writeSync(fd, bytes, 0, bytes.length, offset);
-  closeSync(fd);
 }
 
 test('MBR with extended and logical partitions: same partitions as sfdisk, Linux numbering', async () => {

@@ -79,10 +79,11 @@ export class Service {
     return { token, generated: true };
   }
 
+  /** Settle what a previous run left, then scan in the background (the API answers meanwhile). */
   async start(): Promise<void> {
     this.runner.recover();
-    await this.scanner.scanAll();
     this.runner.pump();
+    void this.scanner.scanAll().catch((e) => this.log(`scan failed: ${(e as Error).message}`));
     if (this.config.scanIntervalSeconds > 0) {
       this.timers.push(setInterval(() => void this.scanner.scanAll().catch((e) => this.log(`scan failed: ${(e as Error).message}`)), this.config.scanIntervalSeconds * 1000));
     }

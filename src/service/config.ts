@@ -136,7 +136,7 @@ function apply(c: ServiceConfig, o: Record<string, unknown>, where: string): voi
         c.policy.scheduleEnabled = bool(name, v);
         break;
       case 'scheduleIntervalSeconds':
-        c.policy.scheduleIntervalSeconds = int(name, v, 10, 86400 * 30);
+        c.policy.scheduleIntervalSeconds = int(name, v, 1, 86400 * 30);
         break;
       default:
         throw new ConfigError(`${where}: unknown setting '${k}'`);

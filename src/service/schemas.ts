@@ -67,6 +67,6 @@ export const policyBody = {
     thresholdBytes: { type: 'integer', minimum: 0 },
     thresholdPercent: { type: 'integer', minimum: 0, maximum: 100 },
     scheduleEnabled: { type: 'boolean' },
-    scheduleIntervalSeconds: { type: 'integer', minimum: 10, maximum: 2592000 },
+    scheduleIntervalSeconds: { type: 'integer', minimum: 1, maximum: 2592000 },
   },
 } as const;

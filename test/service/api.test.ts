@@ -360,3 +360,34 @@ describe('service jobs: cancel and restart', { skip: tools.length ? `missing too
     assert.equal((await http(server, 'POST', `/api/disks/${e.id}/sparsify`, { mode: 'copy-and-replace' }, { token: TOKEN })).status, 202, 'it can be sparsified again');
   });
 });
+
+describe('service policy: the schedule', { skip: tools.length ? `missing tools: ${tools.join(', ')}` : false }, () => {
+  it('is off by default; when on, it sparsifies the disks that need it and leaves the others', async () => {
+    const tmp = tempDir('sparsify-service-schedule-');
+    const domain = join(tmp.dir, 'images');
+    mkdirSync(domain, { recursive: true });
+    makeGuestDisk(join(domain, 'needs.raw'), tmp.dir, 'n');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', join(domain, 'clean.qcow2'), '64M']);
+    const server = await startServer({
+      dataDir: join(tmp.dir, 'data'),
+      domains: [domain],
+      env: { SPARSIFY_THRESHOLD_BYTES: String(4 * MiB), SPARSIFY_SCHEDULE: 'true', SPARSIFY_SCHEDULE_INTERVAL: '1' },
+    });
+    try {
+      const before = statSync(join(domain, 'needs.raw')).blocks * 512;
+      const jobs = await waitFor('a scheduled job to finish', async () => {
+        const j = (await http(server, 'GET', '/api/jobs')).body.jobs;
+        return j.length && j.every((x: { status: string }) => x.status === 'finished') ? j : undefined;
+      });
+      assert.deepEqual(jobs.map((j: { diskName: string; origin: string }) => `${j.diskName}:${j.origin}`), ['needs.raw:schedule']);
+      assert.ok(statSync(join(domain, 'needs.raw')).blocks * 512 < before - 16 * MiB);
+      // Once sparsified it no longer needs it: no second job.
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal((await http(server, 'GET', '/api/jobs')).body.jobs.length, 1);
+      assert.equal((await http(server, 'GET', '/api/policy')).body.policy.scheduleEnabled, true);
+    } finally {
+      await server.stop();
+      tmp.cleanup();
+    }
+  });
+});

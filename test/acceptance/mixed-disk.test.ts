@@ -251,7 +251,7 @@ function analyzeJson(path: string): Map<string, AnalyzedNode> {
   return nodes;
 }
 
-test('mixed disk: GPT + ext4 + XFS + btrfs + NTFS + vfat + swap + LVM, each judged by its own tools', { skip, timeout: 180_000 }, () => {
+test('mixed disk: GPT + ext4 + XFS + btrfs + NTFS + vfat + swap + LVM, each judged by its own tools', { skip, timeout: 90_000 }, () => {
   const { dir, cleanup } = tempDir('sparsify-mixed-');
   const t0 = Date.now();
   try {

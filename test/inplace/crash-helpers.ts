@@ -8,18 +8,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, runStatus, garbageFile, fileContent } from '../helpers/fixtures.js';
 import { makeExtImage, extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
-import { findDriver, formatDrivers } from '../../src/formats/registry.js';
-import type { FormatDriver } from '../../src/formats/types.js';
-import { qcow2Driver } from '../../src/formats/qcow2/index.js';
-import { vdiDriver } from '../../src/formats/vdi.js';
 
 /** Until the lead registers them: the formats in-place mode handles. */
-export function registerFormats(): void {
-  const list = formatDrivers() as FormatDriver[];
-  if (!findDriver('qcow2')) list.push(qcow2Driver);
-  if (!findDriver('vdi')) list.push(vdiDriver);
-}
-
 export interface Part {
   offset: number;
   size: number;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { copyFileSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
 import { spawnSync, spawn } from 'node:child_process';
 import { tempDir, run, haveTool, garbageFile } from '../helpers/fixtures.js';
-import { makeGptDisk, checkImage, qemuCheck, du, registerFormats, cliCommand, type GptDisk } from './crash-helpers.js';
+import { makeGptDisk, checkImage, qemuCheck, du, cliCommand, type GptDisk } from './crash-helpers.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { SparsifyError } from '../../src/io/errors.js';
 import { BlockFile } from '../../src/io/file.js';
@@ -21,7 +21,6 @@ const skip = tools.length ? `missing tools: ${tools.join(', ')}` : false;
 
 let work: { dir: string; cleanup: () => void };
 let disk: GptDisk;
-registerFormats();
 
 before(() => {
   if (skip) return;

@@ -318,7 +318,12 @@ test('mixed disk: GPT + ext4 + XFS + btrfs + NTFS + vfat + swap + LVM, each judg
     assert.ok(outAlloc < 160 * MiB, `output allocates ${outAlloc} bytes`);
     // The output analyzes as the input does.
     const anOut = analyzeJson(out);
-    for (const v of m.volumes) assert.equal(anOut.get(v.device)?.content, CONTENT[v.fs], `output ${v.device}`);
+    for (const v of m.volumes) {
+      const n = anOut.get(v.device);
+      assert.equal(n?.content, CONTENT[v.fs], `output ${v.device}`);
+      assert.equal(n.freeBytes, an.get(v.device)!.freeBytes, `output ${v.device}: same free bytes`);
+      assert.equal(n.trusted, true, `output ${v.device}: ${n.warnings.join('; ')}`);
+    }
 
     // Our qcow2 output of the same input holds exactly the raw output's bytes.
     const q = join(dir, 'out.qcow2');

@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { loadConfig, ConfigError } from './config.js';
 import { Service } from './service.js';
 import { buildServer } from './server.js';
+import { seedDemoDisk } from './demo-seed.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -19,6 +20,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     .option('--host <addr>', 'address to listen on (env SPARSIFY_HOST; default 127.0.0.1: localhost only)')
     .option('--port <n>', 'port (env SPARSIFY_PORT; default 8080; 0: any free port)')
     .option('--token <secret>', 'token for calls that change anything (env SPARSIFY_TOKEN; default: generated at first start and kept in DATA_DIR/token)')
+    .option('--seed-demo', 'put the embedded demo disk into the first domain when it is empty')
     .option('--config <file>', 'JSON config file (env SPARSIFY_CONFIG); keys: dataDir, domains, host, port, token, concurrency, scanIntervalSeconds, defaultMode, onRestart, maxAttempts, thresholdBytes, thresholdPercent, scheduleEnabled, scheduleIntervalSeconds')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
@@ -28,11 +30,15 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode;
     throw e;
   }
-  const flags = program.opts<{ dataDir?: string; domain: string[]; host?: string; port?: string; token?: string; config?: string }>();
+  const flags = program.opts<{ dataDir?: string; domain: string[]; host?: string; port?: string; token?: string; config?: string; seedDemo?: boolean }>();
   let svc: Service;
   const log = (s: string) => process.stderr.write(`sparsify serve: ${s}\n`);
   try {
     const config = loadConfig({ flags, env: process.env });
+    if (flags.seedDemo) {
+      const seeded = await seedDemoDisk(config.domains[0]!);
+      if (seeded) log(`seeded ${seeded} with the embedded demo disk`);
+    }
     svc = new Service(config, log);
   } catch (e) {
     if (e instanceof ConfigError) {

@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
- * Options: --runs N (default 5), --quick (3 runs, no --compress bench), --only copy|inplace|service.
+ * Options: --runs N (default 5), --quick (3 runs, no --compress bench), --only copy|inplace|service|acceptance.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -50,6 +50,19 @@ async function main(): Promise<void> {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
       }
+    }
+    if (!only || only === 'acceptance') {
+      const mod = (await import(new URL('./acceptance.js', import.meta.url).href)) as {
+        benchAcceptance: (o: { log: (s: string) => void }) => Promise<{ ourAllocatedBytes: number; virtAllocatedBytes?: number; ratio?: number; ourSeconds: number; virtSeconds?: number; note?: string }>;
+      };
+      const a = await mod.benchAcceptance({ log });
+      lines.push(
+        '',
+        '| mixed-filesystem disk (issue 4 acceptance) | sparsify | virt-sparsify | ratio | note |',
+        '|---|---|---|---|---|',
+        `| allocated after copy | ${mib(a.ourAllocatedBytes)} | ${a.virtAllocatedBytes !== undefined ? mib(a.virtAllocatedBytes) : 'not installed'} | ${a.ratio?.toFixed(3) ?? ''} | target <= 1.02 |`,
+        `| wall time | ${a.ourSeconds.toFixed(2)} s | ${a.virtSeconds !== undefined ? a.virtSeconds.toFixed(1) + ' s' : ''} | ${a.virtSeconds ? (a.ourSeconds / a.virtSeconds).toFixed(3) : ''} | ${a.note ?? ''} |`,
+      );
     }
   } finally {
     rmSync(work, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { parseCommandLine, UsageError, longOptionList, shortOptionList, type Cli
 import { Output, MachineReadableError, humanSize } from './output.js';
 import { helpText } from './help.js';
 import { sparsifyCopy } from '../operations/copy.js';
+import type { OperationEvents } from '../operations/events.js';
 import { sparsifyInPlace } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
 import { analyzeDisk } from '../analyze/analyze.js';
@@ -60,6 +61,19 @@ function checkInPlaceConflicts(o: CliOptions): void {
   if (bad.length) throw new SparsifyError(`you cannot use --in-place and ${bad[0]} options together`);
 }
 
+/** The operation events, printed the virt-sparsify way. */
+function eventsFor(out: Output, signal: AbortSignal): OperationEvents {
+  return {
+    signal,
+    onStatus: (t) => out.status(t),
+    onWarning: (t) => out.warning(t),
+    onInfo: (t) => out.info(t),
+    onTrace: (t) => out.traceLine(t),
+    onVerbose: (t) => out.verbose(t),
+    onProgress: (p) => out.progress(p),
+  };
+}
+
 async function runAnalyze(o: CliOptions, out: Output): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} --analyze [--json] disk`);
   const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w) });
@@ -84,13 +98,7 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
     compress: o.compress,
     ignore: o.ignore,
     zero: o.zero,
-    signal,
-    onStatus: (t) => out.status(t),
-    onWarning: (t) => out.warning(t),
-    onInfo: (t) => out.info(t),
-    onTrace: (t) => out.traceLine(t),
-    onVerbose: (t) => out.verbose(t),
-    onProgress: (p) => out.progress(p),
+    ...eventsFor(out, signal),
   });
   out.endProgress();
   out.status('Sparsify operation completed with no errors.');
@@ -109,13 +117,7 @@ async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal): Prom
     format: o.format,
     ignore: o.ignore,
     zero: o.zero,
-    signal,
-    onStatus: (t) => out.status(t),
-    onWarning: (t) => out.warning(t),
-    onInfo: (t) => out.info(t),
-    onTrace: (t) => out.traceLine(t),
-    onVerbose: (t) => out.verbose(t),
-    onProgress: (p) => out.progress(p),
+    ...eventsFor(out, signal),
   });
   out.endProgress();
   out.status('Sparsify in-place operation completed with no errors');

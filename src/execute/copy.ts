@@ -12,7 +12,7 @@ import { nonZeroRuns } from './zero-runs.js';
 
 /** Zero runs at least this long, and aligned to it, become holes (virt-sparsify's 4 KiB). */
 export const HOLE_GRANULARITY = 4096;
-const CHUNK = 8 << 20;
+const CHUNK = 4 << 20;
 const READS_IN_FLIGHT = 4;
 /** Writes left running while the next chunk is examined, for writers that allow it. */
 const WRITES_IN_FLIGHT = 4;

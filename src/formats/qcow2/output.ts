@@ -3,15 +3,25 @@
  * are gathered into large writes; small gaps (cluster padding, slots filled later) are zero-filled
  * so the stream stays contiguous. Any write at an arbitrary offset must go through `writeAt`,
  * which flushes first so it lands after any padding that covers it.
+ *
+ * Several staging buffers rotate: one fills while the others are being written (to disjoint
+ * ranges, so order does not matter), and each finished write starts the kernel's write-back, so
+ * the final fsync has little left to wait for.
  */
 import type { BlockFile } from '../../io/file.js';
+import { startWriteback } from '../../io/syscalls.js';
 
-const STAGING_BYTES = 8 << 20;
+const STAGING_BYTES = 4 << 20;
+/** Staging buffers being written while the next one fills. */
+const WRITES_IN_FLIGHT = 3;
 
 export class OutputStream {
-  private readonly staging = Buffer.allocUnsafe(STAGING_BYTES);
+  private staging: Buffer = Buffer.allocUnsafe(STAGING_BYTES);
+  private readonly free: Buffer[] = Array.from({ length: WRITES_IN_FLIGHT }, () => Buffer.allocUnsafe(STAGING_BYTES));
   private start = 0;
   private len = 0;
+  /** Writes running, oldest first, each giving back its buffer. */
+  private readonly inFlight: Array<Promise<Buffer>> = [];
 
   constructor(
     private readonly file: BlockFile,
@@ -32,7 +42,7 @@ export class OutputStream {
       }
     }
     if (buf.length > STAGING_BYTES) {
-      await this.flush();
+      await this.drain();
       await this.file.write(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), offset);
       return;
     }
@@ -42,14 +52,31 @@ export class OutputStream {
   }
 
   async writeAt(buf: Buffer, offset: number): Promise<void> {
-    await this.flush();
+    await this.drain();
     await this.file.write(buf, offset);
   }
 
+  /** Start writing what is staged; returns once a staging buffer is free again. */
   async flush(): Promise<void> {
     if (this.len === 0) return;
-    const n = this.len;
+    const buf = this.staging;
+    const data = buf.subarray(0, this.len);
+    const start = this.start;
     this.len = 0;
-    await this.file.write(this.staging.subarray(0, n), this.start);
+    const w = this.file.write(data, start).then(() => {
+      startWriteback(this.file.fd, start, data.length);
+      return buf;
+    });
+    // Awaited in order later; a failure must not count as unhandled meanwhile.
+    w.catch(() => undefined);
+    this.inFlight.push(w);
+    if (!this.free.length) this.free.push(await this.inFlight.shift()!);
+    this.staging = this.free.pop()!;
+  }
+
+  /** Everything staged is written. */
+  async drain(): Promise<void> {
+    await this.flush();
+    while (this.inFlight.length) this.free.push(await this.inFlight.shift()!);
   }
 }

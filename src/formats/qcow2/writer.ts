@@ -85,6 +85,9 @@ export class Qcow2Writer implements ImageWriter {
         minThreads: Math.max(1, threads),
         maxThreads: Math.max(1, threads),
         idleTimeout: 60_000,
+        // Each cluster's deflate state is native memory freed only when its JS wrapper is
+        // collected: a small young generation collects often and keeps peak RSS bounded.
+        resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 64 },
       });
     }
   }
@@ -247,7 +250,7 @@ export class Qcow2Writer implements ImageWriter {
       await this.writeL2();
       await this.out.writeAt(this.l1, this.l1Offset);
       const ref = await this.alloc.finish();
-      await this.out.flush();
+      await this.out.drain();
       await this.file.truncate(ref.fileEnd);
       await this.out.writeAt(this.header(ref.tableOffset, ref.tableClusters), 0);
       await this.file.sync();

@@ -72,8 +72,9 @@ describe('web UI in headless chromium', { skip: missing || false }, () => {
     await dialog.getByTestId('confirm-sparsify').click();
     await dialog.waitFor({ state: 'detached' });
 
+    // Generous timeouts: CI runs this beside other heavy tests on two cores.
+    await page.locator('[data-testid=job][data-job-status=finished]').waitFor({ timeout: 60_000 });
     await row.getByTestId('live-percent').filter({ hasText: '100%' }).waitFor({ timeout: 20_000 });
-    await page.locator('[data-testid=job][data-job-status=finished]').waitFor({ timeout: 20_000 });
     // The actual size re-measured after the job, pushed live.
     await page.waitForFunction((before) => {
       const el = document.querySelector('[data-disk-name="web-01.raw"] [data-testid=actual-size]');

@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from 'react';
-import { api, openStream, getToken, setToken, bytes, type Disk, type Job, type ServiceEvent, type Info } from './api';
+import { api, openStream, getToken, setToken, bytes, newerJob, type Disk, type Job, type ServiceEvent, type Info } from './api';
 import { DisksTable, type SortKey } from './DisksTable';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
@@ -33,7 +33,7 @@ export function App() {
         const [i, d, j, e] = await Promise.all([api.info(), api.disks(), api.jobs(), api.events()]);
         setInfo(i);
         setDisks(new Map(d.map((x) => [x.id, x])));
-        setJobs(new Map(j.map((x) => [x.id, x])));
+        setJobs((m) => new Map(j.map((x) => [x.id, newerJob(m.get(x.id), x)])));
         setEvents(e);
       } catch (err) {
         setMessage(`Cannot reach the service: ${(err as Error).message}`);
@@ -48,11 +48,12 @@ export function App() {
           n.delete(id);
           return n;
         }),
-      job: (j) => setJobs((m) => new Map(m).set(j.id, j)),
+      job: (j) => setJobs((m) => new Map(m).set(j.id, newerJob(m.get(j.id), j))),
       progress: (p) =>
         setJobs((m) => {
           const j = m.get(p.jobId);
-          if (!j) return m;
+          // A late progress message never takes a job back from its end or from further along.
+          if (!j || j.status === 'finished' || j.status === 'failed' || j.status === 'cancelled' || p.done < j.progress.done) return m;
           const percent = p.total ? Math.min(100, Math.floor((p.done * 100) / p.total)) : 0;
           return new Map(m).set(j.id, { ...j, progress: { done: p.done, total: p.total, percent } });
         }),

@@ -111,6 +111,21 @@ export const api = {
   rescan: () => call<unknown>('POST', '/api/rescan'),
 };
 
+const STATUS_RANK: Record<Job['status'], number> = { pending: 0, running: 1, finished: 2, failed: 2, cancelled: 2 };
+
+/**
+ * The newer of two views of one job. Snapshots (a reload) and pushed updates can arrive out of
+ * order; a job only moves forward, so the further-along view wins.
+ */
+export function newerJob(a: Job | undefined, b: Job): Job {
+  if (!a) return b;
+  const ra = STATUS_RANK[a.status];
+  const rb = STATUS_RANK[b.status];
+  if (ra !== rb) return rb > ra ? b : a;
+  if (rb === 2) return a.endedAt && (!b.endedAt || a.endedAt >= b.endedAt) ? a : b;
+  return b.progress.done >= a.progress.done ? b : a;
+}
+
 export interface StreamHandlers {
   disk: (d: Disk) => void;
   diskRemoved: (id: string) => void;

@@ -122,9 +122,13 @@ async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal): Prom
   out.endProgress();
   out.status('Sparsify in-place operation completed with no errors');
   const freed = Math.max(0, report.allocatedBefore - report.allocatedAfter);
+  // A block device's allocation is the storage's business: only the discarded bytes are known.
+  const isDevice = statSync(o.operands[0]!).isBlockDevice();
   out.info(
-    `${humanSize(report.bytesDiscarded)} of free space discarded; ${humanSize(freed)} given back to the host ` +
-      `(the image used ${humanSize(report.allocatedBefore)}, now ${humanSize(report.allocatedAfter)})`,
+    isDevice
+      ? `${humanSize(report.bytesDiscarded)} of free space discarded on the device`
+      : `${humanSize(report.bytesDiscarded)} of free space discarded; ${humanSize(freed)} given back to the host ` +
+          `(the image used ${humanSize(report.allocatedBefore)}, now ${humanSize(report.allocatedAfter)})`,
   );
   return 0;
 }

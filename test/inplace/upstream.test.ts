@@ -14,6 +14,7 @@ import { e2fsck, extract } from '../helpers/ext-fixtures.js';
 import { du } from './crash-helpers.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
+import { walk as walkNodes } from '../../src/analyze/diskmap.js';
 
 const missing = ['sgdisk', 'mke2fs', 'debugfs', 'e2fsck'].filter((t) => !haveTool(t));
 const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
@@ -119,6 +120,37 @@ test('upstream case with LVM: copy to qcow2, input du >= 310000 KiB, output du <
     const outKiB = du(out) / 1024;
     assert.ok(outKiB <= 15000, `output du ${outKiB} KiB`);
     assert.equal(runStatus('qemu-img', ['check', out]).status, 0);
+  } finally {
+    cleanup();
+  }
+});
+
+test('upstream case with LVM: --ignore VG keeps the LV free space; --zero /dev/VG/LV zeroes exactly the LV', { skip: upstreamSkip }, async () => {
+  const { dir, cleanup } = tempDir('sparsify-upstream-lvm-');
+  try {
+    const disk = upstreamImage(dir);
+    const ignored = join(dir, 'ignored.img');
+    await sparsifyCopy({ input: disk, output: ignored, ignore: ['VG'] });
+    // Only the ext2's 10 MiB of deleted data goes; the LV's 300 MiB stays.
+    assert.ok(du(ignored) / 1024 > 300000, `with --ignore VG the output keeps the LV's free space (${du(ignored) / 1024} KiB)`);
+
+    const zeroed = join(dir, 'zeroed.img');
+    const report = await sparsifyCopy({ input: disk, output: zeroed, zero: ['/dev/VG/LV'] });
+    const lv = [...walkNodes(report.map.root)].find((n) => n.device === '/dev/VG/LV');
+    assert.ok(lv, 'the LV is in the disk map');
+    for (const r of lv.diskRanges) {
+      const fd = openSync(zeroed, 'r');
+      const buf = Buffer.alloc(1 << 20);
+      for (let o = r.start; o < r.end; o += buf.length) {
+        const n = readSync(fd, buf, 0, Math.min(buf.length, r.end - o), o);
+        assert.ok(buf.subarray(0, n).every((b) => b === 0), `LV byte range at ${o} is zero`);
+      }
+      closeSync(fd);
+    }
+    // The ext2 partition and the PV metadata are untouched by --zero.
+    const p1 = report.map.root.children[0]!;
+    extract(zeroed, p1.offset, p1.size, join(dir, 'p1.img'));
+    assert.equal(e2fsck(join(dir, 'p1.img')).status, 0);
   } finally {
     cleanup();
   }

@@ -341,6 +341,7 @@ export class JobRunner {
       this.store.putJob(job);
       this.store.unlockDisk(job.diskId, job.id);
     });
+    this.log(`job ${job.id} (${job.diskName}) ${status}${error ? `: ${error}` : ''}`);
     this.publishJob(job);
   }
 

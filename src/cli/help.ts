@@ -5,6 +5,7 @@ export function helpText(prog: string): string {
  ${prog} [--options] indisk outdisk          copy mode: write a new sparse image
  ${prog} [--options] --in-place disk         in-place mode: discard free space
  ${prog} --analyze [--json] disk             show the disk map and what would be reclaimed
+ ${prog} serve [--options]                   REST API, storage jobs and web UI (${prog} serve --help)
 
 Options (virt-sparsify compatible; long options also work with one dash and as unique prefixes):
   --analyze                 Print the disk map (tables, volumes, filesystems, free space); write nothing

@@ -5,13 +5,13 @@
  */
 import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
-import { BlockFile } from '../io/file.js';
 import type { Extents } from '../io/extents.js';
 import type { DiskImage } from '../formats/types.js';
 import { RawImage } from '../formats/raw.js';
 import { BlockDeviceDiscarder, RawFileDiscarder } from '../formats/raw-discard.js';
 import { Qcow2Discarder } from '../formats/qcow2/discard.js';
-import type { Qcow2Header } from '../formats/qcow2/header.js';
+import { Qcow2Image } from '../formats/qcow2/image.js';
+import { BlockMappedImage } from '../formats/common/blockimage.js';
 import { VdiDiscarder } from '../formats/vdi-discard.js';
 import type { ProgressListener } from './progress.js';
 import type { DiscardBackend } from './in-place-types.js';
@@ -33,16 +33,6 @@ export interface InPlaceResult {
   aborted: boolean;
 }
 
-/**
- * The image's own file. The format readers keep it to themselves; in-place mode needs it to write.
- * TODO(lead): replace the property lookup by a public accessor on Qcow2Image.
- */
-function fileOf(image: DiskImage): BlockFile {
-  const f = (image as unknown as { file?: unknown }).file;
-  if (!(f instanceof BlockFile)) throw new Error(`${image.path}: the ${image.format} reader does not expose its file`);
-  return f;
-}
-
 function hasBackingLayer(image: DiskImage): boolean {
   return image.layers().length > 1;
 }
@@ -55,13 +45,12 @@ export async function discardBackendFor(image: DiskImage): Promise<DiscardBacken
       if (file.isBlockDevice) return BlockDeviceDiscarder.open(file, (await stat(file.path)).rdev);
       return RawFileDiscarder.open(file);
     }
-    case 'qcow2': {
-      const header = (image as unknown as { header?: Qcow2Header }).header;
-      if (!header) throw new Error('qcow2 image has no header');
-      return Qcow2Discarder.open(fileOf(image), header, hasBackingLayer(image));
-    }
+    case 'qcow2':
+      if (!(image instanceof Qcow2Image)) throw new Error('qcow2 image is not a Qcow2Image');
+      return Qcow2Discarder.open(image.file, image.header, hasBackingLayer(image));
     case 'vdi':
-      return VdiDiscarder.open(fileOf(image));
+      if (!(image instanceof BlockMappedImage)) throw new Error('vdi image is not block-mapped');
+      return VdiDiscarder.open(image.file);
     default:
       throw new SparsifyError(
         `${image.path}: --in-place is not supported for ${image.format} images (only raw, qcow2 and vdi); use copy mode: sparsify ${image.path} OUTPUT`,

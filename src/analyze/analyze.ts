@@ -35,13 +35,6 @@ function contentKindOf(container: string): ContentKind {
   return 'unknown';
 }
 
-async function hasData(image: DiskImage, vol: Volume): Promise<boolean> {
-  for (const seg of vol.segments) {
-    for await (const e of image.extents(seg.diskOffset, seg.diskOffset + seg.length)) if (e.kind === 'data') return true;
-  }
-  return false;
-}
-
 async function probeAll<T extends { probe(v: Volume): Promise<boolean>; name: string }>(readers: readonly T[], vol: Volume, warnings: string[]): Promise<T | undefined> {
   for (const r of readers) {
     try {
@@ -55,7 +48,8 @@ async function probeAll<T extends { probe(v: Volume): Promise<boolean>; name: st
 
 class Analyzer {
   constructor(
-    private readonly image: DiskImage,
+    /** The image's data extents: a volume with none of them is empty. */
+    private readonly data: Extents,
     private readonly trace: (msg: string) => void,
   ) {}
 
@@ -89,7 +83,7 @@ class Analyzer {
     if (container) return this.container(node, vol, container, depth);
     const fs = await probeAll(FILESYSTEMS, vol, node.warnings);
     if (fs) return this.filesystem(node, vol, fs);
-    if (await hasData(this.image, vol)) {
+    if (!vol.diskExtents().intersect(this.data).isEmpty) {
       node.warnings.push('no filesystem or volume recognised; kept as it is');
     } else {
       node.content = 'empty';
@@ -149,7 +143,7 @@ class Analyzer {
   }
 }
 
-/** Bytes of `ranges` that the image actually has allocated as data. */
+/** The ranges the image actually has allocated as data. */
 async function dataExtents(image: DiskImage): Promise<Extents> {
   const out: Array<{ start: number; end: number }> = [];
   for await (const e of image.extents(0, image.virtualSize)) if (e.kind === 'data') out.push({ start: e.start, end: e.end });
@@ -159,8 +153,8 @@ async function dataExtents(image: DiskImage): Promise<Extents> {
 export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): Promise<DiskMap> {
   const trace = opts.trace ?? (() => undefined);
   const disk = Volume.whole(image, opts.diskName ?? '/dev/sda');
-  const root = await new Analyzer(image, trace).volume(disk, 'disk', 0);
   const data = await dataExtents(image);
+  const root = await new Analyzer(data, trace).volume(disk, 'disk', 0);
   const layers = image.layers();
   return {
     path: image.path,
@@ -169,22 +163,14 @@ export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): 
     allocatedBytes: layers.reduce((t, l) => t + l.allocatedBytes, 0),
     layers,
     root,
+    data,
     dataBytes: data.total(),
-    ...{ [DATA]: data },
   };
-}
-
-/** The data extents computed during analysis, kept off the JSON report. */
-const DATA = Symbol('data');
-
-export function dataOf(map: DiskMap): Extents {
-  return (map as unknown as Record<symbol, Extents>)[DATA] ?? new Extents();
 }
 
 /** Free bytes under `node` (itself and its children) that the image has allocated today. */
 export function reclaimableBytes(map: DiskMap, node: MapNode = map.root): number {
-  const data = dataOf(map);
   let total = 0;
-  for (const n of walk(node)) total += n.free.intersect(data).total();
+  for (const n of walk(node)) total += n.free.intersect(map.data).total();
   return total;
 }

@@ -40,7 +40,9 @@ export interface DiskMap {
   allocatedBytes: number;
   layers: LayerInfo[];
   root: MapNode;
-  /** Bytes of the disk allocated in the image (data extents). */
+  /** The disk ranges the image has allocated as data (not in the JSON report, like MapNode.free). */
+  data: Extents;
+  /** Their total. */
   dataBytes: number;
 }
 

@@ -1,7 +1,7 @@
 /** Printing the DiskMap: a tree for people (--analyze) and JSON for programs (--analyze --json, the service). */
 import type { DiskMap, MapNode } from './diskmap.js';
 import { allInfo, allWarnings } from './diskmap.js';
-import { reclaimableBytes, dataOf } from './analyze.js';
+import { reclaimableBytes } from './analyze.js';
 
 export function humanBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -70,7 +70,7 @@ export function toJson(map: DiskMap): DiskMapJson {
     format: map.format,
     virtualSize: map.virtualSize,
     allocatedBytes: map.allocatedBytes,
-    dataBytes: dataOf(map).total(),
+    dataBytes: map.dataBytes,
     reclaimableBytes: reclaimableBytes(map),
     layers: map.layers,
     root: node(map.root),
@@ -111,7 +111,7 @@ export function toText(map: DiskMap): string {
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => [...r[col]!].length)));
   for (const r of rows) lines.push(r.map((c, i) => c + ' '.repeat(widths[i]! - [...c].length)).join('  ').trimEnd());
   lines.push('');
-  lines.push(`Reclaimable: ${humanBytes(reclaimableBytes(map))} of ${humanBytes(dataOf(map).total())} allocated in the disk`);
+  lines.push(`Reclaimable: ${humanBytes(reclaimableBytes(map))} of ${humanBytes(map.dataBytes)} allocated in the disk`);
   for (const w of allWarnings(map)) lines.push(`warning: ${w}`);
   for (const i of allInfo(map)) lines.push(`info: ${i}`);
   return lines.join('\n');

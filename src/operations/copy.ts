@@ -108,7 +108,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
         finalPath: req.output,
       });
       req.onStatus?.('Copy to destination and make sparse');
-      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal });
+      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal, data: map.data });
       await writer.finish();
       writer = undefined;
       req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat})`);

@@ -14,6 +14,7 @@ import { tempDir, run, runStatus, haveTool, allocatedBytes, sha256, repoPath } f
 import { dumpe2fsFree, extFileSums, treeSums } from '../helpers/ext-fixtures.js';
 import { sparsify } from '../helpers/cli.js';
 import { seekData, seekHole } from '../../src/io/syscalls.js';
+import { xfsDb, readThroughXfsDb } from '../helpers/xfs-fixtures.js';
 
 interface MixedVolume {
   device: string;
@@ -117,36 +118,13 @@ function checkExt(img: string, v: MixedVolume, dir: string): FsVerdict {
   return { toolsFree: dumpe2fsFree(img).ranges.reduce((s, [a, b]) => s + b - a, 0) };
 }
 
-function xfsDb(img: string, ...cmds: string[]): string {
-  return run('xfs_db', ['-r', ...cmds.flatMap((c) => ['-c', c]), img]);
-}
-
-/** A file's bytes read through the block map xfs_db prints for it. */
-function xfsRead(img: string, path: string, blockSize: number, agBlocks: number): Buffer {
-  const out = xfsDb(img, `path /${path}`, 'p core.size', 'bmap');
-  const size = Number(/core.size = (\d+)/.exec(out)![1]);
-  const data = Buffer.alloc(size);
-  const fd = openSync(img, 'r');
-  try {
-    for (const m of out.matchAll(/data offset (\d+) startblock \d+ \((\d+)\/(\d+)\) count (\d+) flag (\d)/g)) {
-      const [fileOff, agno, agbno, count, flag] = m.slice(1).map(Number) as [number, number, number, number, number];
-      if (flag !== 0) continue; // unwritten: reads as zeros
-      const want = Math.min(count * blockSize, size - fileOff * blockSize);
-      if (want > 0) readSync(fd, data, fileOff * blockSize, want, (agno * agBlocks + agbno) * blockSize);
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return data;
-}
-
 function checkXfs(img: string, v: MixedVolume): FsVerdict {
   const repair = runStatus('xfs_repair', ['-n', img]);
   assert.equal(repair.status, 0, `${v.device}: xfs_repair -n:\n${repair.stdout}${repair.stderr}`);
   const sb = xfsDb(img, 'sb 0', 'p blocksize agblocks');
   const bs = Number(/blocksize = (\d+)/.exec(sb)![1]);
   const agBlocks = Number(/agblocks = (\d+)/.exec(sb)![1]);
-  for (const [f, sum] of Object.entries(v.files)) assert.equal(sha256(xfsRead(img, f, bs, agBlocks)), sum, `${v.device}: ${f} read through xfs_db bmap`);
+  for (const [f, sum] of Object.entries(v.files)) assert.equal(sha256(readThroughXfsDb(img, f, bs, agBlocks)), sum, `${v.device}: ${f} read through xfs_db bmap`);
   return { toolsFree: Number(/total free blocks (\d+)/.exec(xfsDb(img, 'freesp -s'))![1]) * bs };
 }
 

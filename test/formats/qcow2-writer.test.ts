@@ -10,7 +10,7 @@ import { openSync, writeSync, closeSync, ftruncateSync, readFileSync, statSync }
 import { randomBytes } from 'node:crypto';
 import { BlockFile } from '../../src/io/file.js';
 import { SparsifyError } from '../../src/io/errors.js';
-import { RawImage } from '../../src/formats/raw.js';
+import { writeWith } from './format-helpers.js';
 import { qcow2Driver } from '../../src/formats/qcow2/index.js';
 import { tempDir, run, runStatus, haveTool } from '../helpers/fixtures.js';
 
@@ -37,26 +37,8 @@ function makeSource(path: string): void {
 }
 
 /** Copy the raw file's data ranges (as the copy executor does: holes are never written) in odd-sized pieces. */
-async function writeImage(src: string, out: string, options: Record<string, string>, compress: boolean): Promise<void> {
-  const raw = await RawImage.open(await BlockFile.open(src));
-  const w = await qcow2Driver.createWriter!(out, raw.virtualSize, new Map(Object.entries(options)), { compress, threads: 2 });
-  try {
-    const piece = 123_457;
-    for await (const e of raw.extents(0, raw.virtualSize)) {
-      if (e.kind !== 'data') continue;
-      for (let off = e.start; off < e.end; off += piece) {
-        const b = Buffer.alloc(Math.min(piece, e.end - off));
-        await raw.read(b, off);
-        await w.write(b, off);
-      }
-    }
-    await w.finish();
-  } catch (e) {
-    await w.abort();
-    throw e;
-  } finally {
-    await raw.close();
-  }
+function writeImage(src: string, out: string, options: Record<string, string>, compress: boolean): Promise<void> {
+  return writeWith(qcow2Driver, src, out, options, { compress, threads: 2 });
 }
 
 interface CheckJson {

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { tempDir, run, runStatus, haveTool, garbageFile, sha256, openRawVolume, fileContent, clobber } from '../helpers/fixtures.js';
 import { xfsReader } from '../../src/fs/xfs.js';
+import { xfsDb, readThroughXfsDb } from '../helpers/xfs-fixtures.js';
 import { SparsifyError } from '../../src/io/errors.js';
 
 const SIZE = 64 << 20;
@@ -57,42 +58,18 @@ function makeXfs(dir: string, extra: string[], files: Record<string, number> = F
   return img;
 }
 
-function db(img: string, ...cmds: string[]): string {
-  return run('xfs_db', ['-r', ...cmds.flatMap((c) => ['-c', c]), img]);
-}
-
 /** Free blocks as xfs_db sees them: freesp counts AGFL blocks too, which we (rightly) do not. */
 function dbFreeBlocks(img: string): { freesp: number; agfl: number; agfFree: number } {
-  const freesp = Number(/total free blocks (\d+)/.exec(db(img, 'freesp -s'))![1]);
-  const agcount = Number(/agcount = (\d+)/.exec(db(img, 'sb 0', 'p agcount'))![1]);
+  const freesp = Number(/total free blocks (\d+)/.exec(xfsDb(img, 'freesp -s'))![1]);
+  const agcount = Number(/agcount = (\d+)/.exec(xfsDb(img, 'sb 0', 'p agcount'))![1]);
   let agfl = 0;
   let agfFree = 0;
   for (let ag = 0; ag < agcount; ag++) {
-    const out = db(img, `agf ${ag}`, 'p freeblks flcount');
+    const out = xfsDb(img, `agf ${ag}`, 'p freeblks flcount');
     agfFree += Number(/freeblks = (\d+)/.exec(out)![1]);
     agfl += Number(/flcount = (\d+)/.exec(out)![1]);
   }
   return { freesp, agfl, agfFree };
-}
-
-/** A file's bytes, located through xfs_db's block map and read straight from the image. */
-function readThroughXfsDb(img: string, path: string, blockSize: number, agBlocks: number): Buffer {
-  const out = db(img, `path /${path}`, 'p core.size', 'bmap');
-  const size = Number(/core.size = (\d+)/.exec(out)![1]);
-  const data = Buffer.alloc(size);
-  const fd = openSync(img, 'r');
-  try {
-    for (const m of out.matchAll(/data offset (\d+) startblock \d+ \((\d+)\/(\d+)\) count (\d+) flag (\d)/g)) {
-      const [fileOff, agno, agbno, count, flag] = m.slice(1).map(Number) as [number, number, number, number, number];
-      if (flag !== 0) continue; // unwritten extent reads as zeros
-      const disk = (agno * agBlocks + agbno) * blockSize;
-      const want = Math.min(count * blockSize, size - fileOff * blockSize);
-      if (want > 0) readSync(fd, data, fileOff * blockSize, want, disk);
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return data;
 }
 
 async function analyze(img: string) {
@@ -123,7 +100,7 @@ for (const [label, extra, files = FILES] of VARIANTS) {
     const { dir, cleanup } = tempDir();
     try {
       const img = makeXfs(dir, extra, files);
-      if (files === FRAGMENTED) assert.match(db(img, ...[0, 1, 2, 3].flatMap((ag) => [`agf ${ag}`, 'p bnolevel'])), /bnolevel = [2-9]/);
+      if (files === FRAGMENTED) assert.match(xfsDb(img, ...[0, 1, 2, 3].flatMap((ag) => [`agf ${ag}`, 'p bnolevel'])), /bnolevel = [2-9]/);
       const a = await analyze(img);
       assert.equal(a.trusted, true, a.warnings.join('; '));
       assert.equal(a.type, 'xfs');
@@ -138,7 +115,7 @@ for (const [label, extra, files = FILES] of VARIANTS) {
       console.log(`xfs ${label}: we free ${a.freeBytes} bytes, xfs_db freesp ${ref.freesp * bs} (${(ratio * 100).toFixed(2)} %)`);
       for (const r of a.free) assert.equal(r.start % bs, 0);
 
-      const agBlocks = Number(/agblocks = (\d+)/.exec(db(img, 'sb 0', 'p agblocks'))![1]);
+      const agBlocks = Number(/agblocks = (\d+)/.exec(xfsDb(img, 'sb 0', 'p agblocks'))![1]);
       const before = Object.keys(files).map((f) => sha256(readThroughXfsDb(img, f, bs, agBlocks)));
       assert.deepEqual(before, Object.entries(files).map(([f, n]) => sha256(fileContent(f, n))));
 
@@ -197,8 +174,8 @@ test('xfs: corrupt metadata gives CorruptError or an untrusted result, never a c
     } finally {
       await close();
     }
-    const agBlocks = Number(/agblocks = (\d+)/.exec(db(img, 'sb 0', 'p agblocks'))![1]);
-    const bnoRoot = Number(/bnoroot = (\d+)/.exec(db(img, 'agf 1', 'p bnoroot'))![1]);
+    const agBlocks = Number(/agblocks = (\d+)/.exec(xfsDb(img, 'sb 0', 'p agblocks'))![1]);
+    const bnoRoot = Number(/bnoroot = (\d+)/.exec(xfsDb(img, 'agf 1', 'p bnoroot'))![1]);
     const pristine = Buffer.alloc(SIZE);
     const fd0 = openSync(img, 'r');
     readSync(fd0, pristine, 0, SIZE, 0);

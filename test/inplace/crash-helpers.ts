@@ -3,11 +3,11 @@
  * (files deleted so their data lies in free blocks), and the oracle: qemu-img check, e2fsck -fn on
  * every partition, and every file's checksum read back by debugfs.
  */
-import { openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, runStatus, garbageFile, fileContent } from '../helpers/fixtures.js';
 import { makeExtImage, extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
+import { placeAt } from '../helpers/disk-builder.js';
 
 /** Until the lead registers them: the formats in-place mode handles. */
 export interface Part {
@@ -19,22 +19,6 @@ export interface Part {
 export interface GptDisk {
   path: string;
   parts: Part[];
-}
-
-function copyInto(src: string, dst: string, offset: number): void {
-  const buf = Buffer.allocUnsafe(4 << 20);
-  const s = openSync(src, 'r');
-  const d = openSync(dst, 'r+');
-  try {
-    for (let off = 0; ; off += buf.length) {
-      const n = readSync(s, buf, 0, buf.length, off);
-      if (n === 0) break;
-      writeSync(d, buf, 0, n, offset + off);
-    }
-  } finally {
-    closeSync(s);
-    closeSync(d);
-  }
 }
 
 /**
@@ -78,7 +62,7 @@ export function makeGptDisk(dir: string, name = 'disk.img', sizeMiB = 64): GptDi
       },
       dir,
     );
-    copyInto(img, path, offset);
+    placeAt(path, img, offset);
     parts.push({ offset, size, sums: extFileSums(img, dir) });
   });
   return { path, parts };
@@ -118,9 +102,7 @@ export function checkImage(path: string, format: string, parts: Part[], dir: str
 }
 
 /** Allocated host bytes of a file (du). */
-export function du(path: string): number {
-  return Number(run('du', ['-B1', path]).split(/\s+/)[0]);
-}
+export { allocatedBytes as du } from '../helpers/fixtures.js';
 
 /** How to start the CLI as a child process: the entry next to this file, through tsx when running from source. */
 export function cliCommand(): { cmd: string; args: string[] } {

@@ -8,32 +8,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdirSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
-import { tempDir, run, runStatus, haveTool, repoPath } from '../helpers/fixtures.js';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { tempDir, run, runStatus, haveTool, repoPath, readBytes } from '../helpers/fixtures.js';
 import { e2fsck, extract } from '../helpers/ext-fixtures.js';
 import { du } from './crash-helpers.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
 import { walk as walkNodes } from '../../src/analyze/diskmap.js';
+import { placeAt } from '../helpers/disk-builder.js';
 
 const missing = ['sgdisk', 'mke2fs', 'debugfs', 'e2fsck'].filter((t) => !haveTool(t));
 const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
-
-function place(src: string, dst: string, offset: number): void {
-  const buf = Buffer.allocUnsafe(4 << 20);
-  const s = openSync(src, 'r');
-  const d = openSync(dst, 'r+');
-  try {
-    for (let off = 0; ; off += buf.length) {
-      const n = readSync(s, buf, 0, buf.length, off);
-      if (n === 0) break;
-      writeSync(d, buf, 0, n, offset + off);
-    }
-  } finally {
-    closeSync(s);
-    closeSync(d);
-  }
-}
 
 /** The partition's filesystem image with `fillMiB` of 0x01 in a file, then the file deleted. */
 function filledFs(dir: string, type: 'ext2' | 'ext4', bytes: number, fillMiB: number): string {
@@ -59,8 +44,8 @@ test('upstream case without LVM: 400 MiB GPT, ext2 + ext4, 310 MiB deleted: du d
       const last = Number(/Last sector: (\d+)/.exec(t)![1]);
       return { offset: first * 512, size: (last - first + 1) * 512 };
     });
-    place(filledFs(dir, 'ext2', parts[0]!.size, 10), disk, parts[0]!.offset);
-    place(filledFs(dir, 'ext4', parts[1]!.size, 300), disk, parts[1]!.offset);
+    placeAt(disk, filledFs(dir, 'ext2', parts[0]!.size, 10), parts[0]!.offset);
+    placeAt(disk, filledFs(dir, 'ext4', parts[1]!.size, 300), parts[1]!.offset);
     const before = du(disk);
     assert.ok(before >= 310000 * 1024, `input du ${before / 1024} KiB`);
     await sparsifyInPlace({ path: disk });
@@ -139,13 +124,9 @@ test('upstream case with LVM: --ignore VG keeps the LV free space; --zero /dev/V
     const lv = [...walkNodes(report.map.root)].find((n) => n.device === '/dev/VG/LV');
     assert.ok(lv, 'the LV is in the disk map');
     for (const r of lv.diskRanges) {
-      const fd = openSync(zeroed, 'r');
-      const buf = Buffer.alloc(1 << 20);
-      for (let o = r.start; o < r.end; o += buf.length) {
-        const n = readSync(fd, buf, 0, Math.min(buf.length, r.end - o), o);
-        assert.ok(buf.subarray(0, n).every((b) => b === 0), `LV byte range at ${o} is zero`);
+      for (let o = r.start; o < r.end; o += 1 << 20) {
+        assert.ok(readBytes(zeroed, o, Math.min(1 << 20, r.end - o)).every((b) => b === 0), `LV byte range at ${o} is zero`);
       }
-      closeSync(fd);
     }
     // The ext2 partition and the PV metadata are untouched by --zero.
     const p1 = report.map.root.children[0]!;

@@ -37,6 +37,12 @@ export interface DiskImage {
    * Cost follows allocated metadata, not the size of the range.
    */
   extents(start: number, end: number): AsyncIterable<ImageExtent>;
+  /**
+   * Like `extents`, but of this image's own file(s) alone: 'unallocated' where this layer defers to
+   * its backing file, 'zero' where it says zero whatever the backing file holds. Formats that cannot
+   * have a backing file may leave it out: their own allocation is `extents`.
+   */
+  ownExtents?(start: number, end: number): AsyncIterable<ImageExtent>;
   /** The files behind this image, top layer first. */
   layers(): LayerInfo[];
   close(): Promise<void>;

@@ -185,11 +185,12 @@ export class Qcow2Discarder implements DiscardBackend {
     // left as it is, except where a --zero device must read as zero.
     const zero = this.hasBacking ? this.mustZero.clip(start, end) : this.mustZero.clip(0, 0);
     if (l2off === 0) {
-      // Nothing allocated here; without a backing file it already reads as zero.
+      // Nothing allocated here: without a backing file it already reads as zero (discarded); with
+      // one it shows the backing file's data, which is not ours to discard.
       const z = zero.total();
       this.zeroKept += z;
       b.kept += z;
-      b.discarded += end - start - z;
+      if (!this.hasBacking) b.discarded += end - start;
       return;
     }
     let t = b.tables.get(l1i);
@@ -224,9 +225,10 @@ export class Qcow2Discarder implements DiscardBackend {
         const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
         if (host === 0) {
           // Zero, or unallocated: reads as zero, or as the backing file's data (free space too).
-          const mustZero = (lo & 1) === 0 && !zero.isEmpty && !zero.clip(g, g + len).isEmpty;
+          const unallocated = (lo & 1) === 0;
+          const mustZero = unallocated && !zero.isEmpty && !zero.clip(g, g + len).isEmpty;
           if (!mustZero) {
-            b.discarded += len;
+            if (!unallocated || !this.hasBacking) b.discarded += len;
             continue;
           }
           // A --zero device over a backing file: the cluster must be marked zero (nothing to free).

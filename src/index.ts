@@ -5,9 +5,10 @@ export type { DiskImage, ImageExtent, ExtentKind, LayerInfo, ImageWriter, Format
 export { openImage, probeFormat, type OpenOptions } from './formats/open.js';
 export { formatDrivers, findDriver } from './formats/registry.js';
 export { Volume, type Segment } from './layout/volume.js';
-export { analyzeDisk, reclaimableBytes, type AnalyzeOptions } from './analyze/analyze.js';
+export { analyzeDisk, type AnalyzeOptions } from './analyze/analyze.js';
+export { reclaimableBytes, freeInGuestBytes, snapshotOnlyBytes, allocationUnit } from './analyze/reclaim.js';
 export type { DiskMap, MapNode, ContentKind, VolumeRole } from './analyze/diskmap.js';
-export { toJson, toText, humanBytes, type DiskMapJson, type NodeJson } from './analyze/report.js';
+export { toJson, toText, humanBytes, snapshotAdvice, type DiskMapJson, type NodeJson } from './analyze/report.js';
 export { makePlan, type Plan, type PlanOptions, type PlanStep } from './plan/plan.js';
 export { copyImage, type CopyOptions, type CopyResult } from './execute/copy.js';
 export type { Progress, ProgressListener } from './execute/progress.js';

@@ -8,6 +8,7 @@ import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
 import { Output, MachineReadableError, humanSize } from './output.js';
 import { helpText } from './help.js';
+import { checkTmpOption } from './tmp-option.js';
 import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
 import { sparsifyInPlace } from '../operations/in-place.js';
@@ -39,16 +40,6 @@ function progName(): string {
 /** Options whose feature does not work yet: refuse them clearly rather than pretend. */
 function refuseUnsupported(o: CliOptions): void {
   if (o.keys.length || o.keysFromStdin) throw new SparsifyError('--key and --keys-from-stdin are not supported yet: encrypted volumes are kept whole');
-  if (o.tmp !== undefined) {
-    if (o.tmp.startsWith('prebuilt:')) throw new SparsifyError('--tmp prebuilt:FILE is not supported: sparsify needs no temporary overlay');
-    let st;
-    try {
-      st = statSync(o.tmp);
-    } catch {
-      throw new SparsifyError(`--tmp ${o.tmp}: no such directory or block device`);
-    }
-    if (!st.isDirectory() && !st.isBlockDevice()) throw new SparsifyError(`--tmp ${o.tmp}: not a directory or block device`);
-  }
 }
 
 function checkInPlaceConflicts(o: CliOptions): void {
@@ -89,6 +80,7 @@ async function runAnalyze(o: CliOptions, out: Output): Promise<number> {
 async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise<number> {
   if (o.operands.length !== 2) throw new UsageError(`usage is: ${progName()} [--options] indisk outdisk`);
   const [input, output] = o.operands as [string, string];
+  if (o.tmp !== undefined) out.verbose(await checkTmpOption(o.tmp, input, o.format));
   const report = await sparsifyCopy({
     input,
     output,

@@ -18,6 +18,7 @@ import { startServer, stopAllServers, http, waitFor, makeGuestDisk, guestProblem
 const SIZE_MIB = 12;
 const N = 30;
 const HOSTS = ['alpha', 'beta', 'gamma'];
+const EXTRA = ['death.raw', 'cancel.raw', 'sched-1.raw', 'sched-2.raw', 'db-1.raw', 'db-2.raw', 'db-3.raw', 'db-4.raw'];
 /** Shorter than the default 30 s so the takeover test stays short; the takeover time follows it. */
 const HOST_TIMEOUT = '10';
 
@@ -59,7 +60,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
       const name = `disk-${String(i).padStart(2, '0')}.${i % 2 ? 'qcow2' : 'raw'}`;
       copyFileSync(i % 2 ? qcow : raw, join(domain, name));
     }
-    for (const extra of ['death.raw', 'cancel.raw', 'db-1.raw', 'db-2.raw', 'db-3.raw', 'db-4.raw']) copyFileSync(raw, join(domain, extra));
+    for (const extra of EXTRA) copyFileSync(raw, join(domain, extra));
     for (const h of HOSTS) await startHost(h);
   });
 
@@ -80,7 +81,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     for (const h of listed) assert.deepEqual(h.domains.map((d) => d.reachable), [true]);
     const all = await waitFor('every disk analyzed', async () => {
       const d = await disks();
-      return d.length === N + 6 && d.every((x) => x.analysis.state === 'done') ? d : undefined;
+      return d.length === N + EXTRA.length && d.every((x) => x.analysis.state === 'done') ? d : undefined;
     }, 120_000);
     for (const s of hosts.values()) {
       const mine = (await http(s, 'GET', '/api/disks')).body.disks as Disk[];
@@ -91,6 +92,19 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
   it('sparsifies 30 disks asked of different hosts, each exactly once, spread over the hosts', async () => {
     const targets = (await disks()).filter((d) => d.name.startsWith('disk-'));
     assert.equal(targets.length, N);
+    // One host's live stream shows every host's progress.
+    const watcher = hosts.get('alpha')!;
+    const ctl = new AbortController();
+    const stream = await fetch(`${watcher.url}/api/stream`, { signal: ctl.signal });
+    let sse = '';
+    const reading = (async () => {
+      const reader = stream.body!.getReader();
+      for (;;) {
+        const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+        if (done) return;
+        sse += Buffer.from(value!).toString();
+      }
+    })();
     const before = new Map(targets.map((d) => [d.id, statSync(join(domain, d.name)).blocks * 512]));
     const servers = [...hosts.values()];
     const accepted = await Promise.all(targets.map((d, i) => http(servers[i % 3]!, 'POST', `/api/disks/${d.id}/sparsify`)));
@@ -105,6 +119,12 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     for (const j of jobs) assert.equal(j.attempts, 1, `${j.diskName} ran once`);
     const ranOn = new Set(jobs.map((j) => j.host));
     assert.ok(ranOn.size > 1, `work spread over more than one host: ${[...ranOn].join(', ')}`);
+    ctl.abort();
+    await reading;
+    const progressOf = new Set([...sse.matchAll(/event: progress\ndata: (.*)\n/g)].map((m) => (JSON.parse(m[1]!) as { jobId: string }).jobId));
+    const elsewhere = jobs.filter((j) => j.host !== 'alpha');
+    assert.ok(elsewhere.length > 0);
+    for (const j of elsewhere) assert.ok(progressOf.has(j.id), `alpha's stream showed the progress of ${j.diskName} on ${j.host}`);
 
     // The attempts (claim to end, on the host that ran it) and the lock history (locked at
     // creation, unlocked at the end) of each disk never overlap.
@@ -246,4 +266,27 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     for (const s of hosts.values()) assert.ok(!s.output().includes(pg.password));
     assert.ok(TOKEN);
   });
+  it('runs the schedule once per interval for the whole cluster, not once per host', async () => {
+    assert.equal((await http(hosts.get('gamma')!, 'PUT', '/api/policy', { thresholdBytes: 1 << 20, thresholdPercent: 1, scheduleIntervalSeconds: 1 })).status, 200);
+    const needing = ((await http(hosts.get('beta')!, 'GET', '/api/disks?needsSparsify=true')).body.disks as Disk[]).map((d) => d.name).sort();
+    assert.ok(needing.includes('sched-1.raw') && needing.includes('sched-2.raw'), needing.join(', '));
+    const t0 = Date.now();
+    assert.equal((await http(hosts.get('gamma')!, 'PUT', '/api/policy', { scheduleEnabled: true })).status, 200);
+    try {
+      const jobs = await waitFor('the scheduled jobs to end', async () => {
+        const j = ((await http(any(), 'GET', '/api/jobs?limit=500')).body.jobs as Array<Job & { origin: string }>).filter((x) => x.origin === 'schedule');
+        return j.length >= needing.length && j.every((x) => x.status === 'finished') ? j : undefined;
+      }, 60_000);
+      // A few more intervals: nothing needs sparsify any more, so nothing more is queued.
+      await new Promise((r) => setTimeout(r, 3000));
+      const again = ((await http(any(), 'GET', '/api/jobs?limit=500')).body.jobs as Array<Job & { origin: string }>).filter((x) => x.origin === 'schedule');
+      assert.deepEqual(again.map((j) => j.diskName).sort(), needing, 'one scheduled job per disk that needed it');
+      assert.equal(jobs.length, needing.length);
+      const runs = ((await http(any(), 'GET', '/api/events?limit=500')).body.events as Array<{ type: string; time: number; message: string }>).filter((e) => e.type === 'policy-run' && e.time >= t0);
+      assert.equal(runs.length, 1, `one run found the disks, by one host: ${runs.map((r) => r.message).join('; ')}`);
+    } finally {
+      await http(any(), 'PUT', '/api/policy', { scheduleEnabled: false });
+    }
+  });
+
 });

@@ -67,7 +67,9 @@ interface Host {
 async function startHost(work: string, name: string, domain: string, database?: string): Promise<Host> {
   const fromTs = import.meta.url.endsWith('.ts');
   const bin = fileURLToPath(new URL(`../src/service/bin.${fromTs ? 'ts' : 'js'}`, import.meta.url));
-  const args = [...(fromTs ? ['--import', 'tsx'] : []), bin, '--data-dir', join(work, `data-${name}`), '--domain', domain, '--port', '0', '--token', TOKEN, '--host-name', name, '--concurrency', String(CONCURRENCY)];
+  // BENCH_CPU_PROF=DIR: each host writes a V8 CPU profile there when it stops.
+  const prof = process.env['BENCH_CPU_PROF'] ? ['--cpu-prof', '--cpu-prof-dir', process.env['BENCH_CPU_PROF'], '--cpu-prof-name', `${name}.cpuprofile`] : [];
+  const args = [...prof, ...(fromTs ? ['--import', 'tsx'] : []), bin, '--data-dir', join(work, `data-${name}`), '--domain', domain, '--port', '0', '--token', TOKEN, '--host-name', name, '--concurrency', String(CONCURRENCY)];
   if (database) args.push('--database', database);
   const proc = spawn(process.execPath, args, { env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -85,6 +87,16 @@ async function startHost(work: string, name: string, domain: string, database?: 
     proc.once('exit', (code) => reject(new Error(`host ${name} exited (${code}): ${out}`)));
   });
   return { url, proc };
+}
+
+/** SIGTERM (a profile gets written), SIGKILL after 15 s. */
+async function stopHost(h: Host): Promise<void> {
+  if (h.proc.exitCode !== null || h.proc.signalCode !== null) return;
+  const exited = new Promise<void>((r) => h.proc.once('exit', () => r()));
+  h.proc.kill('SIGTERM');
+  const t = setTimeout(() => h.proc.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(t);
 }
 
 async function getJson<T>(url: string): Promise<T> {
@@ -145,7 +157,7 @@ async function scenario(work: string, label: string, hostNames: string[], databa
       { name: `${label}: GET /api/disks, ${DISKS} disks, idle`, p95Ms: pct(idle, 95), medianMs: pct(idle, 50) },
     ];
   } finally {
-    for (const h of hosts) h.proc.kill('SIGKILL');
+    await Promise.all(hosts.map((h) => stopHost(h)));
     rmSync(join(work, label), { recursive: true, force: true });
   }
 }

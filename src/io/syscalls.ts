@@ -12,6 +12,7 @@ const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, i
 const fcntlFn = libc.func('int fcntl(int fd, int cmd, ...)');
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
 const syncFileRangeFn = libc.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
+const gettidFn = libc.func('int gettid()');
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -133,4 +134,9 @@ export function blockDeviceSectorSize(fd: number): number {
 export function discardBlockDevice(fd: number, offset: number, length: number): void {
   const range = [BigInt(offset), BigInt(length)];
   if (ioctlFn(fd, BLKDISCARD, koffi.pointer('uint64_t'), range) !== 0) fail('ioctl(BLKDISCARD)');
+}
+
+/** The calling thread's id (for per-thread scheduling priority: background work runs niced). */
+export function gettid(): number {
+  return gettidFn() as number;
 }

@@ -27,6 +27,8 @@ import { DataDirLock } from './hosts/data-dir-lock.js';
 import { ClusterMonitor } from './hosts/monitor.js';
 import { Policy } from './policy.js';
 import { DiskCatalog } from './catalog.js';
+import { EnginePool } from './engine/pool.js';
+import { ClusterState } from './cluster-state.js';
 import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 
@@ -41,6 +43,8 @@ export class Service {
   readonly monitor: ClusterMonitor;
   readonly policy: Policy;
   readonly catalog: DiskCatalog;
+  readonly engine: EnginePool;
+  readonly cluster: ClusterState;
   readonly token: string;
   readonly tokenGenerated: boolean;
   private timers: NodeJS.Timeout[] = [];
@@ -58,14 +62,17 @@ export class Service {
     this.token = t.token;
     this.tokenGenerated = t.generated;
     this.mounts = new Mounts(this.ctx, config.domains);
-    this.scanner = new Scanner(this.ctx, this.mounts, (id) => this.isScannerOf(id));
+    // One thread per job slot, and one for the scanner's analyses.
+    this.engine = new EnginePool(config.concurrency + 1);
+    this.scanner = new Scanner(this.ctx, this.mounts, (id) => this.isScannerOf(id), this.engine);
     this.queue = store.kind === 'postgres' ? new PgBossQueue(store, (e) => log.warn(`job queue: ${e.message}`)) : new LocalQueue(store);
-    this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue);
+    this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue, this.engine);
     this.dispatcher = new Dispatcher(this.queue, config.concurrency, () => this.mounts.reachableIds(), (d) => this.worker.runDispatch(d), bus, log);
     this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
     this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await domainStates(store)).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.policy = new Policy(this.ctx, (diskId) => this.submit(diskId, {}, 'schedule'));
-    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.policy.get(), domains: await domainStates(store), defaultMode: config.defaultMode }));
+    this.cluster = new ClusterState(store, bus, () => this.policy.get());
+    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode }));
   }
 
   /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
@@ -114,7 +121,7 @@ export class Service {
   /** The first up host, by name, that reaches the domain scans it. */
   private async isScannerOf(domainId: string): Promise<boolean> {
     if (this.store.kind === 'sqlite') return true;
-    const s = (await domainStates(this.store)).get(domainId);
+    const s = await this.cluster.domain(domainId);
     const first = s?.hosts.sort()[0];
     return first === undefined || first === this.ctx.host;
   }
@@ -162,11 +169,13 @@ export class Service {
     this.dispatcher.stop();
     this.scanner.close();
     this.catalog.close();
+    this.cluster.close();
     if (this.started) {
       await this.worker.stop(timeoutMs);
       await this.registry.stop();
     }
     await this.queue.stop().catch(() => undefined);
+    await this.engine.close().catch(() => undefined);
     await this.bus.close().catch(() => undefined);
     await this.store.close().catch(() => undefined);
     this.dataDirLock.release();
@@ -181,7 +190,7 @@ export class Service {
   async getDiskView(id: string): Promise<(DiskView & { map: unknown; layers: unknown }) | undefined> {
     const d = await this.store.disks.get(id);
     if (!d || !d.present) return undefined;
-    const [policy, domains, derived, map] = await Promise.all([this.policy.get(), domainStates(this.store), this.store.disks.derivedOf(id), this.store.disks.map(id)]);
+    const [policy, domains, derived, map] = await Promise.all([this.cluster.policy(), this.cluster.domainStates(), this.store.disks.derivedOf(id), this.store.disks.map(id)]);
     const view = diskView(d, { policy, domains, derived: new Map([[id, derived]]), defaultMode: this.config.defaultMode });
     return { ...view, map: map?.root ?? null, layers: map?.layers ?? null };
   }
@@ -206,7 +215,7 @@ export class Service {
         mounts: this.mounts,
         scanner: this.scanner,
         queue: this.queue,
-        domainState: async (id) => (await domainStates(this.store)).get(id) ?? { reachable: false, canDiscard: false },
+        domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false },
       },
       diskId,
       options,

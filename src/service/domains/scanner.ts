@@ -11,7 +11,8 @@ import { realpathSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, join, relative, sep } from 'node:path';
-import { openImage, analyzeDisk, toJson, type DiskMapJson } from '../../index.js';
+import { openImage, type DiskMapJson } from '../../index.js';
+import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
 import type { DiskRecord, BackingRef } from '../store/records.js';
 import { isDuplicate } from '../store/disks.js';
@@ -41,6 +42,7 @@ export class Scanner {
     private readonly mounts: Mounts,
     /** Is this host the one that scans the domain now? */
     private readonly isScanner: (domainId: string) => Promise<boolean>,
+    private readonly engine: EnginePool,
   ) {}
 
   /** Rescan the domains this host scans; concurrent callers share one scan (and one more if asked meanwhile). */
@@ -308,16 +310,10 @@ export class Scanner {
       return;
     }
     if (d.analysisKey === key && !forJob) return;
-    const warnings: string[] = [];
     let map: DiskMapJson | null = null;
     let error: string | null = null;
     try {
-      const image = await openImage(full, { lock: 'none', format: d.format ?? undefined, warn: (w) => warnings.push(w) });
-      try {
-        map = toJson(await analyzeDisk(image));
-      } finally {
-        await image.close();
-      }
+      map = (await this.engine.analyze(full, d.format ?? undefined)).map;
     } catch (e) {
       error = (e as Error).message;
       this.ctx.log.warn(`analysis of ${d.name} failed: ${error}`);

@@ -7,7 +7,8 @@
  */
 import { statSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { sparsifyCopy, acquireImageLock, READ_LOCK, type OperationEvents } from '../../index.js';
+import { acquireImageLock, READ_LOCK, type OperationEvents } from '../../index.js';
+import type { EnginePool } from '../engine/pool.js';
 import type { DiskRecord, JobRecord } from '../store/records.js';
 
 const tempPrefix = (diskPath: string, jobId: string): string => `.${basename(diskPath)}.sparsify-job-${jobId}-a`;
@@ -37,7 +38,7 @@ export function removeTemps(diskPath: string, jobId: string, which: { below?: nu
   }
 }
 
-export async function copyAndReplace(job: JobRecord, d: DiskRecord, path: string, events: OperationEvents, beforeRename: () => Promise<void>): Promise<void> {
+export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: DiskRecord, path: string, events: OperationEvents, beforeRename: () => Promise<void>): Promise<void> {
   // What a dead host's attempt left beside the disk goes first.
   removeTemps(path, job.id, { below: job.attempts });
   const guard = openSync(path, 'r');
@@ -47,7 +48,8 @@ export async function copyAndReplace(job: JobRecord, d: DiskRecord, path: string
     if (orig.ino !== d.ino) throw new Error(`${d.name} changed since it was validated (another file is at its path)`);
     const temp = join(dirname(path), `${tempPrefix(path, job.id)}${job.attempts}.tmp`);
     try {
-      await sparsifyCopy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero, ...events });
+      await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero }, events);
+      if (events.signal?.aborted) throw new Error('stopped');
       chmodSync(temp, orig.mode & 0o7777);
       try {
         chownSync(temp, orig.uid, orig.gid);

@@ -7,7 +7,8 @@
  * goes on; its state is written when it is back.
  */
 import { statSync } from 'node:fs';
-import { sparsifyInPlace, humanBytes, type OperationEvents } from '../../index.js';
+import { humanBytes, type OperationEvents } from '../../index.js';
+import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
 import type { JobRecord, JobStep, StepName } from '../store/records.js';
 import type { Dispatch, JobQueue } from '../queue/types.js';
@@ -54,6 +55,7 @@ export class JobWorker {
     private readonly mounts: Mounts,
     private readonly scanner: Scanner,
     private readonly queue: JobQueue,
+    private readonly engine: EnginePool,
   ) {}
 
   start(): void {
@@ -110,19 +112,19 @@ export class JobWorker {
     this.publish(e.job);
   }
 
-  private async begin(e: Running, name: StepName): Promise<JobStep> {
+  /** End step `done` (if any) and begin step `name`, in one write. */
+  private async step(e: Running, done: JobStep | undefined, name: StepName): Promise<JobStep> {
     this.throwIfStopped(e);
+    const now = Date.now();
+    if (done) {
+      done.status = 'finished';
+      done.endedAt = now;
+    }
     const s = e.job.steps.find((x) => x.name === name)!;
     s.status = 'running';
-    s.startedAt = Date.now();
+    s.startedAt = now;
     await this.save(e);
     return s;
-  }
-
-  private async finishStep(e: Running, s: JobStep): Promise<void> {
-    s.status = 'finished';
-    s.endedAt = Date.now();
-    await this.save(e);
   }
 
   private throwIfStopped(e: Running): void {
@@ -153,16 +155,15 @@ export class JobWorker {
     await this.ctx.record({ severity: 'info', type: 'job-started', diskId: job.diskId, jobId: job.id, message: `Started to sparsify ${job.diskName} on ${this.ctx.host}${job.attempts > 1 ? ` (attempt ${job.attempts})` : ''}` });
     try {
       // validating: the world may have changed since the request was accepted.
-      let s = await this.begin(e, 'validating');
+      let s = await this.step(e, undefined, 'validating');
       const d = await untilAvailable(() => store.disks.get(job.diskId), { onWait: () => undefined });
       if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');
       const path = this.mounts.pathOf(d);
       if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
       await this.waitUntilFree(e, path, d.name);
       if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);
-      await this.finishStep(e, s);
 
-      s = await this.begin(e, 'executing');
+      s = await this.step(e, s, 'executing');
       job.actualBefore = statSync(path).blocks * 512;
       const events: OperationEvents = {
         signal: e.ctl.signal,
@@ -171,9 +172,9 @@ export class JobWorker {
         onStatus: (t) => void (s.detail = t),
       };
       if (job.options.mode === 'in-place') {
-        await sparsifyInPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero, ...events });
+        await this.engine.inPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero }, events);
       } else {
-        await copyAndReplace(job, d, path, events, async () => {
+        await copyAndReplace(this.engine, job, d, path, events, async () => {
           const r = await untilAvailable(() => assertCurrent(store, e.fence), { deadline: this.deadline });
           if (r.cancelRequested) e.ctl.abort(new Stopped('cancel'));
           this.throwIfStopped(e);
@@ -182,10 +183,9 @@ export class JobWorker {
       this.throwIfStopped(e);
       if (s.total === 0) s.total = s.done = 1;
       s.done = s.total;
-      await this.finishStep(e, s);
 
       // finalizing: the job ends once the disk's new size and analysis are stored.
-      s = await this.begin(e, 'finalizing');
+      s = await this.step(e, s, 'finalizing');
       job.actualAfter = statSync(path).blocks * 512;
       job.bytesReclaimed = Math.max(0, job.actualBefore - job.actualAfter);
       await untilAvailable(async () => {

@@ -14,6 +14,7 @@ import { allInfo, allWarnings, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
 import { copyImage } from '../execute/copy.js';
 import type { OperationEvents } from './events.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
 
@@ -35,6 +36,11 @@ export interface CopyRequest extends OperationEvents {
   compress?: boolean;
   ignore?: string[];
   zero?: string[];
+  /**
+   * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
+   * with a key is sparsified inside, one without is kept whole. Not disposed here.
+   */
+  keys?: KeyProvider;
 }
 
 export interface CopyReport {
@@ -87,7 +93,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     const options = parseOutputOptions(req.outputOptions);
 
     req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
-    const map = await analyzeDisk(image, { trace: req.onTrace });
+    const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });

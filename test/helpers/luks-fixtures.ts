@@ -11,6 +11,7 @@
 import { join } from 'node:path';
 import { closeSync, openSync, readSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { run, runStatus } from './fixtures.js';
 import { extract } from './ext-fixtures.js';
 
@@ -136,4 +137,35 @@ export function rewriteLuks2Json(img: string, mutate: (json: Record<string, unkn
 /** Write `text` to a new file with `mode`, for key files. */
 export function writeSecretFile(path: string, text: string, mode = 0o600): void {
   writeFileSync(path, text, { mode });
+}
+
+// --- LVM, for LVM on LUKS and LUKS on LVM -----------------------------------------------------------
+
+/** Can this machine build LVM PVs (root, a free loop device)? A reason to skip, or false. */
+export function lvmSkipReason(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root for a loop device (the LVM tools need a block device)';
+  if (runStatus('losetup', ['-f']).status !== 0) return 'no free loop device';
+  return false;
+}
+
+/**
+ * Make `path` (an existing file) an LVM PV with VG `vg` and one LV `lv` filling it, without
+ * device-mapper (activation off, as test/fixtures/lvm/make-upstream.sh does). Returns where the LV
+ * lies in the file: it is linear from the PV's first extent.
+ */
+export function makePvWithLv(path: string, vg: string, lv: string): { lvOffset: number; lvSize: number } {
+  const loop = run('losetup', ['-f', '--show', path]).trim();
+  try {
+    const c = `devices{use_devicesfile=0 filter=["a|^${loop}$|","r|.*|"] obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0} global{activation=0} backup{backup=0 archive=0}`;
+    const env = { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' };
+    const lvm = (args: string[]): string => execFileSync('lvm', args, { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    lvm(['pvcreate', '--config', c, '-q', loop]);
+    lvm(['vgcreate', '--config', c, '-q', vg, loop]);
+    lvm(['lvcreate', '--config', c, '-q', '-an', '--zero', 'n', '-l', '100%FREE', '-n', lv, vg]);
+    const lvOffset = Number(lvm(['pvs', '--config', c, '--noheadings', '--units', 'b', '--nosuffix', '-o', 'pe_start', loop]).trim());
+    const lvSize = Number(lvm(['lvs', '--config', c, '--noheadings', '--units', 'b', '--nosuffix', '-o', 'lv_size', `${vg}/${lv}`]).trim());
+    return { lvOffset, lvSize };
+  } finally {
+    run('losetup', ['-d', loop]);
+  }
 }

@@ -8,7 +8,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { SparsifyError } from '../../io/errors.js';
-import { canonicalDevice } from '../../plan/devices.js';
+import { canonicalDevice, mapperToLvm } from '../../plan/devices.js';
 
 /** The encrypted volume a key is asked for. */
 export interface KeyRequest {
@@ -46,7 +46,8 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 function selects(id: string, req: KeyRequest): boolean {
   if (id === 'all') return true;
   if (UUID_RE.test(id)) return req.uuid !== '' && id.toLowerCase() === req.uuid.toLowerCase();
-  return canonicalDevice(id) === canonicalDevice(req.device);
+  const device = canonicalDevice(req.device);
+  return canonicalDevice(id) === device || mapperToLvm(id) === device;
 }
 
 export class KeyStore implements KeyProvider {

@@ -99,12 +99,13 @@ export function mapperName(device: string): string {
 
 /** Open the volume key with `keys` and give the payload as a child volume that decrypts. */
 async function unlock(volume: Volume, header: LuksHeader, keys: Buffer[], ctx: ContainerContext, out: ContainerAnalysis): Promise<void> {
+  const { volumeKey, keyslot, skipped } = await unlockVolumeKey(volume, header, keys, ctx.trace);
   const available = volume.size - header.payloadOffset;
   const size = header.payloadSize ?? available;
-  if (header.payloadOffset === 0 || size > available) {
+  if (header.payloadOffset === 0 || size < header.sectorSize || size > available) {
+    volumeKey.fill(0);
     throw new FatalError(`${volume.name}: LUKS${header.version} data segment at ${header.payloadOffset}+${size} does not fit the volume (size ${volume.size})`);
   }
-  const { volumeKey, keyslot, skipped } = await unlockVolumeKey(volume, header, keys, ctx.trace);
   // dm-crypt counts IVs in 512-byte units whatever the sector size (cryptsetup sets no
   // iv_large_sectors for LUKS); iv_tweak is in the same units.
   const cipher = sectorCipher(header.cipher, volumeKey, header.sectorSize, { ivStep: header.sectorSize / 512, ivTweak: header.ivTweak });

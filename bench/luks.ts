@@ -10,10 +10,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { garbageFile, fileContent } from '../test/helpers/fixtures.js';
+import { randomBytes } from 'node:crypto';
+import { garbageFile } from '../test/helpers/fixtures.js';
 import { makeExtImage } from '../test/helpers/ext-fixtures.js';
 import { placeAt } from '../test/helpers/disk-builder.js';
 import { PASSPHRASE, LUKS2_SLACK, encryptLuks1, encryptLuks2, extFreeBytes, makePvWithLv } from '../test/helpers/luks-fixtures.js';
@@ -47,10 +48,10 @@ interface Case {
   fsFree: number;
 }
 
-const FILES = { 'data/a.bin': fileContent('bench-a', 24 * MiB), 'etc/b.txt': Buffer.from('kept\n'), 'gone.bin': fileContent('bench-gone', 48 * MiB) };
-
+/** 24 MiB kept, 48 MiB written and deleted (its data stays in free space, as a guest leaves it). */
 function ext4(path: string, size: number, work: string): number {
-  makeExtImage(path, { type: 'ext4', sizeMiB: size / MiB, files: FILES, remove: ['gone.bin'], mkfsArgs: ['-b', '4096'] }, work, true);
+  const files = { 'data/a.bin': randomBytes(24 * MiB), 'etc/b.txt': Buffer.from('kept\n'), 'gone.bin': randomBytes(48 * MiB) };
+  makeExtImage(path, { type: 'ext4', sizeMiB: size / MiB, files, remove: ['gone.bin'], mkfsArgs: ['-b', '4096'] }, work, true);
   return extFreeBytes(path);
 }
 
@@ -173,7 +174,7 @@ export function luksTable(rows: Row[]): string[] {
   return lines;
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+if (process.argv[1] && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {
   benchLuks({ log: (s) => console.log(s) })
     .then((rows) => console.log('\n' + luksTable(rows).join('\n')))
     .catch((e: unknown) => {

@@ -92,9 +92,13 @@ function headerDetails(h: LuksHeader): Record<string, string | number | boolean>
   };
 }
 
-/** libguestfs's name for the opened mapping: /dev/sda2 -> /dev/mapper/cryptsda2. */
-export function mapperName(device: string): string {
-  return `/dev/mapper/crypt${device.replace(/^\/dev\//, '').replace(/\//g, '')}`;
+/**
+ * libguestfs's name for the opened mapping (virt-sparsify 1.48 prints it: "Fill free space in
+ * /dev/mapper/luks-UUID"), so --ignore and --zero names carry over; without a UUID, its older
+ * crypt<device> form.
+ */
+export function mapperName(device: string, uuid: string): string {
+  return uuid ? `/dev/mapper/luks-${uuid}` : `/dev/mapper/crypt${device.replace(/^\/dev\//, '').replace(/\//g, '')}`;
 }
 
 /** Open the volume key with `keys` and give the payload as a child volume that decrypts. */
@@ -112,7 +116,7 @@ async function unlock(volume: Volume, header: LuksHeader, keys: Buffer[], ctx: C
   volumeKey.fill(0);
   const whole = Math.floor(size / header.sectorSize) * header.sectorSize;
   const payload = volume.slice(volume.name, header.payloadOffset, whole);
-  const child = new Volume(new DecryptedSource(payload, cipher), mapperName(volume.name), payload.segments);
+  const child = new Volume(new DecryptedSource(payload, cipher), mapperName(volume.name, header.uuid), payload.segments);
   ctx.trace(`${volume.name}: opened with keyslot ${keyslot}; ${child.name} is ${whole} bytes at ${header.payloadOffset}`);
   out.children.push({ volume: child, details: { luks: volume.name, keyslot } });
   out.warnings.push(...skipped.map((s) => `${s}; used keyslot ${keyslot}`));

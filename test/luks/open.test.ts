@@ -8,7 +8,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { copyFileSync, existsSync, truncateSync } from 'node:fs';
-import { tempDir, run, haveTool, allocatedBytes, fileContent, sha256, readBytes } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, allocatedBytes, fileContent, sha256, readBytes, garbageFile } from '../helpers/fixtures.js';
 import { makeExtImage, extFileSums, e2fsck } from '../helpers/ext-fixtures.js';
 import { sparsify } from '../helpers/cli.js';
 import {
@@ -133,6 +133,35 @@ describe('LUKS with a key', { skip, timeout: 300_000 }, () => {
     assert.equal(r.status, 0, r.stderr);
     assert.ok(reclaimed(l2.img, out) >= 0.9 * l2.fsFree);
     checkOutput(out, l2, t.dir);
+  });
+
+  test('several keyslots: a second passphrase (pbkdf2 beside argon2id) opens the volume too', () => {
+    const img = join(t.dir, 'two-slots.img');
+    copyFileSync(l2.img, img);
+    const newKey = join(t.dir, 'new-key');
+    writeSecretFile(newKey, 'second passphrase');
+    run('cryptsetup', ['luksAddKey', '-q', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', '-', img, newKey], { input: PASSPHRASE });
+    const r = sparsify(['-x', '--analyze', '--key', `/dev/sda:file:${newKey}`, img]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /trying key 1 of 1 on keyslot 1 \(pbkdf2-sha256, 1000 iterations\)/);
+    assert.match(r.stderr, /opened with keyslot 1/);
+    assert.match(r.stdout, /luks-[0-9a-f-]{36}\s.*ext4/);
+  });
+
+  test('swap inside LUKS2: its body is dropped, its header kept', () => {
+    const img = join(t.dir, 'swap.img');
+    garbageFile(img, 16 << 20);
+    run('mkswap', ['-L', 'cryptswap', img, String((16 << 20) / 1024 - LUKS2_SLACK / 1024)]);
+    const swapUuid = run('blkid', ['-p', '-o', 'value', '-s', 'UUID', img]).trim();
+    encryptLuks2(img, { pbkdf: 'pbkdf2' });
+    const out = join(t.dir, 'swap-out.img');
+    const r = sparsify(['--key', `all:key:${PASSPHRASE}`, img, out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(allocatedBytes(out) < allocatedBytes(img) - (8 << 20), `swap body dropped (${allocatedBytes(out)} of ${allocatedBytes(img)})`);
+    const plain = join(t.dir, 'swap-plain.img');
+    decryptWithCryptsetup(out, plain, t.dir);
+    assert.equal(run('blkid', ['-p', '-o', 'value', '-s', 'UUID', plain]).trim(), swapUuid);
+    assert.equal(run('blkid', ['-p', '-o', 'value', '-s', 'LABEL', plain]).trim(), 'cryptswap');
   });
 
   test('LUKS2 with a damaged primary header: the secondary copy is used', () => {

@@ -108,8 +108,8 @@ export async function keyStoreFromOptions(o: KeyOptions): Promise<KeyStore> {
   try {
     for (const text of o.keys) selectors.push(await parseKeySelector(text));
     if (!o.keysFromStdin) return new KeyStore(selectors);
-    if (process.stdin.isTTY) return new KeyStore(selectors, [], terminalPrompt(o.echoKeys));
-    return new KeyStore(selectors, keyLines(await readStdin()));
+    if (process.stdin.isTTY) return new KeyStore(selectors, { prompt: terminalPrompt(o.echoKeys) });
+    return new KeyStore(selectors, { shared: keyLines(await readStdin()) });
   } catch (e) {
     for (const s of selectors) s.key.fill(0);
     throw e;

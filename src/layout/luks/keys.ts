@@ -24,7 +24,7 @@ export interface KeyProvider {
    * kept whole). The buffers stay owned by the provider: do not keep them past `dispose()`.
    */
   keysFor(req: KeyRequest): Promise<Buffer[]>;
-  /** The IDs given that matched no encrypted volume, for a warning. */
+  /** The IDs given that matched no encrypted volume so far, for a warning (empty when not tracked). */
   unmatched(): string[];
   /** Overwrite every key held with zeros. */
   dispose(): void;
@@ -56,14 +56,15 @@ export class KeyStore implements KeyProvider {
   private readonly prompted = new Map<string, Buffer>();
 
   /**
-   * @param selectors keys with their IDs, tried in this order after the exact device/UUID matches
-   * @param shared keys for every volume, tried last (the lines of a piped --keys-from-stdin)
-   * @param prompt asks for a key for a volume no selector names (--keys-from-stdin on a terminal)
+   * @param selectors keys with their IDs, exact device/UUID matches tried before `all`
+   * @param opts.shared keys for every volume, tried last (the lines of a piped --keys-from-stdin)
+   * @param opts.prompt asks for a key for a volume no selector names (--keys-from-stdin on a terminal)
+   * @param opts.reportUnmatched warn about IDs that match nothing (the CLI: one disk per run);
+   *   off for a store shared by many disks, such as the service's keys file
    */
   constructor(
     private readonly selectors: readonly KeySelector[],
-    private readonly shared: readonly Buffer[] = [],
-    private readonly prompt?: KeyPrompt,
+    private readonly opts: { shared?: readonly Buffer[]; prompt?: KeyPrompt; reportUnmatched?: boolean } = {},
   ) {}
 
   async keysFor(req: KeyRequest): Promise<Buffer[]> {
@@ -71,9 +72,9 @@ export class KeyStore implements KeyProvider {
     // Keys naming this volume come before `all`.
     matching.sort((a, b) => Number(a.id === 'all') - Number(b.id === 'all'));
     for (const s of matching) this.used.add(s);
-    const keys = [...matching.map((s) => s.key), ...this.shared];
-    if (keys.length === 0 && this.prompt) {
-      const key = this.prompted.get(req.device) ?? (await this.prompt(req));
+    const keys = [...matching.map((s) => s.key), ...(this.opts.shared ?? [])];
+    if (keys.length === 0 && this.opts.prompt) {
+      const key = this.prompted.get(req.device) ?? (await this.opts.prompt(req));
       if (key) {
         this.prompted.set(req.device, key);
         keys.push(key);
@@ -83,12 +84,13 @@ export class KeyStore implements KeyProvider {
   }
 
   unmatched(): string[] {
+    if (!(this.opts.reportUnmatched ?? true)) return [];
     return this.selectors.filter((s) => !this.used.has(s) && s.id !== 'all').map((s) => s.id);
   }
 
   dispose(): void {
     for (const s of this.selectors) s.key.fill(0);
-    for (const k of this.shared) k.fill(0);
+    for (const k of this.opts.shared ?? []) k.fill(0);
     for (const k of this.prompted.values()) k.fill(0);
   }
 }
@@ -156,7 +158,7 @@ export async function loadKeysFile(path: string): Promise<KeyStore> {
         throw new SparsifyError(`keys file ${path}: '${s.id}' is not a LUKS UUID (keys are looked up by the volume's UUID)`);
       }
     }
-    return new KeyStore(selectors);
+    return new KeyStore(selectors, { reportUnmatched: false });
   } finally {
     content.fill(0);
   }

@@ -161,14 +161,16 @@ function convert(s: Setting, v: unknown, name: string): unknown {
 }
 
 export interface ConfigSources {
-  /** Flags already parsed, by setting key (--domain: `domains` or `domain`). */
+  /** Flags already parsed: by setting key, or by the flag's camel-cased name as commander gives them (--host-timeout: hostTimeout). */
   flags: Record<string, unknown>;
   env: NodeJS.ProcessEnv;
 }
 
+const camel = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
 export function loadConfig(src: ConfigSources): ServiceConfig {
   const flags = { ...src.flags };
-  if (flags.domain !== undefined && flags.domains === undefined) flags.domains = flags.domain;
+  for (const s of SETTINGS) if (s.flag && flags[s.key] === undefined && flags[camel(s.flag)] !== undefined) flags[s.key] = flags[camel(s.flag)];
   const c = defaultConfig((flags.dataDir as string | undefined) ?? src.env.SPARSIFY_DATA_DIR);
   const byKey = new Map(SETTINGS.map((s) => [s.key, s]));
   const file = (flags.config as string | undefined) ?? src.env.SPARSIFY_CONFIG;

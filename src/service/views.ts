@@ -101,7 +101,7 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
     error: d.error,
     lockedBy: d.lockedBy,
     analysis: {
-      state: a && d.analysisKey ? 'done' : d.analysisError || d.health === 'illegal' ? 'failed' : 'pending',
+      state: d.health === 'illegal' || d.analysisError ? 'failed' : a && d.analysisKey ? 'done' : 'pending',
       analyzedAt: d.analyzedAt,
       dataBytes: a?.dataBytes ?? null,
       reclaimableBytes: a?.reclaimableBytes ?? null,

@@ -16,7 +16,7 @@ export interface Server {
   output: () => string;
   /** SIGKILL: the service dies mid-whatever. */
   kill: () => Promise<void>;
-  /** SIGTERM and wait. */
+  /** SIGTERM and wait (20 s at most, then SIGKILL and an error). */
   stop: () => Promise<void>;
 }
 
@@ -26,14 +26,48 @@ function entry(): { args: string[] } {
   return { args: fromTs ? ['--import', 'tsx', bin] : [bin] };
 }
 
-export async function startServer(opts: { dataDir: string; domains?: string[]; env?: Record<string, string>; token?: string | null }): Promise<Server> {
+/** Every server a test started and has not stopped: `stopAllServers` (in `after`) kills what a failed test left. */
+const live = new Set<ChildProcess>();
+
+export async function stopAllServers(): Promise<void> {
+  const procs = [...live];
+  live.clear();
+  await Promise.all(
+    procs.map(
+      (p) =>
+        new Promise<void>((r) => {
+          if (p.exitCode !== null || p.signalCode !== null) return r();
+          p.once('exit', () => r());
+          p.kill('SIGKILL');
+        }),
+    ),
+  );
+}
+
+export interface ServerOptions {
+  dataDir: string;
+  domains?: string[];
+  env?: Record<string, string>;
+  token?: string | null;
+  /** postgres://...: a host of a cluster. */
+  database?: string;
+  hostName?: string;
+  args?: string[];
+}
+
+export async function startServer(opts: ServerOptions): Promise<Server> {
   const args = [...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
   for (const d of opts.domains ?? []) args.push('--domain', d);
   if (opts.token !== null) args.push('--token', opts.token ?? TOKEN);
+  if (opts.database) args.push('--database', opts.database);
+  if (opts.hostName) args.push('--host-name', opts.hostName);
+  args.push(...(opts.args ?? []));
   const proc = spawn(process.execPath, args, {
     env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(proc);
+  proc.once('exit', () => live.delete(proc));
   let out = '';
   proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
   proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
@@ -63,7 +97,15 @@ export async function startServer(opts: { dataDir: string; domains?: string[]; e
     },
     stop: async () => {
       proc.kill('SIGTERM');
-      await exited;
+      // A server that ignores SIGTERM fails the test instead of hanging it.
+      let timer: NodeJS.Timeout | undefined;
+      const late = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), 20_000)))]);
+      clearTimeout(timer);
+      if (late) {
+        proc.kill('SIGKILL');
+        await exited;
+        throw new Error(`the server did not stop within 20 s of SIGTERM:\n${out.slice(-2000)}`);
+      }
     },
   };
 }

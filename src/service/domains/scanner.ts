@@ -257,8 +257,7 @@ export class Scanner {
       if (d.domainId !== domainId) continue;
       const backing = d.backingRef ? (byRef.get(`${d.backingRef.domainId}\u0000${d.backingRef.rel}`) ?? null) : null;
       if (backing !== d.backingId) {
-        d.backingId = backing;
-        await this.ctx.store.disks.put(d);
+        await this.ctx.store.disks.setBacking(d.id, backing);
         this.ctx.bus.publish({ type: 'disk', id: d.id });
       }
     }
@@ -312,15 +311,9 @@ export class Scanner {
       error = (e as Error).message;
       this.ctx.log.warn(`analysis of ${d.name} failed: ${error}`);
     }
-    // The file may have changed meanwhile: store under the key it had before, so a change is seen again.
-    const fresh = await this.ctx.store.disks.get(id);
-    if (!fresh || fresh.ino !== d.ino) return;
-    fresh.analysis = map ? { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings } : null;
-    fresh.analysisError = error;
-    fresh.analysisKey = key;
-    fresh.analyzedAt = Date.now();
-    await this.ctx.store.disks.put(fresh, map);
-    this.ctx.bus.publish({ type: 'disk', id });
+    // The file may have changed meanwhile: stored under the key it had before, so a change is seen again.
+    const summary = map ? { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings } : null;
+    if (await this.ctx.store.disks.setAnalysis(id, d.ino, { analysis: summary, analysisKey: key, analysisError: error, analyzedAt: Date.now() }, map)) this.ctx.bus.publish({ type: 'disk', id });
   }
 
   /** Wait until no scan or analysis is queued or running (tests, benchmarks). */

@@ -22,10 +22,14 @@ export class ClusterMonitor {
     private readonly reachableAnywhere: () => Promise<Set<string>>,
   ) {}
 
-  /** At start: jobs this host was running when it stopped (it died, or could not hand them back). */
+  /**
+   * At start: jobs this host was running when it stopped (it died, or could not hand them back),
+   * and those a release before the cluster left running (they name no host).
+   */
   async recoverOwn(): Promise<void> {
     const { store, config, host } = this.ctx;
-    for (const job of await store.jobs.list({ status: ['running'], host })) {
+    const running = await store.jobs.list({ status: ['running'] });
+    for (const job of running.filter((j) => j.host === host || j.host === null)) {
       const r = await lifecycle.takeOver(store, this.queue, job, { reason: `interrupted by a stop of ${host}`, rerun: config.onRestart === 'rerun', maxAttempts: config.maxAttempts, outcome: 'interrupted' });
       if (r) await this.announce(job, r, `was interrupted by a stop of ${host}`, 'job-restarted');
     }

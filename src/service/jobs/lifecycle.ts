@@ -74,6 +74,14 @@ export async function claim(store: Store, jobId: string, host: string): Promise<
   });
 }
 
+/**
+ * The record a transition writes: a copy, handed back to the caller's object only once committed,
+ * so nobody reading the runner's in-memory job sees an end the database does not have yet.
+ */
+function draft(job: JobRecord): JobRecord {
+  return structuredClone(job);
+}
+
 function settle(job: JobRecord, status: JobStatus, error: string | null): void {
   const now = Date.now();
   job.status = status;
@@ -89,22 +97,26 @@ function settle(job: JobRecord, status: JobStatus, error: string | null): void {
 
 /** running -> finished | failed | cancelled, by the holder of `fence`, unlocking the disk. */
 export async function end(store: Store, job: JobRecord, fence: Fence, status: 'finished' | 'failed' | 'cancelled', error: string | null): Promise<void> {
-  settle(job, status, error);
+  const next = draft(job);
+  settle(next, status, error);
   await store.transaction(async (tx) => {
-    await fencedWrite(tx, job, fence);
-    await tx.disks.unlock(job.diskId, job.id);
-    await tx.jobs.endAttempt(job.id, fence.attempt, status, error);
+    await fencedWrite(tx, next, fence);
+    await tx.disks.unlock(next.diskId, next.id);
+    await tx.jobs.endAttempt(next.id, fence.attempt, status, error);
   });
+  Object.assign(job, next);
 }
 
 /** running -> pending by the holder of `fence` (this host stops): another host, or this one after a restart, runs it again. */
 export async function handBack(store: Store, queue: JobQueue, job: JobRecord, fence: Fence, why: string): Promise<void> {
-  requeue(job);
+  const next = draft(job);
+  requeue(next);
   await store.transaction(async (tx) => {
-    await fencedWrite(tx, job, fence);
-    await tx.jobs.endAttempt(job.id, fence.attempt, 'handed-back', why);
-    await queue.send(job, tx);
+    await fencedWrite(tx, next, fence);
+    await tx.jobs.endAttempt(next.id, fence.attempt, 'handed-back', why);
+    await queue.send(next, tx);
   });
+  Object.assign(job, next);
 }
 
 function requeue(job: JobRecord): void {
@@ -120,7 +132,8 @@ function requeue(job: JobRecord): void {
  * cancel asked meanwhile wins. Guarded by the attempt it was at, so two hosts taking over the same
  * job agree on one outcome. Returns what happened, or undefined when someone else already acted.
  */
-export async function takeOver(store: Store, queue: JobQueue, job: JobRecord, opts: { reason: string; rerun: boolean; maxAttempts: number; outcome: AttemptOutcome }): Promise<'requeued' | 'failed' | 'cancelled' | undefined> {
+export async function takeOver(store: Store, queue: JobQueue, stored: JobRecord, opts: { reason: string; rerun: boolean; maxAttempts: number; outcome: AttemptOutcome }): Promise<'requeued' | 'failed' | 'cancelled' | undefined> {
+  const job = draft(stored);
   const attempt = job.attempts;
   let result: 'requeued' | 'failed' | 'cancelled';
   if (job.cancelRequested) {
@@ -143,21 +156,12 @@ export async function takeOver(store: Store, queue: JobQueue, job: JobRecord, op
 }
 
 /** pending -> cancelled (never started), unlocking the disk. False when it is no longer pending. */
-export async function cancelPending(store: Store, job: JobRecord, error: string, status: 'cancelled' | 'failed' = 'cancelled'): Promise<boolean> {
+export async function cancelPending(store: Store, stored: JobRecord, error: string, status: 'cancelled' | 'failed' = 'cancelled'): Promise<boolean> {
+  const job = draft(stored);
   settle(job, status, error);
   return store.transaction(async (tx) => {
     if (!(await tx.jobs.write(job, { status: ['pending'], attempt: job.attempts }))) return false;
     await tx.disks.unlock(job.diskId, job.id);
-    return true;
-  });
-}
-
-/** A pending job left undelivered (a lost delivery): queue it again. */
-export async function redeliver(store: Store, queue: JobQueue, job: JobRecord): Promise<boolean> {
-  job.queuedAt = Date.now();
-  return store.transaction(async (tx) => {
-    if (!(await tx.jobs.write(job, { status: ['pending'], attempt: job.attempts }))) return false;
-    await queue.send(job, tx);
     return true;
   });
 }

@@ -9,7 +9,11 @@ import PgBoss from 'pg-boss';
 import type { Store } from '../store/store.js';
 import type { Db } from '../store/db.js';
 import { classify } from '../store/db.js';
+import { PgDb } from '../store/pg-db.js';
 import type { Dispatch, JobQueue } from './types.js';
+
+/** Arbitrary, fixed: hosts starting together set up pg-boss and its queues one at a time (else they deadlock on its partitions). */
+const SETUP_LOCK = 0x5350_5142;
 
 /** A delivery taken and not acknowledged within this time is delivered again. */
 const DELIVERY_TIMEOUT_S = 30;
@@ -24,11 +28,14 @@ function bossDb(db: Db): PgBoss.Db {
 export class PgBossQueue implements JobQueue {
   readonly kind = 'pg-boss';
   private readonly boss: PgBoss;
+  private readonly db: PgDb;
   private readonly prepared = new Set<string>();
   /** Round-robin start, so one busy domain does not starve the others. */
   private turn = 0;
 
   constructor(store: Store, onError: (e: Error) => void) {
+    if (!(store.db instanceof PgDb)) throw new Error('the pg-boss queue needs PostgreSQL');
+    this.db = store.db;
     this.boss = new PgBoss({
       db: bossDb(store.db),
       schema: 'pgboss',
@@ -41,16 +48,19 @@ export class PgBossQueue implements JobQueue {
   }
 
   async start(): Promise<void> {
-    await this.boss.start();
+    await this.db.withAdvisoryLock(SETUP_LOCK, () => this.boss.start());
   }
 
   async prepare(domainIds: readonly string[]): Promise<void> {
-    for (const id of domainIds) {
-      if (this.prepared.has(id)) continue;
-      // Idempotent: hosts attaching the same domain agree on one queue.
-      await this.boss.createQueue(queueName(id), { name: queueName(id), policy: 'standard', retryLimit: 100_000, retryDelay: 1, expireInSeconds: DELIVERY_TIMEOUT_S });
-      this.prepared.add(id);
-    }
+    const missing = domainIds.filter((id) => !this.prepared.has(id));
+    if (!missing.length) return;
+    await this.db.withAdvisoryLock(SETUP_LOCK, async () => {
+      for (const id of missing) {
+        // Idempotent: hosts attaching the same domain agree on one queue.
+        if (!(await this.boss.getQueue(queueName(id)))) await this.boss.createQueue(queueName(id), { name: queueName(id), policy: 'standard', retryLimit: 100_000, retryDelay: 1, expireInSeconds: DELIVERY_TIMEOUT_S });
+        this.prepared.add(id);
+      }
+    });
   }
 
   async send(job: { id: string; domainId: string }, tx: Store, opts: { delaySeconds?: number } = {}): Promise<void> {

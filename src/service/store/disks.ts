@@ -7,11 +7,26 @@ type Row = { id: string; domain_id: string; rel: string; ino: number; present: n
 
 const COLUMNS = 'id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis';
 
-/** Fields kept in columns (queried, or changed on their own); the rest is the JSON `data`. */
-type DataFields = Omit<DiskRecord, 'id' | 'domainId' | 'rel' | 'ino' | 'present' | 'lockedBy' | 'inUse' | 'backingId' | 'firstSeen' | 'analysis'>;
+/**
+ * Fields kept in columns, because they are queried or written on their own (the lock by job
+ * transitions, the analysis by the analyzer, the backing link by the chain linker): a writer of
+ * one never overwrites another's with a stale copy. The rest is the JSON `data`.
+ */
+type Columns = 'id' | 'domainId' | 'rel' | 'ino' | 'present' | 'lockedBy' | 'inUse' | 'backingId' | 'firstSeen' | AnalysisFields;
+type AnalysisFields = 'analysis' | 'analysisKey' | 'analysisError' | 'analyzedAt';
+type DataFields = Omit<DiskRecord, Columns>;
+
+/** The `analysis` column: what the analyzer found, and for which version of the file. */
+export type StoredAnalysis = Pick<DiskRecord, AnalysisFields>;
+type AnalysisColumn = { summary: AnalysisSummary | null; key: string | null; error: string | null; at: number | null };
+
+export function analysisColumn(a: StoredAnalysis): string {
+  return JSON.stringify({ summary: a.analysis, key: a.analysisKey, error: a.analysisError, at: a.analyzedAt } satisfies AnalysisColumn);
+}
 
 function decode(r: Row): DiskRecord {
   const data = JSON.parse(r.data) as DataFields;
+  const a = r.analysis ? (JSON.parse(r.analysis) as AnalysisColumn) : undefined;
   return {
     ...data,
     id: r.id,
@@ -23,13 +38,16 @@ function decode(r: Row): DiskRecord {
     inUse: !!r.in_use,
     backingId: r.backing_id,
     firstSeen: r.first_seen,
-    analysis: r.analysis ? (JSON.parse(r.analysis) as AnalysisSummary) : null,
+    analysis: a?.summary ?? null,
+    analysisKey: a?.key ?? null,
+    analysisError: a?.error ?? null,
+    analyzedAt: a?.at ?? null,
   };
 }
 
 function encode(d: DiskRecord): string {
-  const { id: _i, domainId: _d, rel: _r, ino: _n, present: _p, lockedBy: _l, inUse: _u, backingId: _b, firstSeen: _f, analysis: _a, ...data } = d;
-  return JSON.stringify(data);
+  const { id: _i, domainId: _d, rel: _r, ino: _n, present: _p, lockedBy: _l, inUse: _u, backingId: _b, firstSeen: _f, analysis: _a, analysisKey: _k, analysisError: _e, analyzedAt: _t, ...data } = d;
+  return JSON.stringify(data satisfies DataFields);
 }
 
 /** A unique-constraint violation: another host recorded the same file first. */
@@ -80,24 +98,30 @@ export class Disks {
   }
 
   /**
-   * Insert or update everything but the lock. `map`: the full analysis to keep with it, or
-   * undefined to leave the stored one. A vanished disk's record at the same location gives way.
+   * Record what a probe found: insert the disk, or update its file facts. The lock, the analysis
+   * and the backing link have writers of their own and are left as stored (a new disk starts with
+   * the record's). A vanished disk's record at the same location gives way.
    */
-  async put(d: DiskRecord, map?: DiskMapJson | null): Promise<void> {
-    const withMap = map !== undefined;
+  async put(d: DiskRecord): Promise<void> {
     await this.db.transaction(async (tx) => {
       await tx.run('DELETE FROM disks WHERE domain_id = ? AND rel = ? AND id <> ? AND present = 0 AND locked_by IS NULL', [d.domainId, d.rel, d.id]);
-      const analysis = d.analysis ? JSON.stringify(d.analysis) : null;
-      const args = [d.id, d.domainId, d.rel, d.ino, d.present ? 1 : 0, d.inUse ? 1 : 0, d.backingId, d.firstSeen, encode(d), analysis];
-      if (withMap) args.push(map ? JSON.stringify(map) : null);
       await tx.run(
-        `INSERT INTO disks (id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis${withMap ? ', analysis_map' : ''})
-         VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?${withMap ? ', ?' : ''})
+        `INSERT INTO disks (id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis, analysis_map)
+         VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, NULL)
          ON CONFLICT (id) DO UPDATE SET domain_id = excluded.domain_id, rel = excluded.rel, ino = excluded.ino, present = excluded.present,
-           in_use = excluded.in_use, backing_id = excluded.backing_id, data = excluded.data, analysis = excluded.analysis${withMap ? ', analysis_map = excluded.analysis_map' : ''}`,
-        args,
+           in_use = excluded.in_use, data = excluded.data`,
+        [d.id, d.domainId, d.rel, d.ino, d.present ? 1 : 0, d.inUse ? 1 : 0, d.backingId, d.firstSeen, encode(d), analysisColumn(d)],
       );
     });
+  }
+
+  /** Store an analysis made of the file with inode `ino`; false when the disk is another file now. */
+  async setAnalysis(id: string, ino: number, a: StoredAnalysis, map: DiskMapJson | null): Promise<boolean> {
+    return (await this.db.run('UPDATE disks SET analysis = ?, analysis_map = ? WHERE id = ? AND ino = ?', [analysisColumn(a), map ? JSON.stringify(map) : null, id, ino])) === 1;
+  }
+
+  async setBacking(id: string, backingId: string | null): Promise<void> {
+    await this.db.run('UPDATE disks SET backing_id = ? WHERE id = ?', [backingId, id]);
   }
 
   /** Disks whose backing file is this one. */

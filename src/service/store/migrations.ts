@@ -71,8 +71,8 @@ const v2: Migration = {
       const old = JSON.parse(r.data) as Record<string, unknown> & { analysis?: { dataBytes: number; reclaimableBytes: number; warnings: string[] } | null; firstSeen?: number };
       const domainId = legacyDomainId(r.domain);
       legacyDomain.set(r.id, domainId);
-      const { analysis, domain: _d, dev: _dev, lockedBy: _l, backingId, ...rest } = old;
-      const data = { ...rest, domainId, backingRef: null, inUse: false };
+      const { analysis, domain: _d, dev: _dev, lockedBy: _l, backingId, analysisKey, analysisError, analyzedAt, ...kept } = old;
+      const data = { ...kept, backingRef: null };
       const summary = analysis ? { dataBytes: analysis.dataBytes, reclaimableBytes: analysis.reclaimableBytes, warnings: analysis.warnings ?? [] } : null;
       await db.run('INSERT INTO disks_v2 (id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis, analysis_map) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)', [
         r.id,
@@ -84,7 +84,7 @@ const v2: Migration = {
         typeof backingId === 'string' ? backingId : null,
         typeof old.firstSeen === 'number' ? old.firstSeen : 0,
         JSON.stringify(data),
-        summary ? JSON.stringify(summary) : null,
+        JSON.stringify({ summary, key: analysisKey ?? null, error: analysisError ?? null, at: analyzedAt ?? null }),
         analysis ? JSON.stringify(analysis) : null,
       ]);
     }

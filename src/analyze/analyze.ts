@@ -5,7 +5,7 @@
  */
 import { Extents } from '../io/extents.js';
 import { FatalError, SparsifyError } from '../io/errors.js';
-import type { DiskImage } from '../formats/types.js';
+import type { DiskImage, ImageExtent } from '../formats/types.js';
 import { Volume } from '../layout/volume.js';
 import type { ContainerAnalysis, ContainerReader } from '../layout/types.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
@@ -13,6 +13,7 @@ import type { FsReader } from '../fs/types.js';
 import { FILESYSTEMS, PARTITION_TABLES, VOLUME_CONTAINERS } from './registry.js';
 import type { ContentKind, DiskMap, MapNode, VolumeRole } from './diskmap.js';
 import { walk } from './diskmap.js';
+import { allocationUnit } from './reclaim.js';
 
 export interface AnalyzeOptions {
   /** Name of the whole disk; libguestfs calls the first disk /dev/sda. */
@@ -171,17 +172,17 @@ class Analyzer {
   }
 }
 
-/** The ranges the image actually has allocated as data. */
-async function dataExtents(image: DiskImage): Promise<Extents> {
+/** The ranges of `extents` that are data. */
+async function dataOf(extents: AsyncIterable<ImageExtent>): Promise<Extents> {
   const out: Array<{ start: number; end: number }> = [];
-  for await (const e of image.extents(0, image.virtualSize)) if (e.kind === 'data') out.push({ start: e.start, end: e.end });
+  for await (const e of extents) if (e.kind === 'data') out.push({ start: e.start, end: e.end });
   return new Extents(out);
 }
 
 export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): Promise<DiskMap> {
   const trace = opts.trace ?? (() => undefined);
   const disk = Volume.whole(image, opts.diskName ?? '/dev/sda');
-  const data = await dataExtents(image);
+  const data = await dataOf(image.extents(0, image.virtualSize));
   const analyzer = new Analyzer(data, trace, opts.keys);
   let root: MapNode;
   try {
@@ -191,6 +192,9 @@ export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): 
   }
   for (const id of opts.keys?.unmatched() ?? []) root.warnings.push(`--key ${id}: no encrypted volume has this device name or LUKS UUID; ignored`);
   const layers = image.layers();
+  // A chain: only the top file's own clusters can be given back (every format that can have a
+  // backing file says which are its own; without that we could only guess, so count them all).
+  const ownData = layers.length > 1 && image.ownExtents ? await dataOf(image.ownExtents(0, image.virtualSize)) : data;
   return {
     path: image.path,
     format: image.format,
@@ -200,12 +204,10 @@ export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): 
     root,
     data,
     dataBytes: data.total(),
+    ownData,
+    ownDataBytes: ownData.total(),
+    allocationUnit: allocationUnit(layers[0]),
   };
 }
 
-/** Free bytes under `node` (itself and its children) that the image has allocated today. */
-export function reclaimableBytes(map: DiskMap, node: MapNode = map.root): number {
-  let total = 0;
-  for (const n of walk(node)) total += n.free.intersect(map.data).total();
-  return total;
-}
+export { reclaimableBytes } from './reclaim.js';

@@ -49,6 +49,15 @@ export interface DiskMap {
   data: Extents;
   /** Their total. */
   dataBytes: number;
+  /**
+   * The disk ranges the top image file itself holds as data (not in the JSON report). For a single
+   * file this is `data`; for a backing chain, the top layer's own clusters only.
+   */
+  ownData: Extents;
+  /** Their total. */
+  ownDataBytes: number;
+  /** The top file gives space back in whole units of this many bytes (qcow2 cluster, vdi block; else 1). */
+  allocationUnit: number;
 }
 
 /** Depth-first walk. */

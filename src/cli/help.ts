@@ -25,7 +25,8 @@ Options (virt-sparsify compatible; long options also work with one dash and as u
   --machine-readable[=FMT]  Machine-readable output (FMT: file:NAME, fd:N, stream:stdout, stream:stderr)
   -o OPTS                   Output format options, e.g. cluster_size=65536,compat=1.1
   -q, --quiet               Quiet
-  --tmp DIR                 Accepted for compatibility: sparsify needs no temporary space
+  --tmp DIR|BLOCKDEV|prebuilt:FILE
+                            Accepted and checked; sparsify needs no temporary space and writes none there
   -v, --verbose             Verbose messages
   -V, --version             Print the version
   --wrap                    Wrap long messages

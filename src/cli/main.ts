@@ -8,6 +8,7 @@ import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
 import { Output, MachineReadableError, humanSize } from './output.js';
 import { helpText } from './help.js';
+import { checkTmpOption } from './tmp-option.js';
 import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
 import { sparsifyInPlace } from '../operations/in-place.js';
@@ -38,19 +39,6 @@ function progName(): string {
   return b === 'main' || b === 'cli' ? 'sparsify' : b;
 }
 
-/** Options whose feature does not work yet: refuse them clearly rather than pretend. */
-function refuseUnsupported(o: CliOptions): void {
-  if (o.tmp !== undefined) {
-    if (o.tmp.startsWith('prebuilt:')) throw new SparsifyError('--tmp prebuilt:FILE is not supported: sparsify needs no temporary overlay');
-    let st;
-    try {
-      st = statSync(o.tmp);
-    } catch {
-      throw new SparsifyError(`--tmp ${o.tmp}: no such directory or block device`);
-    }
-    if (!st.isDirectory() && !st.isBlockDevice()) throw new SparsifyError(`--tmp ${o.tmp}: not a directory or block device`);
-  }
-}
 
 function checkInPlaceConflicts(o: CliOptions): void {
   const bad: string[] = [];
@@ -90,6 +78,7 @@ async function runAnalyze(o: CliOptions, out: Output, keys: KeyProvider): Promis
 async function runCopy(o: CliOptions, out: Output, signal: AbortSignal, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 2) throw new UsageError(`usage is: ${progName()} [--options] indisk outdisk`);
   const [input, output] = o.operands as [string, string];
+  if (o.tmp !== undefined) out.verbose(await checkTmpOption(o.tmp, input, o.format));
   const report = await sparsifyCopy({
     input,
     output,
@@ -189,7 +178,6 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     if (o.inPlace) checkInPlaceConflicts(o);
-    refuseUnsupported(o);
     keys = await keyStoreFromOptions(o);
     if (o.analyze) return await runAnalyze(o, out, keys);
     return o.inPlace ? await runInPlace(o, out, controller.signal, keys) : await runCopy(o, out, controller.signal, keys);

@@ -22,6 +22,12 @@ export interface CopyOptions {
   signal?: AbortSignal;
   /** The image's data extents when already known (the analysis has them): saves walking them again. */
   data?: Extents;
+  /**
+   * For an overlay writer (see plan/overlay.ts): copy exactly these ranges, whole clusters, instead
+   * of the kept data. Inside them the plan's discard ranges are written as zeros, and zero runs are
+   * written too: a range never written would show the backing file.
+   */
+  overlayClusters?: Extents;
 }
 
 export interface CopyResult {
@@ -53,7 +59,8 @@ function* chunks(ranges: Extents): Generator<Range> {
 }
 
 export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWriter, opts: CopyOptions = {}): Promise<CopyResult> {
-  const toCopy = opts.data ? plan.keep.intersect(opts.data) : await rangesToCopy(image, plan.keep);
+  const overlay = opts.overlayClusters;
+  const toCopy = overlay ?? (opts.data ? plan.keep.intersect(opts.data) : await rangesToCopy(image, plan.keep));
   const total = toCopy.total();
   let done = 0;
   let bytesWritten = 0;
@@ -85,7 +92,9 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
       if (opts.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
       const view = buf.subarray(0, range.end - range.start);
       const writes: Array<Promise<void>> = [];
-      for (const [s, e] of nonZeroRuns(view, range.start, HOLE_GRANULARITY)) {
+      if (overlay) for (const d of plan.discard.clip(range.start, range.end)) view.fill(0, d.start - range.start, d.end - range.start);
+      const runs = overlay ? [[0, view.length] as const] : nonZeroRuns(view, range.start, HOLE_GRANULARITY);
+      for (const [s, e] of runs) {
         const w = writer.write(view.subarray(s, e), range.start + s);
         if (writesInFlight) writes.push(w);
         else await w;

@@ -130,6 +130,17 @@ export class Extents implements Iterable<Range> {
     return Extents.trusted(out);
   }
 
+  /** Grow every range outward to multiples of `granularity` (relative to `origin`), merging what then touches. */
+  alignOutward(granularity: number, origin = 0): Extents {
+    if (granularity <= 1) return this;
+    return new Extents(
+      this.ranges.map((r) => ({
+        start: origin + Math.floor((r.start - origin) / granularity) * granularity,
+        end: origin + Math.ceil((r.end - origin) / granularity) * granularity,
+      })),
+    );
+  }
+
   /** Shift every range by `delta`. */
   shift(delta: number): Extents {
     return Extents.trusted(this.ranges.map((r) => ({ start: r.start + delta, end: r.end + delta })));

@@ -23,6 +23,11 @@ export interface Plan {
   virtualSize: number;
   /** Ranges whose content is dropped: they read as zero afterwards. */
   discard: Extents;
+  /**
+   * The part of `discard` that belongs to --zero devices. It must read as zero afterwards; the rest
+   * is free in the guest, so where a backing file's data already shows through it, it may stay.
+   */
+  zero: Extents;
   /** Everything else, copied or left as it is. */
   keep: Extents;
   steps: PlanStep[];
@@ -36,6 +41,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
   const steps: PlanStep[] = [];
   const used = new Set<string>();
   let discard = new Extents();
+  let zeroed = new Extents();
 
   const visit = (node: MapNode, ignored: boolean): void => {
     const ig = ignore.find((s) => matches(s, node));
@@ -47,6 +53,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
       // An LV's extents may be scattered: zero exactly the disk ranges of its own segments.
       const ranges = node.zeroRanges ?? node.diskRanges;
       discard = discard.union(ranges);
+      zeroed = zeroed.union(ranges);
       steps.push({ device: node.device, action: 'zero-device', bytes: ranges.total() });
       return;
     }
@@ -64,6 +71,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
   return {
     virtualSize: map.virtualSize,
     discard,
+    zero: zeroed.clip(0, map.virtualSize),
     keep: discard.complement(0, map.virtualSize),
     steps,
     unmatched: [...ignore, ...zero].filter((s) => !used.has(s)),

@@ -16,6 +16,7 @@ export type BusMessage =
   | { type: 'queued'; domainId: string }
   | { type: 'rescan' }
   | { type: 'hosts' }
+  | { type: 'policy' }
   /** Local only: the link to other hosts was down and is back; whatever was missed must be re-read. */
   | { type: 'resync' };
 

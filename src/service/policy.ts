@@ -58,16 +58,18 @@ export class Policy {
     }
   }
 
-  /** Queue a job for every disk that needs sparsify and would be accepted. */
+  /** Queue a job for every disk that needs sparsify and would be accepted; say so when any needed it. */
   async run(p?: PolicyConfig): Promise<JobRecord[]> {
     const policy = p ?? (await this.get());
     const queued: JobRecord[] = [];
-    for (const d of await this.ctx.store.disks.list()) {
-      if (d.lockedBy || !needsSparsify(d, policy)) continue;
+    const candidates = (await this.ctx.store.disks.list()).filter((d) => !d.lockedBy && needsSparsify(d, policy));
+    for (const d of candidates) {
       const r = await this.submit(d.id);
       if ('job' in r) queued.push(r.job);
     }
-    if (queued.length) this.ctx.log.info(`policy schedule on ${this.ctx.host}: queued ${queued.length} jobs`);
+    if (candidates.length) {
+      await this.ctx.record({ severity: 'info', type: 'policy-run', diskId: null, jobId: null, message: `Scheduled sparsify on ${this.ctx.host}: ${candidates.length} disk(s) need it, ${queued.length} queued` });
+    }
     return queued;
   }
 }

@@ -26,7 +26,8 @@ import { HostRegistry } from './hosts/registry.js';
 import { DataDirLock } from './hosts/data-dir-lock.js';
 import { ClusterMonitor } from './hosts/monitor.js';
 import { Policy } from './policy.js';
-import { diskView, derivedIndex, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
+import { DiskCatalog } from './catalog.js';
+import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 
 export class Service {
@@ -39,6 +40,7 @@ export class Service {
   readonly registry: HostRegistry;
   readonly monitor: ClusterMonitor;
   readonly policy: Policy;
+  readonly catalog: DiskCatalog;
   readonly token: string;
   readonly tokenGenerated: boolean;
   private timers: NodeJS.Timeout[] = [];
@@ -63,6 +65,7 @@ export class Service {
     this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
     this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await domainStates(store)).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.policy = new Policy(this.ctx, (diskId) => this.submit(diskId, {}, 'schedule'));
+    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.policy.get(), domains: await domainStates(store), defaultMode: config.defaultMode }));
   }
 
   /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
@@ -158,6 +161,7 @@ export class Service {
     this.policy.stop();
     this.dispatcher.stop();
     this.scanner.close();
+    this.catalog.close();
     if (this.started) {
       await this.worker.stop(timeoutMs);
       await this.registry.stop();
@@ -170,10 +174,8 @@ export class Service {
 
   // ---- disks
 
-  async listDiskViews(): Promise<DiskView[]> {
-    const [all, policy, domains] = await Promise.all([this.store.disks.list(), this.policy.get(), domainStates(this.store)]);
-    const v = { policy, domains, derived: derivedIndex(all), defaultMode: this.config.defaultMode };
-    return all.map((d) => diskView(d, v));
+  listDiskViews(): Promise<DiskView[]> {
+    return this.catalog.list();
   }
 
   async getDiskView(id: string): Promise<(DiskView & { map: unknown; layers: unknown }) | undefined> {
@@ -252,7 +254,9 @@ export class Service {
     return this.policy.get();
   }
 
-  setPolicy(p: Partial<PolicyConfig>): Promise<PolicyConfig> {
-    return this.policy.set(p);
+  async setPolicy(p: Partial<PolicyConfig>): Promise<PolicyConfig> {
+    const next = await this.policy.set(p);
+    this.bus.publish({ type: 'policy' });
+    return next;
   }
 }

@@ -3,7 +3,7 @@
  * in a temporary folder, on a free port, with a password (so tests can check it is never printed).
  * `stop()` removes everything; `restart()` is a real server restart.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,7 +13,8 @@ export interface PgCluster {
   url: string;
   /** The URL of another database in the same cluster (created on demand). */
   database(name: string): string;
-  restart(): void;
+  /** A real restart (fast shutdown, start), without blocking this process meanwhile. */
+  restart(): Promise<void>;
   stop(): void;
   password: string;
 }
@@ -86,7 +87,13 @@ export async function startPostgres(): Promise<PgCluster> {
       url: database('sparsify'),
       database,
       password,
-      restart: () => ctl('restart', ['-m', 'fast', '-o', opts]),
+      restart: () =>
+        new Promise<void>((resolve, reject) => {
+          const args = ['-D', data, '-w', '-t', '60', '-l', join(dir, 'server.log'), '-m', 'fast', '-o', opts, 'restart'];
+          const p = root ? spawn('runuser', ['-u', 'postgres', '--', join(bin, 'pg_ctl'), ...args], { stdio: 'ignore' }) : spawn(join(bin, 'pg_ctl'), args, { stdio: 'ignore' });
+          p.once('error', reject);
+          p.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`pg_ctl restart exited with ${code}`))));
+        }),
       stop: () => {
         try {
           if (started) ctl('stop', ['-m', 'immediate']);

@@ -6,7 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { buildDisk } from '../helpers/disk-builder.js';
-import { fileContent, run } from '../helpers/fixtures.js';
+import { rmSync } from 'node:fs';
+import { fileContent, run, runStatus, sha256 } from '../helpers/fixtures.js';
+import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 
 export const TOKEN = 'test-token-0123456789';
 
@@ -124,7 +126,16 @@ export async function http<T = Record<string, any>>(s: Server, method: string, p
   if (opts.raw !== undefined) payload = opts.raw;
   else if (body !== undefined) payload = JSON.stringify(body);
   if (payload !== undefined) headers['content-type'] = opts.contentType ?? 'application/json';
-  const res = await fetch(s.url + path, { method, headers, body: payload });
+  let res: Response;
+  try {
+    res = await fetch(s.url + path, { method, headers, body: payload });
+  } catch (e) {
+    // A kept-alive connection the server closed while this process was busy (a long fsck) fails
+    // once; a read is safe to repeat on a new connection. A dead server fails again.
+    const cause = (e as { cause?: { code?: string } }).cause?.code;
+    if (method !== 'GET' || (cause !== 'UND_ERR_SOCKET' && cause !== 'ECONNRESET')) throw e;
+    res = await fetch(s.url + path, { method, headers, body: payload });
+  }
   const text = await res.text();
   let parsed: unknown = text;
   try {
@@ -166,23 +177,50 @@ export function diskByName(disks: Array<Record<string, any>>, name: string): Rec
  * A guest disk as a VM leaves it: GPT, one ext4 partition built on garbage with a few files and a
  * deleted big one, so most of the partition is free space the host still stores.
  */
-export function makeGuestDisk(path: string, workDir: string, seed = 'disk'): void {
+export function makeGuestDisk(path: string, workDir: string, seed = 'disk', sizeMiB = 34): void {
   buildDisk(path, {
-    sizeMiB: 34,
+    sizeMiB,
     label: 'gpt',
     garbage: true,
     workDir,
-    parts: [
-      {
-        sizeMiB: 32,
-        ext: {
-          type: 'ext4',
-          files: { 'etc/hostname': Buffer.from(`${seed}\n`), 'data/keep.bin': fileContent(`${seed}-keep`, 1 << 20), 'data/old.bin': fileContent(`${seed}-old`, 8 << 20) },
-          remove: ['data/old.bin'],
-        },
-      },
-    ],
+    parts: [{ sizeMiB: sizeMiB - 2, ext: { type: 'ext4', files: guestFiles(seed, sizeMiB), remove: ['data/old.bin'] } }],
   });
+}
+
+function guestFiles(seed: string, sizeMiB: number): Record<string, Buffer> {
+  return { 'etc/hostname': Buffer.from(`${seed}\n`), 'data/keep.bin': fileContent(`${seed}-keep`, 1 << 20), 'data/old.bin': fileContent(`${seed}-old`, Math.min(8, sizeMiB >> 2) << 20) };
+}
+
+/**
+ * The guest's view of a disk made by makeGuestDisk, checked with the real tools: qemu-img check
+ * (qcow2), e2fsck -fn of its filesystem, and every kept file's checksum. Returns a problem, or
+ * undefined when all is well.
+ */
+export function guestProblem(path: string, format: 'raw' | 'qcow2', workDir: string, seed: string, sizeMiB = 34): string | undefined {
+  const tag = Math.random().toString(36).slice(2);
+  let raw = path;
+  if (format === 'qcow2') {
+    const check = runStatus('qemu-img', ['check', '-q', path]);
+    if (check.status !== 0) return `qemu-img check ${path}: ${check.stdout}${check.stderr}`;
+    raw = join(workDir, `guest-${tag}.raw`);
+    run('qemu-img', ['convert', '-O', 'raw', path, raw]);
+  }
+  const part = join(workDir, `part-${tag}.img`);
+  try {
+    extract(raw, 1 << 20, (sizeMiB - 2) << 20, part);
+    const fsck = e2fsck(part);
+    if (fsck.status !== 0) return `e2fsck ${path}: ${fsck.output}`;
+    const sums = extFileSums(part, workDir);
+    const want = guestFiles(seed, sizeMiB);
+    for (const name of ['etc/hostname', 'data/keep.bin']) {
+      if (sums.get(name) !== sha256(want[name]!)) return `${path}: ${name} differs from what was written`;
+    }
+    if (sums.has('data/old.bin')) return `${path}: the deleted file is back`;
+    return undefined;
+  } finally {
+    rmSync(part, { force: true });
+    if (raw !== path) rmSync(raw, { force: true });
+  }
 }
 
 /** A raw disk created preallocated (fallocate: space reserved, never written). */

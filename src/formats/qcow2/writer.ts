@@ -1,8 +1,11 @@
 /**
  * Writes a new qcow2 image front to back. Data arrives in ascending writes; each guest cluster is
- * assembled, dropped if all zero (it stays unallocated and reads as zero: the output has no
- * backing file), optionally compressed on worker threads, and appended. L2 tables are written as
- * soon as writes move past their range; L1 table, refcounts and header are written by finish().
+ * assembled, dropped if all zero (it stays unallocated and reads as zero), optionally compressed on
+ * worker threads, and appended. L2 tables are written as soon as writes move past their range;
+ * L1 table, refcounts and header are written by finish().
+ *
+ * With a backing file (an overlay), unwritten clusters fall through to it, so a written all-zero
+ * cluster becomes a zero cluster instead (v3), or is stored as data (v2 cannot say "zero").
  *
  * Layout: header, refcount block 0, L1 table, then L2 tables and data in guest order (with
  * refcount blocks where allocation reaches a new block's range), refcount table last.
@@ -14,7 +17,7 @@ import { SparsifyError, hex } from '../../io/errors.js';
 import type { FormatOptions, ImageWriter, WriterContext } from '../types.js';
 import { HostAllocator } from './allocator.js';
 import type { CompressTask } from './compress-worker.js';
-import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
+import { COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
 import { OutputStream } from './output.js';
 import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 
@@ -24,6 +27,8 @@ const COMPRESSED = 0x40000000; // bit 62, in the high word
 /** A batch of clusters sent to a compression worker; `raw` keeps them for the ones that do not shrink. */
 interface Batch {
   clusters: number[];
+  /** Indices (in `clusters`) of all-zero clusters of an overlay: they become zero clusters. */
+  zeros: Set<number>;
   raw: Buffer;
   result: Promise<(Uint8Array | null)[]>;
 }
@@ -51,7 +56,7 @@ export class Qcow2Writer implements ImageWriter {
   private preallocNext = 0;
   private readonly queue: Batch[] = [];
   /** Clusters gathered for the next compression task. */
-  private batch: { clusters: number[]; raw: Buffer } | undefined;
+  private batch: { clusters: number[]; zeros: Set<number>; raw: Buffer } | undefined;
   private readonly batchClusters: number;
   private readonly pool: Piscina | undefined;
   private readonly maxInFlight: number;
@@ -66,6 +71,7 @@ export class Qcow2Writer implements ImageWriter {
     readonly virtualSize: number,
     compress: boolean,
     threads: number,
+    private readonly backing: { file: Buffer; format?: Buffer } | undefined,
   ) {
     this.cs = 2 ** opts.clusterBits;
     this.entryBytes = opts.extendedL2 ? 16 : 8;
@@ -98,6 +104,7 @@ export class Qcow2Writer implements ImageWriter {
       throw new SparsifyError('qcow2: --compress cannot be combined with preallocation=metadata');
     }
     if (!Number.isSafeInteger(virtualSize) || virtualSize < 0) throw new SparsifyError(`qcow2: invalid virtual size ${virtualSize}`);
+    const backing = ctx.backing && backingFields(ctx.backing, opts);
     // qemu rounds the virtual size up to whole sectors.
     const size = Math.ceil(virtualSize / 512) * 512;
     const cs = 2 ** opts.clusterBits;
@@ -109,10 +116,14 @@ export class Qcow2Writer implements ImageWriter {
     const file = await BlockFile.open(path, 'r+');
     const out = new OutputStream(file, cs);
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
-    const w = new Qcow2Writer(file, out, alloc, opts, size, ctx.compress, ctx.threads);
+    const w = new Qcow2Writer(file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();
     w.l1Offset = await alloc.allocClusters(Math.ceil(w.l1.length / cs));
     return w;
+  }
+
+  get allocationUnit(): number {
+    return this.cs;
   }
 
   write(buf: Buffer, offset: number): Promise<void> {
@@ -154,13 +165,19 @@ export class Qcow2Writer implements ImageWriter {
 
   /** One complete guest cluster, in ascending order. `data` is only valid during this call. */
   private async emit(cluster: number, data: Buffer): Promise<void> {
-    if (data.equals(this.zero)) return; // never allocated: reads as zero
+    // Without a backing file an unallocated cluster reads as zero; over one, only a zero cluster does.
+    const isZero = data.equals(this.zero);
+    if (isZero && !this.backing) return;
+    const zeroCluster = isZero && this.opts.version === 3;
     if (this.opts.preallocation === 'metadata') await this.preallocate(cluster);
     if (!this.pool) {
-      await this.placeData(cluster, data);
+      if (zeroCluster) await this.placeZero(cluster);
+      else await this.placeData(cluster, data);
       return;
     }
-    if (!this.batch) this.batch = { clusters: [], raw: Buffer.allocUnsafe(this.batchClusters * this.cs) };
+    // Queued in order with the rest, so L2 tables still fill front to back.
+    if (!this.batch) this.batch = { clusters: [], zeros: new Set(), raw: Buffer.allocUnsafe(this.batchClusters * this.cs) };
+    if (zeroCluster) this.batch.zeros.add(this.batch.clusters.length);
     data.copy(this.batch.raw, this.batch.clusters.length * this.cs);
     this.batch.clusters.push(cluster);
     if (this.batch.clusters.length === this.batchClusters) await this.submitBatch();
@@ -174,7 +191,7 @@ export class Qcow2Writer implements ImageWriter {
     const task: CompressTask = { data: raw, clusterSize: this.cs, type: this.opts.compressionType };
     const result = this.pool!.run(task) as Promise<(Uint8Array | null)[]>;
     result.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-    this.queue.push({ clusters: b.clusters, raw, result });
+    this.queue.push({ clusters: b.clusters, zeros: b.zeros, raw, result });
     if (this.queue.length >= this.maxInFlight) await this.placeNext();
   }
 
@@ -184,7 +201,8 @@ export class Qcow2Writer implements ImageWriter {
     const results = await b.result;
     for (let i = 0; i < b.clusters.length; i++) {
       const compressed = results[i];
-      if (compressed) await this.placeCompressed(b.clusters[i]!, compressed);
+      if (b.zeros.has(i)) await this.placeZero(b.clusters[i]!);
+      else if (compressed) await this.placeCompressed(b.clusters[i]!, compressed);
       else await this.placeData(b.clusters[i]!, b.raw.subarray(i * this.cs, (i + 1) * this.cs));
     }
   }
@@ -215,6 +233,13 @@ export class Qcow2Writer implements ImageWriter {
     setEntry(this.l2, e, host, COPIED);
     if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 12); // all 32 subclusters allocated
     if (data) await this.out.append(data, host);
+  }
+
+  /** A zero cluster (v3): reads as zero whatever the backing file holds, and takes no host space. */
+  private async placeZero(cluster: number): Promise<void> {
+    const e = await this.useL2(cluster);
+    if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 8); // all 32 subclusters zero
+    else this.l2.writeUInt32BE(1, e + 4);
   }
 
   private async placeCompressed(cluster: number, data: Uint8Array): Promise<void> {
@@ -262,10 +287,9 @@ export class Qcow2Writer implements ImageWriter {
 
   private header(refTable: number, refClusters: number): Buffer {
     const o = this.opts;
-    const h = Buffer.alloc(512);
+    const h = Buffer.alloc(headerBytes(this.opts, this.backing));
     h.writeUInt32BE(QCOW2_MAGIC, 0);
     h.writeUInt32BE(o.version, 4);
-    // 8: backing file offset/size stay 0 (the output has no backing file)
     h.writeUInt32BE(o.clusterBits, 20);
     h.writeBigUInt64BE(BigInt(this.virtualSize), 24);
     // 32: crypt_method 0
@@ -286,8 +310,23 @@ export class Qcow2Writer implements ImageWriter {
       h.writeUInt32BE(headerLength, 100);
       h[104] = o.compressionType === 'zstd' ? 1 : 0;
     }
-    // No header extensions: the end marker (8 zero bytes) follows the header.
-    return h.subarray(0, headerLength + 8);
+    // Header extensions (the backing file's format), the end marker, then the backing file's name.
+    let at = headerLength;
+    const b = this.backing;
+    if (b?.format) {
+      h.writeUInt32BE(EXT_BACKING_FORMAT, at);
+      h.writeUInt32BE(b.format.length, at + 4);
+      b.format.copy(h, at + 8);
+      at += 8 + Math.ceil(b.format.length / 8) * 8;
+    }
+    at += 8; // end marker: 8 zero bytes
+    if (b) {
+      h.writeBigUInt64BE(BigInt(at), 8);
+      h.writeUInt32BE(b.file.length, 16);
+      b.file.copy(h, at);
+      at += b.file.length;
+    }
+    return h.subarray(0, at);
   }
 
   async abort(): Promise<void> {
@@ -307,6 +346,28 @@ export class Qcow2Writer implements ImageWriter {
       await this.file.close();
     }
   }
+}
+
+/** Bytes of the header cluster in use: header, extensions, end marker and backing file name. */
+function headerBytes(o: Qcow2CreateOptions, b: { file: Buffer; format?: Buffer } | undefined): number {
+  const fixed = o.version === 3 ? 112 : 72;
+  const ext = b?.format ? 8 + Math.ceil(b.format.length / 8) * 8 : 0;
+  return fixed + ext + 8 + (b?.file.length ?? 0);
+}
+
+/** Check an overlay's backing file fields against qcow2's limits and the header cluster's size. */
+function backingFields(backing: { file: string; format?: string }, o: Qcow2CreateOptions): { file: Buffer; format?: Buffer } {
+  if (o.preallocation !== 'off') throw new SparsifyError('qcow2: preallocation=metadata cannot be used for an image with a backing file');
+  const file = Buffer.from(backing.file, 'utf8');
+  if (file.length === 0 || file.length > 1023 || file.includes(0)) throw new SparsifyError(`qcow2: invalid backing file name '${backing.file}' (1 to 1023 bytes, no NUL)`);
+  const format = backing.format !== undefined ? Buffer.from(backing.format, 'utf8') : undefined;
+  if (format && (format.length === 0 || format.length > 16 || format.includes(0))) throw new SparsifyError(`qcow2: invalid backing format '${backing.format}'`);
+  const fields = { file, ...(format ? { format } : {}) };
+  const need = headerBytes(o, fields);
+  if (need > 2 ** o.clusterBits) {
+    throw new SparsifyError(`qcow2: the header and backing file name need ${need} bytes, more than one ${2 ** o.clusterBits}-byte cluster; use a larger cluster_size`);
+  }
+  return fields;
 }
 
 /** Write a standard L1/L2 entry: host offset (bits 9-55) plus flags in the high word. */

@@ -31,7 +31,8 @@ const recordKey = (d: DiskRecord): string => `${d.ino}:${d.size}:${d.mtimeMs}:${
 export class Scanner {
   private scanning: Promise<void> | undefined;
   private rescanAgain = false;
-  private readonly analysisQueue: string[] = [];
+  /** Disks waiting for analysis, in order (a Set keeps insertion order). */
+  private readonly analysisQueue = new Set<string>();
   private analyzing: Promise<void> | undefined;
   private closed = false;
 
@@ -114,7 +115,7 @@ export class Scanner {
     const m = this.mounts.get(d.domainId);
     if (!m?.reachable) return d;
     const r = await this.refreshAt(m, d.rel);
-    await this.linkChains(d.domainId);
+    if (r) await this.linkOne(r);
     return this.ctx.store.disks.get(r?.id ?? id);
   }
 
@@ -249,6 +250,15 @@ export class Scanner {
     }
   }
 
+  /** Point one disk at the record of its backing file (a refresh; the full scan links them all). */
+  private async linkOne(d: DiskRecord): Promise<void> {
+    const backing = d.backingRef ? ((await this.ctx.store.disks.findAt(d.backingRef.domainId, d.backingRef.rel))?.id ?? null) : null;
+    if (backing !== d.backingId) {
+      await this.ctx.store.disks.setBacking(d.id, backing);
+      this.ctx.bus.publish({ type: 'disk', id: d.id });
+    }
+  }
+
   /** Point each disk of the domain at the disk record of its backing file, when that file is in a domain too. */
   private async linkChains(domainId: string): Promise<void> {
     const all = await this.ctx.store.disks.list();
@@ -264,13 +274,14 @@ export class Scanner {
   }
 
   queueAnalysis(id: string): void {
-    if (!this.analysisQueue.includes(id)) this.analysisQueue.push(id);
+    this.analysisQueue.add(id);
     this.analyzing ??= this.drainAnalysis().finally(() => (this.analyzing = undefined));
   }
 
   private async drainAnalysis(): Promise<void> {
-    while (this.analysisQueue.length && !this.closed) {
-      const id = this.analysisQueue.shift()!;
+    while (this.analysisQueue.size && !this.closed) {
+      const id = this.analysisQueue.values().next().value as string;
+      this.analysisQueue.delete(id);
       try {
         await this.analyze(id);
       } catch (e) {
@@ -318,7 +329,7 @@ export class Scanner {
 
   /** Wait until no scan or analysis is queued or running (tests, benchmarks). */
   async idle(): Promise<void> {
-    while (this.scanning || this.analyzing || this.analysisQueue.length) await new Promise((r) => setTimeout(r, 20));
+    while (this.scanning || this.analyzing || this.analysisQueue.size) await new Promise((r) => setTimeout(r, 20));
   }
 
   close(): void {

@@ -76,6 +76,17 @@ export class Disks {
     return r && decode(r);
   }
 
+  /** Several disks by id, in batches (missing ones are left out). */
+  async getMany(ids: readonly string[]): Promise<DiskRecord[]> {
+    const out: DiskRecord[] = [];
+    for (let i = 0; i < ids.length; i += 500) {
+      const part = ids.slice(i, i + 500);
+      const rows = await this.db.all<Row>(`SELECT ${COLUMNS} FROM disks WHERE id IN (${part.map(() => '?').join(', ')})`, part);
+      out.push(...rows.map(decode));
+    }
+    return out;
+  }
+
   /** Inside a transaction: the row, held until commit against other lockers. */
   async getForUpdate(id: string): Promise<DiskRecord | undefined> {
     const r = await this.db.get<Row>(`SELECT ${COLUMNS} FROM disks WHERE id = ?${this.db.lockRows}`, [id]);

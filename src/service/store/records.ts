@@ -176,6 +176,7 @@ export type EventType =
   | 'host-up'
   | 'host-non-responsive'
   | 'host-stopped'
+  | 'policy-run'
   | 'service';
 
 export type Severity = 'info' | 'warning' | 'error';

@@ -6,9 +6,11 @@ import { idParams, sparsifyBody, allocationBody, disksQuery } from '../schemas.j
 import { fault, refuse } from '../faults.js';
 
 export function diskRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHookHandler): void {
-  app.get('/api/disks', { schema: { querystring: disksQuery } }, async (req: FastifyRequest<{ Querystring: { status?: string; needsSparsify?: string; q?: string } }>) => {
-    let disks = await svc.listDiskViews();
+  app.get('/api/disks', { schema: { querystring: disksQuery } }, async (req: FastifyRequest<{ Querystring: { status?: string; needsSparsify?: string; q?: string } }>, reply) => {
     const { status, needsSparsify, q } = req.query;
+    // The whole list is served as kept, serialized once per change.
+    if (!status && !needsSparsify && !q) return reply.type('application/json; charset=utf-8').send(await svc.catalog.listJson());
+    let disks = await svc.listDiskViews();
     if (status) disks = disks.filter((d) => d.status === status);
     if (needsSparsify) disks = disks.filter((d) => d.needsSparsify === (needsSparsify === 'true'));
     if (q) disks = disks.filter((d) => d.name.toLowerCase().includes(q.toLowerCase()));

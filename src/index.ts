@@ -1,10 +1,11 @@
 /** sparsify as a library: the same pipeline the CLI and the service use. */
 export { Extents, ExtentsBuilder, type Range } from './io/extents.js';
-export { SparsifyError, CorruptError } from './io/errors.js';
+export { SparsifyError, CorruptError, FatalError } from './io/errors.js';
 export type { DiskImage, ImageExtent, ExtentKind, LayerInfo, ImageWriter, FormatDriver } from './formats/types.js';
 export { openImage, probeFormat, type OpenOptions } from './formats/open.js';
 export { formatDrivers, findDriver } from './formats/registry.js';
-export { Volume, type Segment } from './layout/volume.js';
+export { Volume, type Segment, type VolumeSource } from './layout/volume.js';
+export { KeyStore, loadKeysFile, parseKeySelector, type KeyProvider, type KeyRequest, type KeySelector, type KeyPrompt } from './layout/luks/keys.js';
 export { analyzeDisk, type AnalyzeOptions } from './analyze/analyze.js';
 export { reclaimableBytes, freeInGuestBytes, snapshotOnlyBytes, allocationUnit } from './analyze/reclaim.js';
 export type { DiskMap, MapNode, ContentKind, VolumeRole } from './analyze/diskmap.js';

@@ -4,13 +4,15 @@
  * confidence is kept whole, with a warning saying why; a reader's failure never stops the walk.
  */
 import { Extents } from '../io/extents.js';
-import { SparsifyError } from '../io/errors.js';
+import { FatalError, SparsifyError } from '../io/errors.js';
 import type { DiskImage, ImageExtent } from '../formats/types.js';
 import { Volume } from '../layout/volume.js';
-import type { ContainerReader } from '../layout/types.js';
+import type { ContainerAnalysis, ContainerReader } from '../layout/types.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 import type { FsReader } from '../fs/types.js';
 import { FILESYSTEMS, PARTITION_TABLES, VOLUME_CONTAINERS } from './registry.js';
 import type { ContentKind, DiskMap, MapNode, VolumeRole } from './diskmap.js';
+import { walk } from './diskmap.js';
 import { allocationUnit } from './reclaim.js';
 
 export interface AnalyzeOptions {
@@ -18,6 +20,12 @@ export interface AnalyzeOptions {
   diskName?: string;
   /** Called with a short trace line for each step (for -x / -v). */
   trace?: (msg: string) => void;
+  /**
+   * Keys for LUKS volumes (the CLI's --key options, the service's keys file). A volume with a key
+   * is opened and analyzed inside; one without is kept whole. A key that opens nothing is an error.
+   * The provider stays the caller's: it is not disposed here.
+   */
+  keys?: KeyProvider;
 }
 
 const MAX_DEPTH = 8;
@@ -40,17 +48,35 @@ async function probeAll<T extends { probe(v: Volume): Promise<boolean>; name: st
     try {
       if (await r.probe(vol)) return r;
     } catch (e) {
+      if (e instanceof FatalError) throw e;
       warnings.push(`probing for ${r.name} failed: ${errorText(e)}`);
     }
   }
   return undefined;
 }
 
+/**
+ * Round the free space of every node under an unlocked LUKS payload inward to whole encryption
+ * sectors (counted from the payload's start): dropping part of a ciphertext sector would garble
+ * the rest of it. --zero gets the same rounding of the device's ranges.
+ */
+function alignToCryptSectors(node: MapNode, enc: NonNullable<ContainerAnalysis['encrypted']>): void {
+  const align = (r: Extents): Extents => enc.payload.toDisk(enc.payload.fromDisk(r).alignInward(enc.sectorSize));
+  for (const n of walk(node)) {
+    n.free = align(n.free);
+    n.zeroRanges = align(n.zeroRanges ?? n.diskRanges);
+  }
+}
+
 class Analyzer {
+  /** Zero the volume keys of unlocked containers; run when the analysis ends, however it ends. */
+  readonly wipes: Array<() => void> = [];
+
   constructor(
     /** The image's data extents: a volume with none of them is empty. */
     private readonly data: Extents,
     private readonly trace: (msg: string) => void,
+    private readonly keys: KeyProvider | undefined,
   ) {}
 
   private newNode(vol: Volume, role: VolumeRole, details: MapNode['details']): MapNode {
@@ -97,7 +123,8 @@ class Analyzer {
     node.content = reader.name;
     node.contentKind = contentKindOf(reader.name);
     try {
-      const a = await reader.analyze(vol);
+      const a = await reader.analyze(vol, { keys: this.keys, trace: this.trace });
+      if (a.encrypted) this.wipes.push(a.encrypted.wipe);
       node.content = a.type;
       node.contentKind = contentKindOf(a.type);
       node.trusted = true;
@@ -107,7 +134,9 @@ class Analyzer {
       node.free = vol.toDisk(a.free);
       const childRole: VolumeRole = node.contentKind === 'partition-table' ? 'partition' : 'logical-volume';
       for (const c of a.children) node.children.push(await this.volume(c.volume, childRole, depth + 1, c.details ?? {}));
+      if (a.encrypted) for (const c of node.children) alignToCryptSectors(c, a.encrypted);
     } catch (e) {
+      if (e instanceof FatalError) throw e;
       node.trusted = false;
       node.free = new Extents();
       node.children = [];
@@ -154,7 +183,14 @@ export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): 
   const trace = opts.trace ?? (() => undefined);
   const disk = Volume.whole(image, opts.diskName ?? '/dev/sda');
   const data = await dataOf(image.extents(0, image.virtualSize));
-  const root = await new Analyzer(data, trace).volume(disk, 'disk', 0);
+  const analyzer = new Analyzer(data, trace, opts.keys);
+  let root: MapNode;
+  try {
+    root = await analyzer.volume(disk, 'disk', 0);
+  } finally {
+    for (const wipe of analyzer.wipes) wipe();
+  }
+  for (const id of opts.keys?.unmatched() ?? []) root.warnings.push(`--key ${id}: no encrypted volume has this device name or LUKS UUID; ignored`);
   const layers = image.layers();
   // A chain: only the top file's own clusters can be given back (every format that can have a
   // backing file says which are its own; without that we could only guess, so count them all).

@@ -26,6 +26,11 @@ export interface MapNode {
   diskRanges: Extents;
   /** Free ranges this node itself contributes, in disk coordinates (children have their own). */
   free: Extents;
+  /**
+   * What --zero may drop of this device, when that is less than diskRanges: inside an encrypted
+   * volume, only whole encryption sectors. Absent: diskRanges.
+   */
+  zeroRanges?: Extents;
   warnings: string[];
   info: string[];
   details: Record<string, string | number | boolean>;

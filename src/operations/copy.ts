@@ -17,6 +17,7 @@ import { overlayClusters } from '../plan/overlay.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { prepareOverlay } from './keep-backing.js';
 import type { OperationEvents } from './events.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
 
@@ -38,6 +39,11 @@ export interface CopyRequest extends OperationEvents {
   compress?: boolean;
   ignore?: string[];
   zero?: string[];
+  /**
+   * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
+   * with a key is sparsified inside, one without is kept whole. Not disposed here.
+   */
+  keys?: KeyProvider;
   /**
    * Keep the backing chain (for replacing the top layer of a chain with its copy): the output is a
    * qcow2 overlay on the same backing file and format, holding the input's own clusters minus the
@@ -102,7 +108,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     const options = overlay?.options ?? parseOutputOptions(req.outputOptions);
 
     req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
-    const map = await analyzeDisk(image, { trace: req.onTrace });
+    const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const snapshots = image.layers()[0]?.details?.snapshots;

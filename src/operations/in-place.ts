@@ -14,6 +14,7 @@ import { makePlan, type Plan } from '../plan/plan.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { discardBackendFor, discardInPlace } from '../execute/in-place.js';
 import type { OperationEvents } from './events.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 
 export interface InPlaceRequest extends OperationEvents {
   path: string;
@@ -21,6 +22,11 @@ export interface InPlaceRequest extends OperationEvents {
   format?: string;
   ignore?: string[];
   zero?: string[];
+  /**
+   * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
+   * with a key is sparsified inside, one without is kept whole. Not disposed here.
+   */
+  keys?: KeyProvider;
 }
 
 export interface InPlaceReport {
@@ -87,7 +93,7 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     await refuseDisguisedFormat(image, req.format);
     // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
     const backend = await discardBackendFor(image);
-    const map = await analyzeDisk(image, { trace: req.onTrace });
+    const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const advice = snapshotAdvice(map);

@@ -51,7 +51,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
     if (z && node.role !== 'disk') {
       used.add(z);
       // An LV's extents may be scattered: zero exactly the disk ranges of its own segments.
-      const ranges = node.diskRanges;
+      const ranges = node.zeroRanges ?? node.diskRanges;
       discard = discard.union(ranges);
       zeroed = zeroed.union(ranges);
       steps.push({ device: node.device, action: 'zero-device', bytes: ranges.total() });

@@ -14,6 +14,7 @@ import { HostNameInUseError } from './hosts/registry.js';
 import { DataDirInUseError } from './hosts/data-dir-lock.js';
 import { DomainError } from './domains/identity.js';
 import type { Logger } from './context.js';
+import { SparsifyError } from '../index.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -71,7 +72,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   try {
     svc = await Service.open(config, log);
   } catch (e) {
-    if (e instanceof DbFatalError || e instanceof DataDirInUseError) return fail(e.message);
+    if (e instanceof DbFatalError || e instanceof DataDirInUseError || e instanceof SparsifyError) return fail(e.message);
     return fail(`cannot open the database (${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}): ${(e as Error).message}`);
   }
   let api: ApiServer | undefined;

@@ -48,6 +48,8 @@ export interface ServiceConfig {
   /** Attempts allowed per job (restarts and takeovers) before it is failed. */
   maxAttempts: number;
   policy: PolicyConfig;
+  /** LUKS keys by volume UUID (mode 0600); absent: DATA_DIR/luks-keys when it exists. */
+  keysFile?: string;
   /** Tests only: pause this long (abortable) before the engine runs, so a test can cancel or kill mid-job. */
   testJobDelayMs: number;
 }
@@ -105,6 +107,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'thresholdPercent', flag: 'threshold-percent', arg: 'n', env: 'SPARSIFY_THRESHOLD_PERCENT', kind: { t: 'int', min: 0, max: 100 }, help: '...and at least this percentage of its actual size', defaultText: '10', set: policy('thresholdPercent') },
   { key: 'scheduleEnabled', flag: 'schedule', arg: 'bool', env: 'SPARSIFY_SCHEDULE', kind: { t: 'bool' }, help: 'sparsify the disks that need it periodically (once per interval for the whole cluster)', defaultText: 'false', set: policy('scheduleEnabled') },
   { key: 'scheduleIntervalSeconds', flag: 'schedule-interval', arg: 's', env: 'SPARSIFY_SCHEDULE_INTERVAL', kind: { t: 'int', min: 1, max: 86400 * 30 }, help: 'how often the schedule runs', defaultText: '3600', set: policy('scheduleIntervalSeconds') },
+  { key: 'keysFile', flag: 'keys-file', arg: 'file', env: 'SPARSIFY_KEYS_FILE', kind: { t: 'path' }, help: 'LUKS keys by volume UUID, JSON {"UUID": "passphrase"} or UUID:key:... lines; must be mode 0600', defaultText: 'DATA_DIR/luks-keys when it exists', set: field('keysFile') },
   { key: 'testJobDelayMs', env: 'SPARSIFY_TEST_JOB_DELAY_MS', kind: { t: 'int', min: 0, max: 600_000 }, help: 'tests: pause before the engine runs', hidden: true, set: field('testJobDelayMs') },
 ];
 

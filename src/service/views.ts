@@ -52,7 +52,16 @@ export interface DiskView {
   status: DiskStatus;
   error: string | null;
   lockedBy: string | null;
-  analysis: { state: 'pending' | 'done' | 'failed'; analyzedAt: number | null; dataBytes: number | null; reclaimableBytes: number | null; warnings: string[]; error: string | null };
+  analysis: {
+    state: 'pending' | 'done' | 'failed';
+    analyzedAt: number | null;
+    dataBytes: number | null;
+    reclaimableBytes: number | null;
+    warnings: string[];
+    error: string | null;
+    /** LUKS volumes: opened with a key from the keys file, or kept whole (no key). */
+    encrypted: { opened: number; keptWhole: number } | null;
+  };
   reclaimableBytes: number | null;
   needsSparsify: boolean;
   /** Would POST /sparsify (default mode) be accepted now? If not, why. */
@@ -107,6 +116,7 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
       reclaimableBytes: a?.reclaimableBytes ?? null,
       warnings: a?.warnings ?? [],
       error: d.analysisError ?? (d.health === 'illegal' ? d.error : null),
+      encrypted: a?.encrypted ?? null,
     },
     reclaimableBytes: a?.reclaimableBytes ?? null,
     needsSparsify: needsSparsify(d, v.policy),

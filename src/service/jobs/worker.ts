@@ -91,7 +91,11 @@ export class JobWorker {
     const log = this.ctx.log.child({ jobId: job.id, diskId: job.diskId, disk: job.diskName, attempt: job.attempts });
     const entry: Running = { job, log, fence: fenceOf(job), ctl: new AbortController(), lastSaved: 0, lastPublished: 0, saving: false, done: Promise.resolve() };
     this.running.set(job.id, entry);
-    entry.done = this.execute(entry).finally(() => this.running.delete(job!.id));
+    const t0 = Date.now();
+    entry.done = this.execute(entry).finally(() => {
+      this.running.delete(job!.id);
+      if (job!.status !== 'running') this.ctx.metrics.jobEnded(job!.options.mode, job!.status === 'pending' ? 'handed-back' : job!.status, (Date.now() - t0) / 1000, job!.status === 'finished' ? (job!.bytesReclaimed ?? 0) : 0);
+    });
     await entry.done;
   }
 

@@ -10,8 +10,9 @@ import { openImage } from '../formats/open.js';
 import { findDriver, formatDrivers } from '../formats/registry.js';
 import type { ImageWriter } from '../formats/types.js';
 import { analyzeDisk } from '../analyze/analyze.js';
-import { allInfo, allWarnings, type DiskMap } from '../analyze/diskmap.js';
+import { allInfo, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
+import { operationWarnings } from '../plan/warnings.js';
 import { copyImage } from '../execute/copy.js';
 import type { OperationEvents } from './events.js';
 import { parseOutputOptions } from './output-options.js';
@@ -88,9 +89,9 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
 
     req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
     const map = await analyzeDisk(image, { trace: req.onTrace });
-    for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    for (const w of operationWarnings(map, plan, 'copy')) req.onWarning?.(w);
     req.onVerbose?.(`plan: discard ${plan.discard.total()} bytes in ${plan.discard.count} ranges, keep ${plan.keep.total()} bytes`);
     for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
     for (const s of plan.steps) {

@@ -18,12 +18,6 @@ import type { OperationEvents } from './events.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
 
-/**
- * Compression worker threads cost about 50 MiB each; two keep peak RSS under 256 MiB on any host,
- * and are enough to beat qemu-img's single-threaded compression several times over.
- */
-const MAX_WORKER_THREADS = 2;
-
 export interface CopyRequest extends OperationEvents {
   input: string;
   output: string;
@@ -36,6 +30,8 @@ export interface CopyRequest extends OperationEvents {
   compress?: boolean;
   ignore?: string[];
   zero?: string[];
+  /** Pass every byte through memory: never share blocks with the input (reflink) nor copy in the kernel. */
+  noTransfer?: boolean;
 }
 
 export interface CopyReport {
@@ -105,14 +101,15 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     try {
       writer = await driver.createWriter(temp, image.virtualSize, options, {
         compress: req.compress ?? false,
-        threads: Math.max(1, Math.min(MAX_WORKER_THREADS, availableParallelism())),
+        // Compression runs on libuv's thread pool, which bin/sparsify.js sizes to the cores.
+        threads: Math.max(1, availableParallelism()),
         finalPath: req.output,
       });
       req.onStatus?.('Copy to destination and make sparse');
-      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal, data: map.data });
+      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal, data: map.data, noTransfer: req.noTransfer });
       await writer.finish();
       writer = undefined;
-      req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat})`);
+      req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat}; ${r.bytesCloned} shared with the input by reflink, ${r.bytesCopied} copied by the kernel)`);
       await rename(temp, req.output);
       await syncDir(dirname(req.output));
       const outputAllocated = (await stat(req.output)).blocks * 512;

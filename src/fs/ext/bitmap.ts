@@ -2,7 +2,8 @@
 import { ExtentsBuilder, type Extents } from '../../io/extents.js';
 import { CorruptError } from '../../io/errors.js';
 import type { Volume } from '../../layout/volume.js';
-import type { ExtSuperblock } from './superblock.js';
+import { crc32cRaw } from '../../io/checksums.js';
+import { INCOMPAT, RO_COMPAT, type ExtSuperblock } from './superblock.js';
 import type { GroupDesc } from './groups.js';
 
 /** Largest single read when fetching runs of adjacent bitmap blocks (flex_bg packs them together). */
@@ -32,6 +33,17 @@ export async function* readGroupBlocks(
     for (let k = i; k < j; k++) yield [sorted[k]!, buf.subarray((k - i) * s.blockSize, (k - i + 1) * s.blockSize)];
     i = j;
   }
+}
+
+/**
+ * Does a bitmap's metadata_csum checksum hold? It is the crc32c of the bitmap's first `bytes`,
+ * stored whole with 64-byte descriptors, else its low 16 bits. Without metadata_csum there is none.
+ */
+export function bitmapChecksumHolds(s: ExtSuperblock, bitmap: Buffer, bytes: number, stored: number): boolean {
+  if (!(s.roCompat & RO_COMPAT.METADATA_CSUM)) return true;
+  const computed = crc32cRaw(s.csumSeed, bitmap.subarray(0, bytes));
+  const full = s.descSize >= 0x3c && s.incompat & INCOMPAT.BIT64;
+  return full ? computed === stored : (computed & 0xffff) === (stored & 0xffff);
 }
 
 /** Is any bit in [from, to) of `bitmap` set? */

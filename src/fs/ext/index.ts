@@ -3,13 +3,12 @@
  * descriptors' free counts and checksums, minus every metadata block the layout rules place.
  */
 import { Extents, ExtentsBuilder } from '../../io/extents.js';
-import { crc32cRaw } from '../../io/checksums.js';
 import type { Volume } from '../../layout/volume.js';
 import type { FsAnalysis, FsReader } from '../types.js';
-import { SUPERBLOCK_OFFSET, RO_COMPAT, COMPAT, INCOMPAT, distrustReasons, extTypeName, hasExtMagic, parseSuperblock, type ExtSuperblock } from './superblock.js';
+import { SUPERBLOCK_OFFSET, RO_COMPAT, COMPAT, distrustReasons, extTypeName, hasExtMagic, parseSuperblock, type ExtSuperblock } from './superblock.js';
 import { BG_BLOCK_UNINIT, groupFirstBlock, readGroupDescs, type GroupDesc } from './groups.js';
 import { metadataBlocks, metadataClustersInGroup } from './metadata.js';
-import { freeRuns, readGroupBlocks } from './bitmap.js';
+import { bitmapChecksumHolds, freeRuns, readGroupBlocks } from './bitmap.js';
 import { unusedInodeTables } from './itable.js';
 
 function uuidString(u: Buffer): string {
@@ -24,11 +23,8 @@ function clustersInGroup(s: ExtSuperblock, g: number): number {
 }
 
 function bitmapChecksumError(s: ExtSuperblock, d: GroupDesc, bitmap: Buffer): string | undefined {
-  if (!(s.roCompat & RO_COMPAT.METADATA_CSUM)) return undefined;
-  const computed = crc32cRaw(s.csumSeed, bitmap.subarray(0, s.clustersPerGroup / 8));
-  const full = s.descSize >= 0x3c && s.incompat & INCOMPAT.BIT64;
-  const ok = full ? computed === d.blockBitmapCsum : (computed & 0xffff) === (d.blockBitmapCsum & 0xffff);
-  return ok ? undefined : `block bitmap of group ${d.index} at block ${d.blockBitmap} fails its checksum`;
+  if (bitmapChecksumHolds(s, bitmap, s.clustersPerGroup / 8, d.blockBitmapCsum)) return undefined;
+  return `block bitmap of group ${d.index} at block ${d.blockBitmap} fails its checksum`;
 }
 
 async function analyzeExt(vol: Volume): Promise<FsAnalysis> {

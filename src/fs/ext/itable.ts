@@ -15,11 +15,10 @@
  * Blocks holding any counted inode, and blocks another structure claims, stay used.
  */
 import { Extents } from '../../io/extents.js';
-import { crc32cRaw } from '../../io/checksums.js';
 import type { Volume } from '../../layout/volume.js';
-import { INCOMPAT, RO_COMPAT, type ExtSuperblock } from './superblock.js';
+import { RO_COMPAT, type ExtSuperblock } from './superblock.js';
 import { BG_INODE_UNINIT, type GroupDesc } from './groups.js';
-import { anyBitSet, readGroupBlocks } from './bitmap.js';
+import { anyBitSet, bitmapChecksumHolds, readGroupBlocks } from './bitmap.js';
 import { itableBlocks } from './metadata.js';
 
 export interface UnusedItables {
@@ -32,11 +31,8 @@ export interface UnusedItables {
 }
 
 function inodeBitmapChecksumError(s: ExtSuperblock, d: GroupDesc, bitmap: Buffer): string | undefined {
-  if (!(s.roCompat & RO_COMPAT.METADATA_CSUM)) return undefined;
-  const computed = crc32cRaw(s.csumSeed, bitmap.subarray(0, s.inodesPerGroup / 8));
-  const full = s.descSize >= 0x3c && s.incompat & INCOMPAT.BIT64;
-  const ok = full ? computed === d.inodeBitmapCsum : (computed & 0xffff) === (d.inodeBitmapCsum & 0xffff);
-  return ok ? undefined : `inode bitmap of group ${d.index} at block ${d.inodeBitmap} fails its checksum`;
+  if (bitmapChecksumHolds(s, bitmap, s.inodesPerGroup / 8, d.inodeBitmapCsum)) return undefined;
+  return `inode bitmap of group ${d.index} at block ${d.inodeBitmap} fails its checksum`;
 }
 
 export async function unusedInodeTables(vol: Volume, s: ExtSuperblock, groups: readonly GroupDesc[]): Promise<UnusedItables> {

@@ -1,18 +1,30 @@
 /**
- * Service responsiveness: 200 disks in one domain, 20 sparsify jobs queued, and GET /api/disks
- * timed from a client while the jobs run (and once more when idle). Target: p95 under 100 ms.
+ * The service under load, single host on SQLite beside three hosts on one PostgreSQL, in the same
+ * run: 2,000 disks in one shared domain (500 small ext4 guests with deleted data, 1,500 thin
+ * images), 500 sparsify jobs queued at once (asked of the hosts in turn), and GET /api/disks
+ * timed from a client, round-robin over the hosts, while the jobs run and once idle. Reports
+ * the p95 latency (target < 50 ms) and the jobs finished per minute.
  */
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, mkdirSync, openSync, writeSync, closeSync, copyFileSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { randomFillSync } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { startPostgres, postgresMissing } from '../test/helpers/postgres.js';
 
 const TOKEN = 'bench-token-0123456789';
-const DISKS = 200;
-const GUESTS = 40;
-const JOBS = 20;
+const DISKS = Number(process.env['BENCH_SERVICE_DISKS'] ?? 2000);
+const JOBS = Number(process.env['BENCH_SERVICE_JOBS'] ?? 500);
+const CONCURRENCY = 2;
+
+export interface ServiceRow {
+  name: string;
+  p95Ms: number;
+  medianMs: number;
+  jobsPerMinute?: number;
+  note?: string;
+}
 
 function garbage(path: string, size: number): void {
   const fd = openSync(path, 'w');
@@ -22,109 +34,160 @@ function garbage(path: string, size: number): void {
   closeSync(fd);
 }
 
-function pct(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+
+/** 2,000 images: JOBS guests (2 MiB ext4 on garbage, a deleted 1 MiB file) and thin ones. */
+function makeDomain(work: string): string {
+  const domain = join(work, 'images');
+  mkdirSync(domain, { recursive: true });
+  const files = join(work, 'files');
+  mkdirSync(files, { recursive: true });
+  garbage(join(files, 'keep.bin'), 256 << 10);
+  const tpl = join(work, 'template.raw');
+  garbage(tpl, 4 << 20);
+  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', 'nodiscard', '-d', files, tpl]);
+  for (let i = 0; i < JOBS; i++) copyFileSync(tpl, join(domain, `guest-${String(i).padStart(4, '0')}.raw`));
+  for (let i = JOBS; i < DISKS; i++) {
+    const p = join(domain, `thin-${String(i).padStart(4, '0')}.${i % 2 ? 'qcow2' : 'raw'}`);
+    if (i % 2) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', p, '10G']);
+    else {
+      const fd = openSync(p, 'w');
+      ftruncateSync(fd, 10 * 2 ** 30);
+      closeSync(fd);
+    }
+  }
+  return domain;
 }
 
-async function timeRequests(url: string, n: number): Promise<number[]> {
+interface Host {
+  url: string;
+  proc: ChildProcess;
+}
+
+async function startHost(work: string, name: string, domain: string, database?: string): Promise<Host> {
+  const fromTs = import.meta.url.endsWith('.ts');
+  const bin = fileURLToPath(new URL(`../src/service/bin.${fromTs ? 'ts' : 'js'}`, import.meta.url));
+  // BENCH_CPU_PROF=DIR: each host writes a V8 CPU profile there when it stops.
+  const prof = process.env['BENCH_CPU_PROF'] ? ['--cpu-prof', '--cpu-prof-dir', process.env['BENCH_CPU_PROF'], '--cpu-prof-name', `${name}.cpuprofile`] : [];
+  const args = [...prof, ...(fromTs ? ['--import', 'tsx'] : []), bin, '--data-dir', join(work, `data-${name}`), '--domain', domain, '--port', '0', '--token', TOKEN, '--host-name', name, '--concurrency', String(CONCURRENCY)];
+  if (database) args.push('--database', database);
+  const proc = spawn(process.execPath, args, { env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  const url = await new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`host ${name} did not start: ${out}`)), 60_000);
+    proc.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      const m = /listening on (http:\/\/\S+)/.exec(out);
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]!);
+      }
+    });
+    proc.once('exit', (code) => reject(new Error(`host ${name} exited (${code}): ${out}`)));
+  });
+  return { url, proc };
+}
+
+/** SIGTERM (a profile gets written), SIGKILL after 15 s. */
+async function stopHost(h: Host): Promise<void> {
+  if (h.proc.exitCode !== null || h.proc.signalCode !== null) return;
+  const exited = new Promise<void>((r) => h.proc.once('exit', () => r()));
+  h.proc.kill('SIGTERM');
+  const t = setTimeout(() => h.proc.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(t);
+}
+
+async function getJson<T>(url: string): Promise<T> {
+  const r = await fetch(url);
+  return (await r.json()) as T;
+}
+
+async function timeRequests(urls: string[], n: number): Promise<number[]> {
   const times: number[] = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
-    const r = await fetch(`${url}/api/disks`);
+    const r = await fetch(`${urls[i % urls.length]}/api/disks`);
     await r.arrayBuffer();
     times.push(performance.now() - t0);
   }
   return times.sort((a, b) => a - b);
 }
 
-export async function benchService(opts: { log: (s: string) => void }): Promise<Array<{ name: string; p95Ms: number; medianMs: number; note?: string }>> {
-  const work = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'sparsify-bench-service-'));
-  const domain = join(work, 'images');
-  mkdirSync(domain, { recursive: true });
-  let proc: ReturnType<typeof spawn> | undefined;
+async function scenario(work: string, label: string, hostNames: string[], database: string | undefined, log: (s: string) => void): Promise<ServiceRow[]> {
+  const domain = makeDomain(join(work, label));
+  const hosts: Host[] = [];
   try {
-    // 40 guest disks (ext4 on garbage, 8 MiB, free space to give back) and 160 thin images.
-    const files = join(work, 'files');
-    mkdirSync(files);
-    garbage(join(files, 'keep.bin'), 1 << 20);
-    const tpl = join(work, 'template.raw');
-    garbage(tpl, 8 << 20);
-    execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', 'nodiscard', '-d', files, tpl]);
-    for (let i = 0; i < GUESTS; i++) copyFileSync(tpl, join(domain, `guest-${String(i).padStart(3, '0')}.raw`));
-    for (let i = GUESTS; i < DISKS; i++) {
-      const p = join(domain, `thin-${String(i).padStart(3, '0')}.${i % 2 ? 'qcow2' : 'raw'}`);
-      if (i % 2) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', p, '10G']);
-      else {
-        const fd = openSync(p, 'w');
-        ftruncateSync(fd, 10 * 2 ** 30);
-        closeSync(fd);
-      }
-    }
-    opts.log(`service bench: ${DISKS} disks in ${domain}`);
-
-    const fromTs = import.meta.url.endsWith('.ts');
-    const bin = fileURLToPath(new URL(`../src/service/bin.${fromTs ? 'ts' : 'js'}`, import.meta.url));
-    proc = spawn(process.execPath, [...(fromTs ? ['--import', 'tsx'] : []), bin, '--data-dir', join(work, 'data'), '--domain', domain, '--port', '0', '--token', TOKEN], {
-      env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-    const url = await new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`service did not start: ${out}`)), 60_000);
-      proc!.stdout!.on('data', (b: Buffer) => {
-        out += b.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(out);
-        if (m) {
-          clearTimeout(t);
-          resolve(m[1]!);
-        }
-      });
-    });
-
-    // Wait for the first analysis of every disk.
+    for (const h of hostNames) hosts.push(await startHost(join(work, label), h, domain, database));
+    const urls = hosts.map((h) => h.url);
     const t0 = Date.now();
     let disks: Array<{ id: string; name: string; analysis: { state: string } }> = [];
     for (;;) {
-      disks = ((await (await fetch(`${url}/api/disks`)).json()) as { disks: typeof disks }).disks;
+      disks = (await getJson<{ disks: typeof disks }>(`${urls[0]}/api/disks`)).disks;
       if (disks.length === DISKS && disks.every((d) => d.analysis.state !== 'pending')) break;
-      if (Date.now() - t0 > 120_000) throw new Error('analysis of 200 disks did not finish in 2 minutes');
-      await new Promise((r) => setTimeout(r, 100));
+      if (Date.now() - t0 > 600_000) throw new Error(`${label}: analysis of ${DISKS} disks did not finish in 10 minutes`);
+      await new Promise((r) => setTimeout(r, 500));
     }
-    opts.log(`service bench: 200 disks analyzed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-
+    log(`${label}: ${DISKS} disks analyzed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const guests = disks.filter((d) => d.name.startsWith('guest-')).slice(0, JOBS);
-    for (const [i, d] of guests.entries()) {
-      const r = await fetch(`${url}/api/disks/${d.id}/sparsify`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ mode: i % 2 ? 'copy-and-replace' : 'in-place' }),
-      });
-      if (r.status !== 202) throw new Error(`sparsify ${d.name}: ${r.status} ${await r.text()}`);
-    }
-    const busy = await timeRequests(url, 200);
-    const jobs = ((await (await fetch(`${url}/api/jobs?status=pending,running`)).json()) as { jobs: unknown[] }).jobs.length;
-    opts.log(`service bench: ${jobs} jobs still pending or running after the busy measurement`);
-    // Let the queue drain, then measure idle.
     const t1 = Date.now();
-    while (((await (await fetch(`${url}/api/jobs?status=pending,running`)).json()) as { jobs: unknown[] }).jobs.length && Date.now() - t1 < 120_000) await new Promise((r) => setTimeout(r, 200));
-    const idle = await timeRequests(url, 200);
+    await Promise.all(
+      guests.map(async (d, i) => {
+        const r = await fetch(`${urls[i % urls.length]}/api/disks/${d.id}/sparsify`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
+        if (r.status !== 202) throw new Error(`sparsify ${d.name}: ${r.status} ${await r.text()}`);
+      }),
+    );
+    log(`${label}: ${JOBS} jobs queued in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+    const busy = await timeRequests(urls, 200);
+    let left = JOBS;
+    while (left) {
+      left = (await getJson<{ jobs: unknown[] }>(`${urls[0]}/api/jobs?status=pending,running&limit=1000`)).jobs.length;
+      if (Date.now() - t1 > 1_800_000) throw new Error(`${label}: jobs did not finish in 30 minutes`);
+      if (left) await new Promise((r) => setTimeout(r, 250));
+    }
+    const minutes = (Date.now() - t1) / 60_000;
+    const jobs = (await getJson<{ jobs: Array<{ status: string; host: string }> }>(`${urls[0]}/api/jobs?limit=1000`)).jobs;
+    const failed = jobs.filter((j) => j.status !== 'finished').length;
+    const perHost = hostNames.map((h) => `${h} ${jobs.filter((j) => j.host === h).length}`).join(', ');
+    log(`${label}: ${JOBS} jobs done in ${(minutes * 60).toFixed(1)} s (${failed} not finished; ${perHost})`);
+    const idle = await timeRequests(urls, 200);
     return [
-      { name: `GET /api/disks, ${DISKS} disks, ${JOBS} jobs queued (in-place and copy-and-replace)`, p95Ms: pct(busy, 95), medianMs: pct(busy, 50), note: `200 requests; ${jobs} jobs left when done; target p95 < 100 ms` },
-      { name: `GET /api/disks, ${DISKS} disks, idle`, p95Ms: pct(idle, 95), medianMs: pct(idle, 50), note: '200 requests' },
+      { name: `${label}: GET /api/disks, ${DISKS} disks, ${JOBS} jobs running`, p95Ms: pct(busy, 95), medianMs: pct(busy, 50), jobsPerMinute: JOBS / minutes, note: `200 requests over ${urls.length} host(s); jobs by host: ${perHost}; ${failed} jobs not finished` },
+      { name: `${label}: GET /api/disks, ${DISKS} disks, idle`, p95Ms: pct(idle, 95), medianMs: pct(idle, 50) },
     ];
   } finally {
-    proc?.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 300));
+    await Promise.all(hosts.map((h) => stopHost(h)));
+    rmSync(join(work, label), { recursive: true, force: true });
+  }
+}
+
+export async function benchService(opts: { log: (s: string) => void }): Promise<ServiceRow[]> {
+  const work = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'sparsify-bench-service-'));
+  try {
+    const rows = await scenario(work, '1 host, SQLite', ['solo'], undefined, opts.log);
+    const missing = postgresMissing();
+    if (missing) {
+      rows.push({ name: '3 hosts, PostgreSQL', p95Ms: NaN, medianMs: NaN, note: `not run: ${missing}` });
+      return rows;
+    }
+    const pg = await startPostgres();
+    try {
+      rows.push(...(await scenario(work, '3 hosts, PostgreSQL', ['alpha', 'beta', 'gamma'], pg.url, opts.log)));
+    } finally {
+      pg.stop();
+    }
+    return rows;
+  } finally {
     rmSync(work, { recursive: true, force: true });
   }
 }
 
-// Run alone: node --import tsx bench/service.ts
+// Run alone: node dist/bench/service.js
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   benchService({ log: (s) => console.log(s) }).then(
     (rows) => {
-      for (const r of rows) console.log(`${r.name}: median ${r.medianMs.toFixed(1)} ms, p95 ${r.p95Ms.toFixed(1)} ms (${r.note ?? ''})`);
+      for (const r of rows) console.log(`${r.name}: median ${r.medianMs.toFixed(1)} ms, p95 ${r.p95Ms.toFixed(1)} ms${r.jobsPerMinute ? `, ${r.jobsPerMinute.toFixed(0)} jobs/min` : ''} (${r.note ?? ''})`);
     },
     (e) => {
       console.error(e);

@@ -4,21 +4,29 @@
  * confidence is kept whole, with a warning saying why; a reader's failure never stops the walk.
  */
 import { Extents } from '../io/extents.js';
-import { SparsifyError } from '../io/errors.js';
-import type { DiskImage } from '../formats/types.js';
+import { FatalError, SparsifyError } from '../io/errors.js';
+import type { DiskImage, ImageExtent } from '../formats/types.js';
 import { Volume } from '../layout/volume.js';
-import type { ContainerReader } from '../layout/types.js';
+import type { ContainerAnalysis, ContainerReader } from '../layout/types.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 import type { FsReader } from '../fs/types.js';
 import { identifyForeign, type ForeignKind } from '../fs/foreign.js';
 import { FILESYSTEMS, PARTITION_TABLES, VOLUME_CONTAINERS } from './registry.js';
 import type { ContentKind, DiskMap, MapNode, VolumeRole } from './diskmap.js';
 import { walk } from './diskmap.js';
+import { allocationUnit } from './reclaim.js';
 
 export interface AnalyzeOptions {
   /** Name of the whole disk; libguestfs calls the first disk /dev/sda. */
   diskName?: string;
   /** Called with a short trace line for each step (for -x / -v). */
   trace?: (msg: string) => void;
+  /**
+   * Keys for LUKS volumes (the CLI's --key options, the service's keys file). A volume with a key
+   * is opened and analyzed inside; one without is kept whole. A key that opens nothing is an error.
+   * The provider stays the caller's: it is not disposed here.
+   */
+  keys?: KeyProvider;
 }
 
 const MAX_DEPTH = 8;
@@ -44,17 +52,35 @@ async function probeAll<T extends { probe(v: Volume): Promise<boolean>; name: st
     try {
       if (await r.probe(vol)) return r;
     } catch (e) {
+      if (e instanceof FatalError) throw e;
       warnings.push(`probing for ${r.name} failed: ${errorText(e)}`);
     }
   }
   return undefined;
 }
 
+/**
+ * Round the free space of every node under an unlocked LUKS payload inward to whole encryption
+ * sectors (counted from the payload's start): dropping part of a ciphertext sector would garble
+ * the rest of it. --zero gets the same rounding of the device's ranges.
+ */
+function alignToCryptSectors(node: MapNode, enc: NonNullable<ContainerAnalysis['encrypted']>): void {
+  const align = (r: Extents): Extents => enc.payload.toDisk(enc.payload.fromDisk(r).alignInward(enc.sectorSize));
+  for (const n of walk(node)) {
+    n.free = align(n.free);
+    n.zeroRanges = align(n.zeroRanges ?? n.diskRanges);
+  }
+}
+
 class Analyzer {
+  /** Zero the volume keys of unlocked containers; run when the analysis ends, however it ends. */
+  readonly wipes: Array<() => void> = [];
+
   constructor(
     /** The image's data extents: a volume with none of them is empty. */
     private readonly data: Extents,
     private readonly trace: (msg: string) => void,
+    private readonly keys: KeyProvider | undefined,
   ) {}
 
   private newNode(vol: Volume, role: VolumeRole, details: MapNode['details']): MapNode {
@@ -107,7 +133,8 @@ class Analyzer {
     node.content = reader.name;
     node.contentKind = contentKindOf(reader.name);
     try {
-      const a = await reader.analyze(vol);
+      const a = await reader.analyze(vol, { keys: this.keys, trace: this.trace });
+      if (a.encrypted) this.wipes.push(a.encrypted.wipe);
       node.content = a.type;
       node.contentKind = contentKindOf(a.type);
       node.trusted = true;
@@ -117,7 +144,9 @@ class Analyzer {
       node.free = vol.toDisk(a.free);
       const childRole: VolumeRole = node.contentKind === 'partition-table' ? 'partition' : 'logical-volume';
       for (const c of a.children) node.children.push(await this.volume(c.volume, childRole, depth + 1, c.details ?? {}));
+      if (a.encrypted) for (const c of node.children) alignToCryptSectors(c, a.encrypted);
     } catch (e) {
+      if (e instanceof FatalError) throw e;
       node.trusted = false;
       node.free = new Extents();
       node.children = [];
@@ -153,19 +182,29 @@ class Analyzer {
   }
 }
 
-/** The ranges the image actually has allocated as data. */
-async function dataExtents(image: DiskImage): Promise<Extents> {
+/** The ranges of `extents` that are data. */
+async function dataOf(extents: AsyncIterable<ImageExtent>): Promise<Extents> {
   const out: Array<{ start: number; end: number }> = [];
-  for await (const e of image.extents(0, image.virtualSize)) if (e.kind === 'data') out.push({ start: e.start, end: e.end });
+  for await (const e of extents) if (e.kind === 'data') out.push({ start: e.start, end: e.end });
   return new Extents(out);
 }
 
 export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): Promise<DiskMap> {
   const trace = opts.trace ?? (() => undefined);
   const disk = Volume.whole(image, opts.diskName ?? '/dev/sda');
-  const data = await dataExtents(image);
-  const root = await new Analyzer(data, trace).volume(disk, 'disk', 0);
+  const data = await dataOf(image.extents(0, image.virtualSize));
+  const analyzer = new Analyzer(data, trace, opts.keys);
+  let root: MapNode;
+  try {
+    root = await analyzer.volume(disk, 'disk', 0);
+  } finally {
+    for (const wipe of analyzer.wipes) wipe();
+  }
+  for (const id of opts.keys?.unmatched() ?? []) root.warnings.push(`--key ${id}: no encrypted volume has this device name or LUKS UUID; ignored`);
   const layers = image.layers();
+  // A chain: only the top file's own clusters can be given back (every format that can have a
+  // backing file says which are its own; without that we could only guess, so count them all).
+  const ownData = layers.length > 1 && image.ownExtents ? await dataOf(image.ownExtents(0, image.virtualSize)) : data;
   return {
     path: image.path,
     format: image.format,
@@ -175,12 +214,10 @@ export async function analyzeDisk(image: DiskImage, opts: AnalyzeOptions = {}): 
     root,
     data,
     dataBytes: data.total(),
+    ownData,
+    ownDataBytes: ownData.total(),
+    allocationUnit: allocationUnit(layers[0]),
   };
 }
 
-/** Free bytes under `node` (itself and its children) that the image has allocated today. */
-export function reclaimableBytes(map: DiskMap, node: MapNode = map.root): number {
-  let total = 0;
-  for (const n of walk(node)) total += n.free.intersect(map.data).total();
-  return total;
-}
+export { reclaimableBytes } from './reclaim.js';

@@ -28,6 +28,11 @@ export interface MapNode {
   diskRanges: Extents;
   /** Free ranges this node itself contributes, in disk coordinates (children have their own). */
   free: Extents;
+  /**
+   * What --zero may drop of this device, when that is less than diskRanges: inside an encrypted
+   * volume, only whole encryption sectors. Absent: diskRanges.
+   */
+  zeroRanges?: Extents;
   warnings: string[];
   info: string[];
   details: Record<string, string | number | boolean>;
@@ -46,6 +51,15 @@ export interface DiskMap {
   data: Extents;
   /** Their total. */
   dataBytes: number;
+  /**
+   * The disk ranges the top image file itself holds as data (not in the JSON report). For a single
+   * file this is `data`; for a backing chain, the top layer's own clusters only.
+   */
+  ownData: Extents;
+  /** Their total. */
+  ownDataBytes: number;
+  /** The top file gives space back in whole units of this many bytes (qcow2 cluster, vdi block; else 1). */
+  allocationUnit: number;
 }
 
 /** Depth-first walk. */

@@ -17,10 +17,16 @@ Options (virt-sparsify compatible; long options also work with one dash and as u
   --format FMT              Input format (default: detected; give 'raw' for untrusted raw images)
   --ignore FS|VG            Do not reclaim the free space of this filesystem or volume group
   --in-place                Discard free space in the image itself instead of copying
+  --key ID:key:KEY          Key (passphrase) of a LUKS volume: ID is a device (/dev/sda2, /dev/VG/LV),
+  --key ID:file:FILE          a LUKS UUID or 'all'; file: uses the file's first line. A key on the
+                              command line is visible to other users: prefer file: or --keys-from-stdin
+  --keys-from-stdin         Read keys from standard input, one per line (prompted on a terminal)
+  --echo-keys               Echo the keys typed at the prompt
   --machine-readable[=FMT]  Machine-readable output (FMT: file:NAME, fd:N, stream:stdout, stream:stderr)
   -o OPTS                   Output format options, e.g. cluster_size=65536,compat=1.1
   -q, --quiet               Quiet
-  --tmp DIR                 Accepted for compatibility: sparsify needs no temporary space
+  --tmp DIR|BLOCKDEV|prebuilt:FILE
+                            Accepted and checked; sparsify needs no temporary space and writes none there
   -v, --verbose             Verbose messages
   -V, --version             Print the version
   --wrap                    Wrap long messages

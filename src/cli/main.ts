@@ -8,12 +8,15 @@ import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
 import { Output, MachineReadableError, humanSize } from './output.js';
 import { helpText } from './help.js';
+import { checkTmpOption } from './tmp-option.js';
 import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
 import { sparsifyInPlace } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
 import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
+import { keyStoreFromOptions } from './keys.js';
 
 /** package.json, found from dist/src/cli (built) or src/cli (run from source). */
 function packageVersion(): string {
@@ -36,20 +39,6 @@ function progName(): string {
   return b === 'main' || b === 'cli' ? 'sparsify' : b;
 }
 
-/** Options whose feature does not work yet: refuse them clearly rather than pretend. */
-function refuseUnsupported(o: CliOptions): void {
-  if (o.keys.length || o.keysFromStdin) throw new SparsifyError('--key and --keys-from-stdin are not supported yet: encrypted volumes are kept whole');
-  if (o.tmp !== undefined) {
-    if (o.tmp.startsWith('prebuilt:')) throw new SparsifyError('--tmp prebuilt:FILE is not supported: sparsify needs no temporary overlay');
-    let st;
-    try {
-      st = statSync(o.tmp);
-    } catch {
-      throw new SparsifyError(`--tmp ${o.tmp}: no such directory or block device`);
-    }
-    if (!st.isDirectory() && !st.isBlockDevice()) throw new SparsifyError(`--tmp ${o.tmp}: not a directory or block device`);
-  }
-}
 
 function checkInPlaceConflicts(o: CliOptions): void {
   const bad: string[] = [];
@@ -74,11 +63,11 @@ function eventsFor(out: Output, signal: AbortSignal): OperationEvents {
   };
 }
 
-async function runAnalyze(o: CliOptions, out: Output): Promise<number> {
+async function runAnalyze(o: CliOptions, out: Output, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} --analyze [--json] disk`);
   const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w) });
   try {
-    const map = await analyzeDisk(image, { trace: (t) => out.traceLine(t) });
+    const map = await analyzeDisk(image, { trace: (t) => out.traceLine(t), keys });
     process.stdout.write((o.json ? JSON.stringify(toJson(map), null, 2) : toText(map)) + '\n');
   } finally {
     await image.close();
@@ -86,9 +75,10 @@ async function runAnalyze(o: CliOptions, out: Output): Promise<number> {
   return 0;
 }
 
-async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise<number> {
+async function runCopy(o: CliOptions, out: Output, signal: AbortSignal, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 2) throw new UsageError(`usage is: ${progName()} [--options] indisk outdisk`);
   const [input, output] = o.operands as [string, string];
+  if (o.tmp !== undefined) out.verbose(await checkTmpOption(o.tmp, input, o.format));
   const report = await sparsifyCopy({
     input,
     output,
@@ -98,6 +88,7 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
     compress: o.compress,
     ignore: o.ignore,
     zero: o.zero,
+    keys,
     ...eventsFor(out, signal),
   });
   out.endProgress();
@@ -110,13 +101,14 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal): Promise
   return 0;
 }
 
-async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal): Promise<number> {
+async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} [--options] --in-place disk`);
   const report = await sparsifyInPlace({
     path: o.operands[0]!,
     format: o.format,
     ignore: o.ignore,
     zero: o.zero,
+    keys,
     ...eventsFor(out, signal),
   });
   out.endProgress();
@@ -179,15 +171,16 @@ export async function main(argv: readonly string[]): Promise<number> {
   const onSignal = () => controller.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  let keys: KeyProvider | undefined;
   try {
     if (o.machineReadable !== undefined && o.operands.length === 0 && !o.analyze) {
       for (const c of CAPABILITIES) out.machineLine(c);
       return 0;
     }
     if (o.inPlace) checkInPlaceConflicts(o);
-    refuseUnsupported(o);
-    if (o.analyze) return await runAnalyze(o, out);
-    return o.inPlace ? await runInPlace(o, out, controller.signal) : await runCopy(o, out, controller.signal);
+    keys = await keyStoreFromOptions(o);
+    if (o.analyze) return await runAnalyze(o, out, keys);
+    return o.inPlace ? await runInPlace(o, out, controller.signal, keys) : await runCopy(o, out, controller.signal, keys);
   } catch (e) {
     if (e instanceof UsageError) {
       out.error(e.message);
@@ -202,6 +195,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (o.verbose && err.stack) process.stderr.write(err.stack + '\n');
     return 1;
   } finally {
+    keys?.dispose();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     out.close();

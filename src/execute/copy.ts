@@ -33,6 +33,12 @@ export interface CopyOptions {
   data?: Extents;
   /** Never clone or copy in the kernel (tests compare both paths). */
   noTransfer?: boolean;
+  /**
+   * For an overlay writer (see plan/overlay.ts): copy exactly these ranges, whole clusters, instead
+   * of the kept data. Inside them the plan's discard ranges are written as zeros, and zero runs are
+   * written too: a range never written would show the backing file.
+   */
+  overlayClusters?: Extents;
 }
 
 export interface CopyResult {
@@ -99,7 +105,8 @@ function fileOffset(host: HostRun, start: number): number {
 }
 
 export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWriter, opts: CopyOptions = {}): Promise<CopyResult> {
-  const toCopy = opts.data ? plan.keep.intersect(opts.data) : await rangesToCopy(image, plan.keep);
+  const overlay = opts.overlayClusters;
+  const toCopy = overlay ?? (opts.data ? plan.keep.intersect(opts.data) : await rangesToCopy(image, plan.keep));
   const total = toCopy.total();
   const result: CopyResult = { bytesRead: 0, bytesWritten: 0, bytesCloned: 0, bytesCopied: 0 };
   let done = 0;
@@ -128,10 +135,12 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
     return true;
   };
 
-  /** Place the non-zero runs of a piece that was read; long ones by kernel copy where possible. */
+  /** Place the non-zero runs of a piece that was read (all of an overlay's); long ones by kernel copy where possible. */
   const place = async (piece: Piece, view: Buffer): Promise<Array<Promise<void>>> => {
     const writes: Array<Promise<void>> = [];
-    for (const [s, e] of nonZeroRuns(view, piece.start, HOLE_GRANULARITY)) {
+    if (overlay) for (const d of plan.discard.clip(piece.start, piece.end)) view.fill(0, d.start - piece.start, d.end - piece.start);
+    const runs = overlay ? [[0, view.length] as const] : nonZeroRuns(view, piece.start, HOLE_GRANULARITY);
+    for (const [s, e] of runs) {
       const at = piece.start + s;
       const bytes = view.subarray(s, e);
       let w: Promise<void>;
@@ -211,7 +220,8 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
 /** What the writer can take straight from the image's host files, probed with the first data run. */
 async function transferSupport(image: DiskImage, writer: ImageWriter, toCopy: Extents, opts: CopyOptions): Promise<TransferSupport> {
   const none: TransferSupport = { clone: false, cloneAlignment: 1, copy: false };
-  if (opts.noTransfer || !image.hostRuns || !writer.transferSupport || !writer.transfer || toCopy.isEmpty) return none;
+  // An overlay's clusters carry the plan's zeros, written from memory.
+  if (opts.noTransfer || opts.overlayClusters || !image.hostRuns || !writer.transferSupport || !writer.transfer || toCopy.isEmpty) return none;
   for (const r of toCopy) {
     for await (const h of image.hostRuns(r.start, r.end)) return writer.transferSupport(h.file, h.fileOffset);
   }

@@ -68,6 +68,7 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
     onProgress: (done) => opts.onProgress?.({ done: Math.min(done, planned), total: planned }),
     signal: opts.signal,
     warn: (m) => opts.onWarning?.(m),
+    zero: opts.zero,
   });
   if (!r.aborted) {
     const edges = opts.zero ? opts.zero.subtract(ranges) : undefined;

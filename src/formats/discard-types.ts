@@ -13,6 +13,11 @@ export interface DiscardContext {
   /** Checked between consistent units; when aborted the backend stops and returns. */
   signal?: AbortSignal;
   warn(msg: string): void;
+  /**
+   * The ranges of --zero devices: they must read as zero afterwards. The rest is free in the guest,
+   * so a backing file's data that already shows through there may stay as it is.
+   */
+  zero?: Extents;
 }
 
 export interface DiscardResult {

@@ -45,6 +45,12 @@ export interface DiskImage {
    * Cost follows allocated metadata, not the size of the range.
    */
   extents(start: number, end: number): AsyncIterable<ImageExtent>;
+  /**
+   * Like `extents`, but of this image's own file(s) alone: 'unallocated' where this layer defers to
+   * its backing file, 'zero' where it says zero whatever the backing file holds. Formats that cannot
+   * have a backing file may leave it out: their own allocation is `extents`.
+   */
+  ownExtents?(start: number, end: number): AsyncIterable<ImageExtent>;
   /** The files behind this image, top layer first. */
   layers(): LayerInfo[];
   /**
@@ -71,6 +77,8 @@ export interface ImageWriter {
   readonly format: string;
   /** True when several write() calls may be in flight at once (they still never overlap). */
   readonly concurrentWrites?: boolean;
+  /** The unit the output allocates in (the qcow2 cluster size), when it has one. */
+  readonly allocationUnit?: number;
   write(buf: Buffer, offset: number): Promise<void>;
   /**
    * Optional: how this writer can take bytes from `source` without them passing through memory,
@@ -108,6 +116,12 @@ export interface WriterContext {
   threads: number;
   /** The name the image gets once complete (writers get a temporary name; some formats record their own name). */
   finalPath?: string;
+  /**
+   * Make the output an overlay of this backing file (qcow2 only). What is never written then falls
+   * through to the backing file, so a written all-zero cluster is stored as a zero cluster: it must
+   * hide the backing file's data. `file` is recorded as given (relative to the output's folder).
+   */
+  backing?: { file: string; format?: string };
 }
 
 export interface FormatDriver {

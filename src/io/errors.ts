@@ -24,3 +24,14 @@ export class CorruptError extends SparsifyError {
 export function hex(n: number | bigint): string {
   return '0x' + n.toString(16);
 }
+
+/**
+ * An error that stops the whole operation instead of keeping one volume whole: a key given for an
+ * encrypted volume that does not open it, or a volume the user asked to open that cannot be.
+ */
+export class FatalError extends SparsifyError {
+  constructor(message: string) {
+    super(message, 1);
+    this.name = 'FatalError';
+  }
+}

@@ -171,6 +171,18 @@ export class Extents implements Iterable<Range> {
     return out.done();
   }
 
+  /** Grow every range outward to multiples of `granularity` (relative to `origin`), merging what then touches. */
+  alignOutward(granularity: number, origin = 0): Extents {
+    if (granularity <= 1) return this;
+    // Ascending starts stay ascending once rounded down, so merging as they come is enough.
+    const p = this.pairs;
+    const out = new PairList(this.n);
+    for (let i = 0; i < this.n; i++) {
+      out.push(origin + Math.floor((p[2 * i]! - origin) / granularity) * granularity, origin + Math.ceil((p[2 * i + 1]! - origin) / granularity) * granularity);
+    }
+    return out.done();
+  }
+
   /** Shift every range by `delta`. */
   shift(delta: number): Extents {
     const q = this.pairs.slice(0, 2 * this.n);

@@ -24,6 +24,7 @@ const FileCloneRange = koffi.struct('file_clone_range', {
 });
 // ioctl is variadic; FICLONERANGE always passes one pointer, so a fixed prototype can run on a worker thread.
 const ioctlCloneFn = libc.func('ioctl', 'int', ['int', 'unsigned long', koffi.pointer(FileCloneRange)]);
+const gettidFn = libc.func('int gettid()');
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -186,4 +187,9 @@ export async function copyFileRange(srcFd: number, srcOffset: number, destFd: nu
     if (n === 0) throw errorFor('copy_file_range', osConstants.errno.EINVAL);
     done += n;
   }
+}
+
+/** The calling thread's id (for per-thread scheduling priority: background work runs niced). */
+export function gettid(): number {
+  return gettidFn() as number;
 }

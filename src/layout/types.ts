@@ -4,6 +4,7 @@
  */
 import type { Extents } from '../io/extents.js';
 import type { Volume } from './volume.js';
+import type { KeyProvider } from './luks/keys.js';
 
 export interface ChildVolume {
   volume: Volume;
@@ -23,6 +24,20 @@ export interface ContainerAnalysis {
   warnings: string[];
   info?: string[];
   details?: Record<string, string | number | boolean>;
+  /**
+   * Set when the child is the decrypted payload of this container: a ciphertext sector is dropped
+   * only as a whole, so free space found inside is rounded inward to whole `sectorSize` sectors of
+   * `payload` (the child volume), and `wipe` zeroes the volume key once the analysis is done.
+   */
+  encrypted?: { payload: Volume; sectorSize: number; wipe(): void };
+}
+
+/** What the analyzer hands every container reader besides the volume. */
+export interface ContainerContext {
+  /** Keys for encrypted volumes; without them, they are kept whole. */
+  keys?: KeyProvider;
+  /** A short line for -x / -v; never a secret. */
+  trace(msg: string): void;
 }
 
 export interface ContainerReader {
@@ -30,5 +45,5 @@ export interface ContainerReader {
   /** Only probed on whole disks (partition tables) or on any volume. */
   readonly scope: 'disk' | 'any';
   probe(volume: Volume): Promise<boolean>;
-  analyze(volume: Volume): Promise<ContainerAnalysis>;
+  analyze(volume: Volume, ctx?: ContainerContext): Promise<ContainerAnalysis>;
 }

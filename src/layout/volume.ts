@@ -1,9 +1,8 @@
 /**
  * A volume is a byte range of the virtual disk that holds one thing: the whole disk, a partition,
- * an LVM logical volume. It is a list of segments in disk coordinates, so a filesystem reads
- * through it the same way whether it sits in a partition or in a striped LV.
+ * an LVM logical volume, an unlocked LUKS payload. It is a list of segments in disk coordinates,
+ * so a filesystem reads through it the same way whether it sits in a partition or in a striped LV.
  */
-import type { DiskImage } from '../formats/types.js';
 import { Extents, type Range } from '../io/extents.js';
 import { SparsifyError, hex } from '../io/errors.js';
 
@@ -14,6 +13,15 @@ export interface Segment {
   readonly length: number;
 }
 
+/**
+ * What a volume reads its segments from, in disk coordinates: the disk image itself, or a view of
+ * it that decrypts a LUKS payload (same coordinates, since ciphertext maps 1:1 to plaintext).
+ */
+export interface VolumeSource {
+  readonly virtualSize: number;
+  read(buf: Buffer, offset: number): Promise<void>;
+}
+
 export class Volume {
   readonly size: number;
 
@@ -22,7 +30,7 @@ export class Volume {
    * @param segments ascending, contiguous in volume coordinates starting at 0
    */
   constructor(
-    readonly image: DiskImage,
+    readonly image: VolumeSource,
     readonly name: string,
     readonly segments: readonly Segment[],
   ) {
@@ -37,7 +45,7 @@ export class Volume {
   }
 
   /** The whole disk as a volume. */
-  static whole(image: DiskImage, name: string): Volume {
+  static whole(image: VolumeSource, name: string): Volume {
     return new Volume(image, name, image.virtualSize > 0 ? [{ volumeOffset: 0, diskOffset: 0, length: image.virtualSize }] : []);
   }
 
@@ -114,6 +122,17 @@ export class Volume {
         const s = Math.max(r.start, seg.volumeOffset);
         const e = Math.min(r.end, seg.volumeOffset + seg.length);
         out.push({ start: seg.diskOffset + (s - seg.volumeOffset), end: seg.diskOffset + (e - seg.volumeOffset) });
+      }
+    }
+    return new Extents(out);
+  }
+
+  /** Translate ranges in disk coordinates to this volume's coordinates; what lies outside it is dropped. */
+  fromDisk(ranges: Extents): Extents {
+    const out: Range[] = [];
+    for (const s of this.segments) {
+      for (const r of ranges.clip(s.diskOffset, s.diskOffset + s.length)) {
+        out.push({ start: r.start - s.diskOffset + s.volumeOffset, end: r.end - s.diskOffset + s.volumeOffset });
       }
     }
     return new Extents(out);

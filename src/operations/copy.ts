@@ -14,7 +14,11 @@ import { allInfo, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
 import { operationWarnings } from '../plan/warnings.js';
 import { copyImage } from '../execute/copy.js';
+import { overlayClusters } from '../plan/overlay.js';
+import { snapshotAdvice } from '../analyze/report.js';
+import { prepareOverlay } from './keep-backing.js';
 import type { OperationEvents } from './events.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
 
@@ -32,6 +36,17 @@ export interface CopyRequest extends OperationEvents {
   zero?: string[];
   /** Pass every byte through memory: never share blocks with the input (reflink) nor copy in the kernel. */
   noTransfer?: boolean;
+  /**
+   * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
+   * with a key is sparsified inside, one without is kept whole. Not disposed here.
+   */
+  keys?: KeyProvider;
+  /**
+   * Keep the backing chain (for replacing the top layer of a chain with its copy): the output is a
+   * qcow2 overlay on the same backing file and format, holding the input's own clusters minus the
+   * wholly free ones (keep-backing.ts). Without it the chain is flattened, as virt-sparsify does.
+   */
+  keepBacking?: boolean;
 }
 
 export interface CopyReport {
@@ -42,6 +57,8 @@ export interface CopyReport {
   bytesWritten: number;
   inputAllocated: number;
   outputAllocated: number;
+  /** With keepBacking: the backing file the output records. */
+  backingFile?: string;
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {
@@ -72,6 +89,9 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
   req.onStatus?.('Examine source disk');
   const image = await openImage(req.input, { format: req.format, lock: 'read', warn: req.onWarning });
   try {
+    for (const layer of image.layers().slice(1)) {
+      if (await sameFile(layer.path, req.output)) throw new SparsifyError(`you cannot write the output over ${req.output}: it is a backing file of ${req.input}`);
+    }
     const outputFormat = req.convert ?? image.format;
     const driver = findDriver(outputFormat);
     if (req.compress && outputFormat === 'raw') {
@@ -81,11 +101,16 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       const known = formatDrivers().filter((d) => d.createWriter).map((d) => d.name).join(', ');
       throw new SparsifyError(`output format '${outputFormat}' is not supported yet (supported: ${known})`);
     }
-    const options = parseOutputOptions(req.outputOptions);
+    const overlay = req.keepBacking ? await prepareOverlay(image, req.output, req.convert, parseOutputOptions(req.outputOptions)) : undefined;
+    const options = overlay?.options ?? parseOutputOptions(req.outputOptions);
 
     req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
-    const map = await analyzeDisk(image, { trace: req.onTrace });
+    const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const i of allInfo(map)) req.onInfo?.(i);
+    const snapshots = image.layers()[0]?.details?.snapshots;
+    if (!overlay && snapshots) req.onInfo?.(`${snapshots} internal snapshot(s) of ${req.input} are not copied, as with virt-sparsify`);
+    const advice = overlay ? snapshotAdvice(map) : undefined;
+    if (advice) req.onInfo?.(advice);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
     for (const w of operationWarnings(map, plan, 'copy')) req.onWarning?.(w);
     req.onVerbose?.(`plan: discard ${plan.discard.total()} bytes in ${plan.discard.count} ranges, keep ${plan.keep.total()} bytes`);
@@ -104,9 +129,17 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
         // Compression runs on libuv's thread pool, which bin/sparsify.js sizes to the cores.
         threads: Math.max(1, availableParallelism()),
         finalPath: req.output,
+        ...(overlay ? { backing: overlay.backing } : {}),
       });
       req.onStatus?.('Copy to destination and make sparse');
-      const r = await copyImage(image, plan, writer, { onProgress: req.onProgress, signal: req.signal, data: map.data, noTransfer: req.noTransfer });
+      if (overlay) req.onVerbose?.(`output: a qcow2 overlay on ${overlay.backing.file}, holding the input's own clusters minus the wholly free ones`);
+      const r = await copyImage(image, plan, writer, {
+        onProgress: req.onProgress,
+        signal: req.signal,
+        data: map.data,
+        noTransfer: req.noTransfer,
+        ...(overlay ? { overlayClusters: overlayClusters(overlay.own, plan, writer.allocationUnit ?? 1) } : {}),
+      });
       await writer.finish();
       writer = undefined;
       req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat}; ${r.bytesCloned} shared with the input by reflink, ${r.bytesCopied} copied by the kernel)`);
@@ -119,8 +152,9 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
         outputFormat,
         bytesRead: r.bytesRead,
         bytesWritten: r.bytesWritten,
-        inputAllocated: map.allocatedBytes,
+        inputAllocated: overlay ? (map.layers[0]?.allocatedBytes ?? 0) : map.allocatedBytes,
         outputAllocated,
+        ...(overlay ? { backingFile: overlay.backing.file } : {}),
       };
     } catch (e) {
       await writer?.abort();

@@ -5,7 +5,6 @@
  */
 import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
-import { Extents } from '../io/extents.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { RawImage } from '../formats/raw.js';
@@ -13,8 +12,10 @@ import { analyzeDisk } from '../analyze/analyze.js';
 import { allInfo, walk, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
 import { operationWarnings } from '../plan/warnings.js';
+import { snapshotAdvice } from '../analyze/report.js';
 import { discardBackendFor, discardInPlace } from '../execute/in-place.js';
 import type { OperationEvents } from './events.js';
+import type { KeyProvider } from '../layout/luks/keys.js';
 
 export interface InPlaceRequest extends OperationEvents {
   path: string;
@@ -22,6 +23,11 @@ export interface InPlaceRequest extends OperationEvents {
   format?: string;
   ignore?: string[];
   zero?: string[];
+  /**
+   * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
+   * with a key is sparsified inside, one without is kept whole. Not disposed here.
+   */
+  keys?: KeyProvider;
 }
 
 export interface InPlaceReport {
@@ -88,19 +94,18 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     await refuseDisguisedFormat(image, req.format);
     // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
     const backend = await discardBackendFor(image);
-    const map = await analyzeDisk(image, { trace: req.onTrace });
+    const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const i of allInfo(map)) req.onInfo?.(i);
+    const advice = snapshotAdvice(map);
+    if (advice) req.onInfo?.(advice);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
     for (const w of operationWarnings(map, plan, 'in-place')) req.onWarning?.(w);
     for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
     if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
     announce(map, plan, (t) => req.onStatus?.(t));
 
-    const nodes = new Map([...walk(map.root)].map((n) => [n.device, n]));
-    let zero = new Extents();
-    for (const s of plan.steps) if (s.action === 'zero-device') zero = zero.union(nodes.get(s.device)?.diskRanges ?? new Extents());
     const r = await discardInPlace(backend, plan.discard, {
-      zero,
+      zero: plan.zero,
       onProgress: req.onProgress,
       onWarning: req.onWarning,
       onTrace: req.onTrace,

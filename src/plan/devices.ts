@@ -8,6 +8,12 @@ export function canonicalDevice(name: string): string {
   return name.replace(/\/+$/, '');
 }
 
+/** /dev/mapper/VG-LV is another name for /dev/VG/LV ('--' in a name stands for '-'); undefined if not one. */
+export function mapperToLvm(name: string): string | undefined {
+  const m = /^\/dev\/mapper\/((?:[^-]|--)+)-((?:[^-]|--)+)$/.exec(name);
+  return m ? `/dev/${m[1]!.replace(/--/g, '-')}/${m[2]!.replace(/--/g, '-')}` : undefined;
+}
+
 /** Does `spec` (a device, or a bare VG name) name this node? */
 export function matches(spec: string, node: MapNode): boolean {
   const s = canonicalDevice(spec);
@@ -18,7 +24,5 @@ export function matches(spec: string, node: MapNode): boolean {
     if (node.contentKind === 'volume-group' && node.details['vg'] === s) return true;
   }
   // /dev/mapper/VG-LV is another name for /dev/VG/LV.
-  const mapper = /^\/dev\/mapper\/(.+)-(.+)$/.exec(s);
-  if (mapper && node.device === `/dev/${mapper[1]!.replace(/--/g, '-')}/${mapper[2]!.replace(/--/g, '-')}`) return true;
-  return false;
+  return mapperToLvm(s) === node.device;
 }

@@ -23,6 +23,11 @@ export interface Plan {
   virtualSize: number;
   /** Ranges whose content is dropped: they read as zero afterwards. */
   discard: Extents;
+  /**
+   * The part of `discard` that belongs to --zero devices. It must read as zero afterwards; the rest
+   * is free in the guest, so where a backing file's data already shows through it, it may stay.
+   */
+  zero: Extents;
   /** Everything else, copied or left as it is. */
   keep: Extents;
   steps: PlanStep[];
@@ -39,6 +44,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
   const used = new Set<string>();
   const ignoredDevices: string[] = [];
   let discard = new Extents();
+  let zeroed = new Extents();
 
   const visit = (node: MapNode, ignored: boolean): void => {
     const ig = ignore.find((s) => matches(s, node));
@@ -48,8 +54,9 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
     if (z && node.role !== 'disk') {
       used.add(z);
       // An LV's extents may be scattered: zero exactly the disk ranges of its own segments.
-      const ranges = node.diskRanges;
+      const ranges = node.zeroRanges ?? node.diskRanges;
       discard = discard.union(ranges);
+      zeroed = zeroed.union(ranges);
       steps.push({ device: node.device, action: 'zero-device', bytes: ranges.total() });
       return;
     }
@@ -68,6 +75,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
   return {
     virtualSize: map.virtualSize,
     discard,
+    zero: zeroed.clip(0, map.virtualSize),
     keep: discard.complement(0, map.virtualSize),
     steps,
     unmatched: [...ignore, ...zero].filter((s) => !used.has(s)),

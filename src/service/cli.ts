@@ -1,69 +1,100 @@
 /**
- * `sparsify serve`: one process with the HTTP API, the web UI and the job runner, on an embedded
- * SQLite database in the data folder. Flags win over the environment, which wins over --config.
+ * `sparsify serve`: one host of the service: the HTTP API, the web UI, the scanner and the job
+ * runner. Alone on SQLite in the data folder (the default), or one of several hosts sharing a
+ * PostgreSQL database (--database). Its options come from the settings table (config.ts).
  */
 import { Command, CommanderError } from 'commander';
-import { loadConfig, ConfigError } from './config.js';
+import { loadConfig, ConfigError, SETTINGS, type ServiceConfig } from './config.js';
 import { Service } from './service.js';
-import { buildServer } from './server.js';
+import { buildServer, type ApiServer } from './api/server.js';
 import { seedDemoDisk } from './demo-seed.js';
+import { DbFatalError } from './store/db.js';
+import { describeStore } from './store/store.js';
+import { HostNameInUseError } from './hosts/registry.js';
+import { DataDirInUseError } from './hosts/data-dir-lock.js';
+import { DomainError } from './domains/identity.js';
+import type { Logger } from './context.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
-export async function serveMain(argv: readonly string[]): Promise<number> {
-  const program = new Command('sparsify serve')
-    .description('Serve the REST API, the web UI and the job runner for the images of one or more storage domains')
-    .option('--data-dir <dir>', 'folder for the database, the token and the default domain (env SPARSIFY_DATA_DIR; default ~/.local/share/sparsify)')
-    .option('--domain <dir>', 'a storage domain: a folder of images (repeatable; env SPARSIFY_DOMAINS=a:b; default DATA_DIR/images)', collect, [])
-    .option('--host <addr>', 'address to listen on (env SPARSIFY_HOST; default 127.0.0.1: localhost only)')
-    .option('--port <n>', 'port (env SPARSIFY_PORT; default 8080; 0: any free port)')
-    .option('--token <secret>', 'token for calls that change anything (env SPARSIFY_TOKEN; default: generated at first start and kept in DATA_DIR/token)')
-    .option('--seed-demo', 'put the embedded demo disk into the first domain when it is empty')
-    .option('--config <file>', 'JSON config file (env SPARSIFY_CONFIG); keys: dataDir, domains, host, port, token, concurrency, scanIntervalSeconds, defaultMode, onRestart, maxAttempts, thresholdBytes, thresholdPercent, scheduleEnabled, scheduleIntervalSeconds')
+function program(): Command {
+  const p = new Command('sparsify serve')
+    .description('Serve the REST API, the web UI and the job runner for the images of one or more storage domains; with --database, as one host of a cluster')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
+  for (const s of SETTINGS) {
+    if (!s.flag || s.hidden) continue;
+    const help = `${s.help} (${s.env ? `env ${s.env}; ` : ''}default ${s.defaultText})`;
+    const spec = `--${s.flag} <${s.arg ?? 'value'}>`;
+    if (s.kind.t === 'paths') p.option(spec, help, collect, []);
+    else p.option(spec, help);
+  }
+  p.option('--seed-demo', 'put the embedded demo disk into the first domain when it is empty');
+  p.option('--config <file>', `JSON config file (env SPARSIFY_CONFIG); keys: ${SETTINGS.filter((s) => !s.hidden).map((s) => s.key).join(', ')}`);
+  return p;
+}
+
+const stderrLogger = (): Logger => {
+  const line = (level: string) => (msg: string) => process.stderr.write(`sparsify serve: ${level === 'info' ? '' : `${level}: `}${msg}\n`);
+  return { info: line('info'), warn: line('warning'), error: line('error') };
+};
+
+export async function serveMain(argv: readonly string[]): Promise<number> {
+  const p = program();
   try {
-    program.parse(argv as string[], { from: 'user' });
+    p.parse(argv as string[], { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     throw e;
   }
-  const flags = program.opts<{ dataDir?: string; domain: string[]; host?: string; port?: string; token?: string; config?: string; seedDemo?: boolean }>();
-  let svc: Service;
-  const log = (s: string) => process.stderr.write(`sparsify serve: ${s}\n`);
+  const flags = p.opts<Record<string, unknown> & { seedDemo?: boolean }>();
+  const log = stderrLogger();
+  const fail = (msg: string) => {
+    process.stderr.write(`sparsify serve: error: ${msg}\n`);
+    return 1;
+  };
+  let config: ServiceConfig;
   try {
-    const config = loadConfig({ flags, env: process.env });
-    if (flags.seedDemo) {
-      const seeded = await seedDemoDisk(config.domains[0]!);
-      if (seeded) log(`seeded ${seeded} with the embedded demo disk`);
-    }
-    svc = new Service(config, log);
+    config = loadConfig({ flags, env: process.env });
   } catch (e) {
-    if (e instanceof ConfigError) {
-      process.stderr.write(`sparsify serve: error: ${e.message}\n`);
-      return 1;
-    }
+    if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
-  const app = buildServer(svc);
+  if (flags.seedDemo) {
+    const seeded = await seedDemoDisk(config.domains[0]!);
+    if (seeded) log.info(`seeded ${seeded} with the embedded demo disk`);
+  }
+
+  let svc: Service;
+  try {
+    svc = await Service.open(config, log);
+  } catch (e) {
+    if (e instanceof DbFatalError || e instanceof DataDirInUseError) return fail(e.message);
+    return fail(`cannot open the database (${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}): ${(e as Error).message}`);
+  }
+  let api: ApiServer | undefined;
   let address: string;
   try {
     await svc.start();
-    address = await app.listen({ host: svc.config.host, port: svc.config.port });
+    api = buildServer(svc);
+    address = await api.app.listen({ host: config.host, port: config.port });
   } catch (e) {
-    process.stderr.write(`sparsify serve: error: ${(e as Error).message}\n`);
+    await api?.close().catch(() => undefined);
     await svc.stop().catch(() => undefined);
-    return 1;
+    const known = e instanceof HostNameInUseError || e instanceof DomainError || e instanceof DbFatalError;
+    return fail(known ? (e as Error).message : `cannot start: ${(e as Error).message}`);
   }
   const base = address.replace('://[::1]', '://localhost');
-  process.stdout.write(`sparsify serve: listening on ${base}\n`);
-  process.stdout.write(`sparsify serve: data folder ${svc.config.dataDir}; domains ${svc.scanner.domains.map((d) => d.root).join(', ')}\n`);
-  if (svc.tokenGenerated) process.stdout.write(`sparsify serve: generated an API token (kept in ${svc.config.dataDir}/token): ${svc.token}\n`);
-  process.stdout.write(`sparsify serve: open ${base}/#token=${svc.token}\n`);
-  if (svc.config.host !== '127.0.0.1' && svc.config.host !== 'localhost' && svc.config.host !== '::1') {
-    process.stdout.write(`sparsify serve: warning: listening on ${svc.config.host}, not only localhost; anyone who can reach it can read the disk list\n`);
+  await svc.announce(base).catch(() => undefined);
+  const out = (s: string) => process.stdout.write(`sparsify serve: ${s}\n`);
+  out(`listening on ${base}`);
+  out(`host ${config.hostName}; ${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}; domains ${svc.mounts.list().map((d) => `${d.root} (${d.id})`).join(', ')}`);
+  if (svc.tokenGenerated) out(`generated an API token (kept in ${config.dataDir}/token): ${svc.token}`);
+  out(`open ${base}/#token=${svc.token}`);
+  if (config.host !== '127.0.0.1' && config.host !== 'localhost' && config.host !== '::1') {
+    out(`warning: listening on ${config.host}, not only localhost; anyone who can reach it can read the disk list`);
   }
 
   return new Promise<number>((resolveExit) => {
@@ -71,8 +102,8 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     const stop = async () => {
       if (stopping) return;
       stopping = true;
-      log('stopping');
-      await app.close().catch(() => undefined);
+      log.info('stopping');
+      await api!.close().catch(() => undefined);
       await svc.stop().catch(() => undefined);
       resolveExit(0);
     };

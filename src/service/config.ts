@@ -1,12 +1,15 @@
 /**
- * Service configuration: defaults, then a JSON config file, then environment, then flags (the
- * later wins). Bound to localhost unless told otherwise; one default domain under the data folder.
+ * Service settings in one table: each row gives the config-file key, the flag, the environment
+ * variable, the default and the help line, so `--help`, the config file and the environment
+ * cannot drift apart. Layers: defaults < config file < environment < flags. Bound to localhost
+ * and SQLite unless told otherwise; one default domain under the data folder.
  */
 import { readFileSync } from 'node:fs';
+import { hostname, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { homedir } from 'node:os';
+import type { SparsifyMode } from './store/records.js';
 
-export type SparsifyMode = 'in-place' | 'copy-and-replace';
+export type { SparsifyMode } from './store/records.js';
 export const MODES: readonly SparsifyMode[] = ['in-place', 'copy-and-replace'];
 
 export interface PolicyConfig {
@@ -21,34 +24,100 @@ export interface PolicyConfig {
 
 export interface ServiceConfig {
   dataDir: string;
-  /** Storage domains: folders of images (empty until loadConfig fills in the default). */
+  /** Storage domains: folders of images on this host. */
   domains: string[];
   host: string;
   port: number;
   /** Token for mutating calls; generated and kept in the data folder when absent. */
   token?: string;
-  /** Jobs run at once. */
+  /** postgres://... for a cluster; absent: SQLite in the data folder. Never printed. */
+  database?: string;
+  /** This host's name in the cluster. */
+  hostName: string;
+  /** Jobs this host runs at once. */
   concurrency: number;
+  /** A host silent this long is non-responsive and its jobs are taken over. */
+  hostTimeoutSeconds: number;
+  /** A queued job that no up host can run (its domain reachable nowhere) fails after this (0: never). */
+  orphanTimeoutSeconds: number;
   /** Periodic rescan of the domains (0: only on demand and after jobs). */
   scanIntervalSeconds: number;
   defaultMode: SparsifyMode;
-  /** A job found running at startup (the server died under it): rerun it, or fail it cleanly. */
+  /** A job found running at startup (this host died under it): rerun it, or fail it cleanly. */
   onRestart: 'rerun' | 'fail';
-  /** Reruns allowed per job before it is failed. */
+  /** Attempts allowed per job (restarts and takeovers) before it is failed. */
   maxAttempts: number;
   policy: PolicyConfig;
   /** Tests only: pause this long (abortable) before the engine runs, so a test can cancel or kill mid-job. */
   testJobDelayMs: number;
 }
 
+export class ConfigError extends Error {}
+
+type Kind =
+  | { t: 'path' }
+  | { t: 'paths' }
+  | { t: 'string'; min?: number; pattern?: RegExp; what?: string }
+  | { t: 'int'; min: number; max: number }
+  | { t: 'bool' }
+  | { t: 'enum'; values: readonly string[] };
+
+export interface Setting {
+  /** Config-file key, and the field it sets. */
+  key: string;
+  /** Long flag without dashes; absent: no flag. */
+  flag?: string;
+  /** Placeholder in --help. */
+  arg?: string;
+  env?: string;
+  kind: Kind;
+  help: string;
+  /** Shown in --help. */
+  defaultText?: string;
+  /** Not in --help or the README (tests only). */
+  hidden?: boolean;
+  set(c: ServiceConfig, v: unknown): void;
+}
+
+const field = <K extends keyof ServiceConfig>(k: K) => (c: ServiceConfig, v: unknown) => {
+  c[k] = v as ServiceConfig[K];
+};
+const policy = <K extends keyof PolicyConfig>(k: K) => (c: ServiceConfig, v: unknown) => {
+  c.policy[k] = v as PolicyConfig[K];
+};
+
+export const SETTINGS: readonly Setting[] = [
+  { key: 'dataDir', flag: 'data-dir', arg: 'dir', env: 'SPARSIFY_DATA_DIR', kind: { t: 'path' }, help: 'folder for the SQLite database, the token and the default domain', defaultText: '~/.local/share/sparsify', set: field('dataDir') },
+  { key: 'domains', flag: 'domain', arg: 'dir', env: 'SPARSIFY_DOMAINS', kind: { t: 'paths' }, help: 'a storage domain: a folder of images (repeatable; env: colon-separated)', defaultText: 'DATA_DIR/images', set: field('domains') },
+  { key: 'host', flag: 'host', arg: 'addr', env: 'SPARSIFY_HOST', kind: { t: 'string', min: 1 }, help: 'address to listen on', defaultText: '127.0.0.1: localhost only', set: field('host') },
+  { key: 'port', flag: 'port', arg: 'n', env: 'SPARSIFY_PORT', kind: { t: 'int', min: 0, max: 65535 }, help: 'port (0: any free port)', defaultText: '8080', set: field('port') },
+  { key: 'token', flag: 'token', arg: 'secret', env: 'SPARSIFY_TOKEN', kind: { t: 'string', min: 8, what: 'a token has at least 8 characters' }, help: 'token for calls that change anything', defaultText: 'generated at first start, kept in DATA_DIR/token', set: field('token') },
+  { key: 'database', flag: 'database', arg: 'url', env: 'SPARSIFY_DATABASE_URL', kind: { t: 'string', pattern: /^postgres(ql)?:\/\//, what: 'expected a postgres:// or postgresql:// URL' }, help: 'PostgreSQL shared by the hosts of a cluster (never printed)', defaultText: 'SQLite in the data folder', set: field('database') },
+  { key: 'hostName', flag: 'host-name', arg: 'name', env: 'SPARSIFY_HOST_NAME', kind: { t: 'string', min: 1, pattern: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, what: 'letters, digits, dot, dash and underscore, up to 63' }, help: "this host's name in the cluster", defaultText: "the machine's hostname", set: field('hostName') },
+  { key: 'concurrency', flag: 'concurrency', arg: 'n', env: 'SPARSIFY_CONCURRENCY', kind: { t: 'int', min: 1, max: 64 }, help: 'jobs this host runs at once', defaultText: '1', set: field('concurrency') },
+  { key: 'hostTimeoutSeconds', flag: 'host-timeout', arg: 's', env: 'SPARSIFY_HOST_TIMEOUT', kind: { t: 'int', min: 3, max: 3600 }, help: 'a host that misses heartbeats this long is non-responsive; its jobs are taken over', defaultText: '30', set: field('hostTimeoutSeconds') },
+  { key: 'orphanTimeoutSeconds', flag: 'orphan-timeout', arg: 's', env: 'SPARSIFY_ORPHAN_TIMEOUT', kind: { t: 'int', min: 0, max: 86400 * 7 }, help: 'a queued job no up host can run fails after this, unlocking its disk (0: never)', defaultText: '600', set: field('orphanTimeoutSeconds') },
+  { key: 'scanIntervalSeconds', flag: 'scan-interval', arg: 's', env: 'SPARSIFY_SCAN_INTERVAL', kind: { t: 'int', min: 0, max: 86400 * 7 }, help: 'rescan the domains this often (0: on demand and after jobs)', defaultText: '60', set: field('scanIntervalSeconds') },
+  { key: 'defaultMode', flag: 'default-mode', arg: 'mode', env: 'SPARSIFY_DEFAULT_MODE', kind: { t: 'enum', values: MODES }, help: 'mode of a sparsify request that names none', defaultText: 'in-place', set: field('defaultMode') },
+  { key: 'onRestart', flag: 'on-restart', arg: 'what', env: 'SPARSIFY_ON_RESTART', kind: { t: 'enum', values: ['rerun', 'fail'] }, help: 'a job this host was running when it died: rerun it or fail it', defaultText: 'rerun', set: field('onRestart') },
+  { key: 'maxAttempts', flag: 'max-attempts', arg: 'n', env: 'SPARSIFY_MAX_ATTEMPTS', kind: { t: 'int', min: 1, max: 100 }, help: 'attempts per job (restarts and takeovers) before it fails', defaultText: '3', set: field('maxAttempts') },
+  { key: 'thresholdBytes', flag: 'threshold-bytes', arg: 'n', env: 'SPARSIFY_THRESHOLD_BYTES', kind: { t: 'int', min: 0, max: Number.MAX_SAFE_INTEGER }, help: 'a disk needs sparsify when it can give back at least this many bytes...', defaultText: '1 GiB', set: policy('thresholdBytes') },
+  { key: 'thresholdPercent', flag: 'threshold-percent', arg: 'n', env: 'SPARSIFY_THRESHOLD_PERCENT', kind: { t: 'int', min: 0, max: 100 }, help: '...and at least this percentage of its actual size', defaultText: '10', set: policy('thresholdPercent') },
+  { key: 'scheduleEnabled', flag: 'schedule', arg: 'bool', env: 'SPARSIFY_SCHEDULE', kind: { t: 'bool' }, help: 'sparsify the disks that need it periodically (once per interval for the whole cluster)', defaultText: 'false', set: policy('scheduleEnabled') },
+  { key: 'scheduleIntervalSeconds', flag: 'schedule-interval', arg: 's', env: 'SPARSIFY_SCHEDULE_INTERVAL', kind: { t: 'int', min: 1, max: 86400 * 30 }, help: 'how often the schedule runs', defaultText: '3600', set: policy('scheduleIntervalSeconds') },
+  { key: 'testJobDelayMs', env: 'SPARSIFY_TEST_JOB_DELAY_MS', kind: { t: 'int', min: 0, max: 600_000 }, help: 'tests: pause before the engine runs', hidden: true, set: field('testJobDelayMs') },
+];
+
 export function defaultConfig(dataDir?: string): ServiceConfig {
-  const dir = resolve(dataDir ?? join(homedir(), '.local', 'share', 'sparsify'));
   return {
-    dataDir: dir,
+    dataDir: resolve(dataDir ?? join(homedir(), '.local', 'share', 'sparsify')),
     domains: [],
     host: '127.0.0.1',
     port: 8080,
+    hostName: hostname().split('.')[0] || 'localhost',
     concurrency: 1,
+    hostTimeoutSeconds: 30,
+    orphanTimeoutSeconds: 600,
     scanIntervalSeconds: 60,
     defaultMode: 'in-place',
     onRestart: 'rerun',
@@ -58,112 +127,53 @@ export function defaultConfig(dataDir?: string): ServiceConfig {
   };
 }
 
-export class ConfigError extends Error {}
-
-export interface ConfigSources {
-  /** Flags already parsed. */
-  flags: { dataDir?: string; domain?: string[]; host?: string; port?: string; token?: string; config?: string };
-  env: NodeJS.ProcessEnv;
-}
-
-function int(name: string, v: unknown, min: number, max: number): number {
-  const n = typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name}: expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
-  return n;
-}
-
-function bool(name: string, v: unknown): boolean {
-  if (typeof v === 'boolean') return v;
-  if (v === 'true' || v === '1' || v === 'yes') return true;
-  if (v === 'false' || v === '0' || v === 'no') return false;
-  throw new ConfigError(`${name}: expected true or false, got ${JSON.stringify(v)}`);
-}
-
-function mode(name: string, v: unknown): SparsifyMode {
-  if (!MODES.includes(v as SparsifyMode)) throw new ConfigError(`${name}: expected one of ${MODES.join(', ')}`);
-  return v as SparsifyMode;
-}
-
-/** Apply a plain object of settings (config file or environment) over `c`. Unknown keys are errors. */
-function apply(c: ServiceConfig, o: Record<string, unknown>, where: string): void {
-  for (const [k, v] of Object.entries(o)) {
-    if (v === undefined) continue;
-    const name = `${where}: ${k}`;
-    switch (k) {
-      case 'dataDir':
-        c.dataDir = resolve(String(v));
-        break;
-      case 'domains':
-        if (!Array.isArray(v) || v.some((d) => typeof d !== 'string' || !d)) throw new ConfigError(`${name}: expected a list of folders`);
-        c.domains = v.map((d) => resolve(d as string));
-        break;
-      case 'host':
-        c.host = String(v);
-        break;
-      case 'port':
-        c.port = int(name, v, 0, 65535);
-        break;
-      case 'token':
-        if (typeof v !== 'string' || v.length < 8) throw new ConfigError(`${name}: a token has at least 8 characters`);
-        c.token = v;
-        break;
-      case 'concurrency':
-        c.concurrency = int(name, v, 1, 64);
-        break;
-      case 'scanIntervalSeconds':
-        c.scanIntervalSeconds = int(name, v, 0, 86400 * 7);
-        break;
-      case 'defaultMode':
-        c.defaultMode = mode(name, v);
-        break;
-      case 'onRestart':
-        if (v !== 'rerun' && v !== 'fail') throw new ConfigError(`${name}: expected rerun or fail`);
-        c.onRestart = v;
-        break;
-      case 'maxAttempts':
-        c.maxAttempts = int(name, v, 1, 100);
-        break;
-      case 'testJobDelayMs':
-        c.testJobDelayMs = int(name, v, 0, 600_000);
-        break;
-      case 'thresholdBytes':
-        c.policy.thresholdBytes = int(name, v, 0, Number.MAX_SAFE_INTEGER);
-        break;
-      case 'thresholdPercent':
-        c.policy.thresholdPercent = int(name, v, 0, 100);
-        break;
-      case 'scheduleEnabled':
-        c.policy.scheduleEnabled = bool(name, v);
-        break;
-      case 'scheduleIntervalSeconds':
-        c.policy.scheduleIntervalSeconds = int(name, v, 1, 86400 * 30);
-        break;
-      default:
-        throw new ConfigError(`${where}: unknown setting '${k}'`);
+/** Check and convert one value; `name` says where it came from. Never echoes a secret. */
+function convert(s: Setting, v: unknown, name: string): unknown {
+  const k = s.kind;
+  const secret = s.key === 'token' || s.key === 'database';
+  const shown = secret ? '(hidden)' : JSON.stringify(v);
+  switch (k.t) {
+    case 'path':
+      if (typeof v !== 'string' || !v) throw new ConfigError(`${name}: expected a folder`);
+      return resolve(v);
+    case 'paths':
+      if (typeof v === 'string') v = v.split(':').filter(Boolean);
+      if (!Array.isArray(v) || !v.length || v.some((d) => typeof d !== 'string' || !d)) throw new ConfigError(`${name}: expected a list of folders`);
+      return (v as string[]).map((d) => resolve(d));
+    case 'string': {
+      if (typeof v !== 'string' || v.length < (k.min ?? 0) || (k.pattern && !k.pattern.test(v))) throw new ConfigError(`${name}: ${k.what ?? 'expected a string'}, got ${shown}`);
+      return v;
     }
+    case 'int': {
+      const n = typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v;
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < k.min || n > k.max) throw new ConfigError(`${name}: expected an integer from ${k.min} to ${k.max}, got ${shown}`);
+      return n;
+    }
+    case 'bool':
+      if (typeof v === 'boolean') return v;
+      if (v === 'true' || v === '1' || v === 'yes') return true;
+      if (v === 'false' || v === '0' || v === 'no') return false;
+      throw new ConfigError(`${name}: expected true or false, got ${shown}`);
+    case 'enum':
+      if (typeof v !== 'string' || !k.values.includes(v)) throw new ConfigError(`${name}: expected one of ${k.values.join(', ')}`);
+      return v;
   }
 }
 
-const ENV: Record<string, string> = {
-  SPARSIFY_DATA_DIR: 'dataDir',
-  SPARSIFY_HOST: 'host',
-  SPARSIFY_PORT: 'port',
-  SPARSIFY_TOKEN: 'token',
-  SPARSIFY_CONCURRENCY: 'concurrency',
-  SPARSIFY_SCAN_INTERVAL: 'scanIntervalSeconds',
-  SPARSIFY_DEFAULT_MODE: 'defaultMode',
-  SPARSIFY_ON_RESTART: 'onRestart',
-  SPARSIFY_THRESHOLD_BYTES: 'thresholdBytes',
-  SPARSIFY_THRESHOLD_PERCENT: 'thresholdPercent',
-  SPARSIFY_SCHEDULE: 'scheduleEnabled',
-  SPARSIFY_SCHEDULE_INTERVAL: 'scheduleIntervalSeconds',
-  SPARSIFY_TEST_JOB_DELAY_MS: 'testJobDelayMs',
-};
+export interface ConfigSources {
+  /** Flags already parsed: by setting key, or by the flag's camel-cased name as commander gives them (--host-timeout: hostTimeout). */
+  flags: Record<string, unknown>;
+  env: NodeJS.ProcessEnv;
+}
+
+const camel = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
 export function loadConfig(src: ConfigSources): ServiceConfig {
-  const dataDir = src.flags.dataDir ?? src.env.SPARSIFY_DATA_DIR;
-  const c = defaultConfig(dataDir);
-  const file = src.flags.config ?? src.env.SPARSIFY_CONFIG;
+  const flags = { ...src.flags };
+  for (const s of SETTINGS) if (s.flag && flags[s.key] === undefined && flags[camel(s.flag)] !== undefined) flags[s.key] = flags[camel(s.flag)];
+  const c = defaultConfig((flags.dataDir as string | undefined) ?? src.env.SPARSIFY_DATA_DIR);
+  const byKey = new Map(SETTINGS.map((s) => [s.key, s]));
+  const file = (flags.config as string | undefined) ?? src.env.SPARSIFY_CONFIG;
   if (file) {
     let parsed: unknown;
     try {
@@ -172,14 +182,21 @@ export function loadConfig(src: ConfigSources): ServiceConfig {
       throw new ConfigError(`config file ${file}: ${(e as Error).message}`);
     }
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new ConfigError(`config file ${file}: expected a JSON object`);
-    apply(c, parsed as Record<string, unknown>, `config file ${file}`);
+    for (const [k, v] of Object.entries(parsed)) {
+      const s = byKey.get(k);
+      if (!s) throw new ConfigError(`config file ${file}: unknown setting '${k}'`);
+      if (v !== undefined && v !== null) s.set(c, convert(s, v, `config file ${file}: ${k}`));
+    }
   }
-  const fromEnv: Record<string, unknown> = {};
-  for (const [k, key] of Object.entries(ENV)) if (src.env[k] !== undefined && src.env[k] !== '') fromEnv[key] = src.env[k];
-  if (src.env.SPARSIFY_DOMAINS) fromEnv.domains = src.env.SPARSIFY_DOMAINS.split(':').filter(Boolean);
-  apply(c, fromEnv, 'environment');
-  const f = src.flags;
-  apply(c, { dataDir: f.dataDir, host: f.host, port: f.port, token: f.token, domains: f.domain?.length ? f.domain : undefined }, 'flag');
+  for (const s of SETTINGS) {
+    const v = s.env ? src.env[s.env] : undefined;
+    if (v !== undefined && v !== '') s.set(c, convert(s, v, `environment: ${s.env} (${s.key})`));
+  }
+  for (const s of SETTINGS) {
+    const v = flags[s.key];
+    if (v === undefined || (Array.isArray(v) && !v.length)) continue;
+    s.set(c, convert(s, v, `flag --${s.flag ?? s.key}`));
+  }
   // No domain given anywhere: one under the data folder, so it works out of the box.
   if (!c.domains.length) c.domains = [join(c.dataDir, 'images')];
   return c;

@@ -1,68 +1,107 @@
 /**
- * The service as one object: store, scanner, job runner, scheduler and policy, and the views the
- * API returns. The HTTP layer (server.ts) only translates between this and requests.
+ * The service on one host, put together: the store (SQLite, or the cluster's PostgreSQL), the bus,
+ * this host's domains and their scanner, the queue and the worker that runs the jobs it hands
+ * over, the host registry and the cluster monitor, and the policy. The HTTP layer (api/) only
+ * translates between this and requests.
  */
-import { mkdirSync, readFileSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
+import { readFileSync, writeFileSync, existsSync, chmodSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { ServiceConfig, PolicyConfig, SparsifyMode } from './config.js';
-import { SqliteStore, type Store, type DiskRecord, type JobRecord, type JobOptions, type Allocation } from './store.js';
-import { Scanner } from './scanner.js';
-import { JobRunner } from './jobs.js';
+import type { ServiceConfig, PolicyConfig } from './config.js';
+import type { Allocation, JobOptions, JobRecord, EventRecord } from './store/records.js';
+import { Store, openStore, describeStore } from './store/store.js';
+import { PgNotifier } from './store/pg-notify.js';
 import { Bus } from './bus.js';
-import { validateSparsify, allocationOf, type Refusal } from './validate.js';
-
-export interface DiskView {
-  id: string;
-  href: string;
-  name: string;
-  domain: string;
-  path: string;
-  format: string | null;
-  virtualSize: number | null;
-  actualSize: number;
-  allocation: Allocation;
-  allocationSource: 'detected' | 'user';
-  chain: { depth: number; leaf: boolean; backingId: string | null; backingFile: string | null; derivedIds: string[]; snapshots: number };
-  status: 'ok' | 'locked' | 'in-use' | 'illegal';
-  error: string | null;
-  lockedBy: string | null;
-  analysis: { state: 'pending' | 'done' | 'failed'; analyzedAt: number | null; dataBytes: number | null; reclaimableBytes: number | null; warnings: string[]; error: string | null };
-  reclaimableBytes: number | null;
-  needsSparsify: boolean;
-  /** Would POST /sparsify (default mode) be accepted now? If not, why. */
-  sparsify: { allowed: boolean; mode: SparsifyMode; status?: number; code?: string; reason?: string };
-}
-
-export interface JobView extends JobRecord {
-  href: string;
-  progress: { done: number; total: number; percent: number };
-  step: string | null;
-}
-
-const IN_USE_TTL_MS = 1000;
+import { eventRecorder, type Logger, type ServiceContext } from './context.js';
+import { Mounts } from './domains/mounts.js';
+import { Scanner } from './domains/scanner.js';
+import type { JobQueue } from './queue/types.js';
+import { LocalQueue } from './queue/local-queue.js';
+import { PgBossQueue } from './queue/pg-queue.js';
+import { Dispatcher } from './queue/dispatcher.js';
+import { JobWorker } from './jobs/worker.js';
+import * as requests from './jobs/requests.js';
+import type { Refusal } from './jobs/validate.js';
+import { HostRegistry } from './hosts/registry.js';
+import { DataDirLock } from './hosts/data-dir-lock.js';
+import { ClusterMonitor } from './hosts/monitor.js';
+import { Policy } from './policy.js';
+import { DiskCatalog } from './catalog.js';
+import { EnginePool } from './engine/pool.js';
+import { ClusterState } from './cluster-state.js';
+import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
+import { VERSION } from './version.js';
 
 export class Service {
-  readonly store: Store;
-  readonly bus = new Bus();
+  readonly ctx: ServiceContext;
+  readonly mounts: Mounts;
   readonly scanner: Scanner;
-  readonly runner: JobRunner;
+  readonly queue: JobQueue;
+  readonly worker: JobWorker;
+  readonly dispatcher: Dispatcher;
+  readonly registry: HostRegistry;
+  readonly monitor: ClusterMonitor;
+  readonly policy: Policy;
+  readonly catalog: DiskCatalog;
+  readonly engine: EnginePool;
+  readonly cluster: ClusterState;
   readonly token: string;
   readonly tokenGenerated: boolean;
-  private readonly inUseCache = new Map<string, { at: number; value: boolean }>();
   private timers: NodeJS.Timeout[] = [];
+  private started = false;
 
-  constructor(
+  private constructor(
     readonly config: ServiceConfig,
-    readonly log: (s: string) => void,
+    readonly store: Store,
+    readonly bus: Bus,
+    readonly log: Logger,
+    private readonly dataDirLock: DataDirLock,
   ) {
-    mkdirSync(config.dataDir, { recursive: true });
-    this.store = new SqliteStore(join(config.dataDir, 'sparsify.db'));
+    this.ctx = { store, bus, config, host: config.hostName, log, record: eventRecorder(store, bus, config.hostName, log) };
     const t = this.loadToken();
     this.token = t.token;
     this.tokenGenerated = t.generated;
-    this.scanner = new Scanner(this.store, config.domains, this.bus, log);
-    this.runner = new JobRunner(this.store, this.scanner, this.bus, config, log);
+    this.mounts = new Mounts(this.ctx, config.domains);
+    // One thread per job slot, and one for the scanner's analyses.
+    this.engine = new EnginePool(config.concurrency + 1);
+    this.scanner = new Scanner(this.ctx, this.mounts, (id) => this.isScannerOf(id), this.engine);
+    this.queue = store.kind === 'postgres' ? new PgBossQueue(store, (e) => log.warn(`job queue: ${e.message}`)) : new LocalQueue(store);
+    this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue, this.engine);
+    this.dispatcher = new Dispatcher(this.queue, config.concurrency, () => this.mounts.reachableIds(), (d) => this.worker.runDispatch(d), bus, log);
+    this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
+    this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await domainStates(store)).values()].filter((d) => d.reachable).map((d) => d.id)));
+    this.policy = new Policy(this.ctx, (diskId) => this.submit(diskId, {}, 'schedule'));
+    this.cluster = new ClusterState(store, bus, () => this.policy.get());
+    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode }));
+  }
+
+  /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
+  static async open(config: ServiceConfig, log: Logger): Promise<Service> {
+    mkdirSync(config.dataDir, { recursive: true });
+    const lock = DataDirLock.acquire(config.dataDir);
+    let opened: Awaited<ReturnType<typeof openStore>>;
+    try {
+      opened = await openStore({ databaseUrl: config.database, dataDir: config.dataDir, hostName: config.hostName, log: (s) => log.warn(s) });
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    const { store, migrated } = opened;
+    if (migrated.from !== migrated.to) log.info(`${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}: schema upgraded from version ${migrated.from} to ${migrated.to}`);
+    const transport = config.database ? new PgNotifier(config.database, store.db, (s) => log.warn(s)) : undefined;
+    const bus = new Bus(`${config.hostName}:${randomBytes(6).toString('hex')}`, transport, (s) => log.warn(s));
+    try {
+      await bus.start();
+    } catch (e) {
+      await store.close();
+      lock.release();
+      throw e;
+    }
+    return new Service(config, store, bus, log, lock);
+  }
+
+  get version(): string {
+    return VERSION;
   }
 
   /** The configured token, or the one kept in the data folder, or a new one written there (0600). */
@@ -79,160 +118,154 @@ export class Service {
     return { token, generated: true };
   }
 
-  /** Settle what a previous run left, then scan in the background (the API answers meanwhile). */
-  async start(): Promise<void> {
-    this.runner.recover();
-    this.runner.pump();
-    void this.scanner.scanAll().catch((e) => this.log(`scan failed: ${(e as Error).message}`));
-    if (this.config.scanIntervalSeconds > 0) {
-      this.timers.push(setInterval(() => void this.scanner.scanAll().catch((e) => this.log(`scan failed: ${(e as Error).message}`)), this.config.scanIntervalSeconds * 1000));
-    }
-    this.armSchedule();
+  /** The first up host, by name, that reaches the domain scans it. */
+  private async isScannerOf(domainId: string): Promise<boolean> {
+    if (this.store.kind === 'sqlite') return true;
+    const s = await this.cluster.domain(domainId);
+    const first = s?.hosts.sort()[0];
+    return first === undefined || first === this.ctx.host;
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Join the cluster: attach the domains, register this host, settle what a previous run of it
+   * left, then take jobs and scan in the background (the API answers meanwhile).
+   */
+  async start(): Promise<void> {
+    await this.mounts.attach();
+    await this.registry.register(null);
+    this.started = true;
+    await this.queue.start();
+    await this.queue.prepare(this.mounts.list().map((m) => m.id));
+    await this.monitor.recoverOwn();
+    this.worker.start();
+    this.dispatcher.start();
+    this.registry.afterBeat(() => this.monitor.tick());
+    this.registry.start();
+    this.policy.start();
+    this.bus.subscribe((m) => {
+      if (m.type === 'rescan') this.rescan();
+    });
+    this.rescan();
+    if (this.config.scanIntervalSeconds > 0) this.timers.push(setInterval(() => this.rescan(), this.config.scanIntervalSeconds * 1000));
+  }
+
+  /** The address the API listens on, for the hosts view. */
+  async announce(url: string): Promise<void> {
+    await this.registry.setUrl(url);
+  }
+
+  rescan(): void {
+    void this.scanner.scanAll().catch((e: Error) => this.log.warn(`scan failed: ${e.message}`));
+  }
+
+  /**
+   * Leave: stop taking jobs, hand running ones back within `timeoutMs` (they run again on another
+   * host or after the restart), say this host stopped, close.
+   */
+  async stop(timeoutMs = 10_000): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    this.policy.stop();
+    this.dispatcher.stop();
     this.scanner.close();
-    await this.runner.stop();
-    this.store.close();
-  }
-
-  // ---- policy
-
-  policy(): PolicyConfig {
-    const saved = this.store.getSetting('policy');
-    return saved ? { ...this.config.policy, ...(JSON.parse(saved) as Partial<PolicyConfig>) } : { ...this.config.policy };
-  }
-
-  setPolicy(p: Partial<PolicyConfig>): PolicyConfig {
-    const next = { ...this.policy(), ...p };
-    this.store.setSetting('policy', JSON.stringify(next));
-    this.armSchedule();
-    return next;
-  }
-
-  private scheduleTimer: NodeJS.Timeout | undefined;
-
-  private armSchedule(): void {
-    if (this.scheduleTimer) clearInterval(this.scheduleTimer);
-    this.scheduleTimer = undefined;
-    const p = this.policy();
-    if (!p.scheduleEnabled) return;
-    this.scheduleTimer = setInterval(() => this.runSchedule(), p.scheduleIntervalSeconds * 1000);
-    this.timers.push(this.scheduleTimer);
-  }
-
-  /** The periodic policy: queue a job for every disk that needs sparsify and would be accepted. */
-  runSchedule(): JobRecord[] {
-    const queued: JobRecord[] = [];
-    for (const d of this.store.listDisks()) {
-      if (!this.needsSparsify(d)) continue;
-      const r = this.runner.submit(d.id, { mode: this.config.defaultMode, ignore: [], zero: [] }, 'schedule');
-      if ('job' in r) queued.push(r.job);
+    this.catalog.close();
+    this.cluster.close();
+    if (this.started) {
+      await this.worker.stop(timeoutMs);
+      await this.registry.stop();
     }
-    return queued;
-  }
-
-  needsSparsify(d: DiskRecord, p: PolicyConfig = this.policy()): boolean {
-    const r = d.analysis?.reclaimableBytes ?? 0;
-    return r > 0 && r >= p.thresholdBytes && r * 100 >= p.thresholdPercent * d.actualSize;
+    await this.queue.stop().catch(() => undefined);
+    await this.engine.close().catch(() => undefined);
+    await this.bus.close().catch(() => undefined);
+    await this.store.close().catch(() => undefined);
+    this.dataDirLock.release();
   }
 
   // ---- disks
 
-  private inUse(d: DiskRecord): boolean {
-    const c = this.inUseCache.get(d.id);
-    const now = Date.now();
-    if (c && now - c.at < IN_USE_TTL_MS) return c.value;
-    const value = this.scanner.inUse(d);
-    this.inUseCache.set(d.id, { at: now, value });
-    return value;
+  listDiskViews(): Promise<DiskView[]> {
+    return this.catalog.list();
   }
 
-  diskView(d: DiskRecord, all: DiskRecord[], p: PolicyConfig): DiskView {
-    const derived = all.filter((x) => x.backingId === d.id && x.id !== d.id);
-    const inUse = this.inUse(d);
-    const dom = this.scanner.domains[d.domain];
-    const refusal = validateSparsify(d, { heldForWriting: inUse, derived, canDiscard: dom?.canDiscard ?? false, mode: this.config.defaultMode });
-    const a = d.analysis;
-    const status: DiskView['status'] = d.lockedBy ? 'locked' : inUse ? 'in-use' : d.health === 'illegal' ? 'illegal' : 'ok';
-    return {
-      id: d.id,
-      href: `/api/disks/${d.id}`,
-      name: d.name,
-      domain: dom?.root ?? '',
-      path: d.rel,
-      format: d.format,
-      virtualSize: d.virtualSize,
-      actualSize: d.actualSize,
-      allocation: allocationOf(d),
-      allocationSource: d.allocationOverride ? 'user' : 'detected',
-      chain: { depth: d.chain.length, leaf: derived.length === 0, backingId: d.backingId, backingFile: d.chain[1] ?? null, derivedIds: derived.map((x) => x.id), snapshots: d.snapshots },
-      status,
-      error: d.error,
-      lockedBy: d.lockedBy,
-      analysis: {
-        state: a && d.analysisKey ? 'done' : d.analysisError || d.health === 'illegal' ? 'failed' : 'pending',
-        analyzedAt: d.analyzedAt,
-        dataBytes: a?.dataBytes ?? null,
-        reclaimableBytes: a?.reclaimableBytes ?? null,
-        warnings: a?.warnings ?? [],
-        error: d.analysisError ?? (d.health === 'illegal' ? d.error : null),
-      },
-      reclaimableBytes: a?.reclaimableBytes ?? null,
-      needsSparsify: this.needsSparsify(d, p),
-      sparsify: refusal ? { allowed: false, mode: this.config.defaultMode, status: refusal.status, code: refusal.code, reason: refusal.detail } : { allowed: true, mode: this.config.defaultMode },
-    };
+  async getDiskView(id: string): Promise<(DiskView & { map: unknown; layers: unknown }) | undefined> {
+    const d = await this.store.disks.get(id);
+    if (!d || !d.present) return undefined;
+    const [policy, domains, derived, map] = await Promise.all([this.cluster.policy(), this.cluster.domainStates(), this.store.disks.derivedOf(id), this.store.disks.map(id)]);
+    const view = diskView(d, { policy, domains, derived: new Map([[id, derived]]), defaultMode: this.config.defaultMode });
+    return { ...view, map: map?.root ?? null, layers: map?.layers ?? null };
   }
 
-  listDiskViews(): DiskView[] {
-    const all = this.store.listDisks();
-    const p = this.policy();
-    return all.map((d) => this.diskView(d, all, p));
-  }
-
-  getDiskView(id: string): (DiskView & { map: unknown; layers: unknown }) | undefined {
-    const all = this.store.listDisks();
-    const d = all.find((x) => x.id === id);
-    if (!d) return undefined;
-    return { ...this.diskView(d, all, this.policy()), map: d.analysis?.root ?? null, layers: d.analysis?.layers ?? null };
-  }
-
-  setAllocation(id: string, allocation: Allocation | 'auto'): DiskView | undefined {
-    const d = this.store.getDisk(id);
+  async setAllocation(id: string, allocation: Allocation | 'auto'): Promise<DiskView | undefined> {
+    const d = await this.store.disks.get(id);
     if (!d || !d.present) return undefined;
     d.allocationOverride = allocation === 'auto' ? null : allocation;
-    this.store.putDisk(d);
-    this.bus.publish({ type: 'disk', data: { id } });
+    await this.store.disks.put(d);
+    this.bus.publish({ type: 'disk', id });
     return this.getDiskView(id);
-  }
-
-  /** POST /disks/{id}/sparsify: refresh what we know of the disk, then validate and lock at once. */
-  async requestSparsify(id: string, opts: Partial<JobOptions>): Promise<{ job: JobView } | { refusal: Refusal }> {
-    if (!this.store.getDisk(id)) return { refusal: { status: 404, code: 'disk-not-found', detail: 'no such disk' } };
-    if (!this.store.getDisk(id)?.lockedBy) await this.scanner.refreshDisk(id);
-    this.inUseCache.delete(id);
-    const r = this.runner.submit(id, { mode: opts.mode ?? this.config.defaultMode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] }, 'api');
-    return 'job' in r ? { job: this.jobView(r.job) } : r;
   }
 
   // ---- jobs
 
-  getJob(id: string): JobRecord | undefined {
-    return this.runner.active.get(id) ?? this.store.getJob(id);
+  /** POST /disks/{id}/sparsify. */
+  async submit(diskId: string, opts: Partial<JobOptions>, origin: JobRecord['origin'] = 'api'): Promise<{ job: JobView } | { refusal: Refusal }> {
+    const options: JobOptions = { mode: opts.mode ?? this.config.defaultMode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] };
+    const r = await requests.submit(
+      {
+        ctx: this.ctx,
+        mounts: this.mounts,
+        scanner: this.scanner,
+        queue: this.queue,
+        domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false },
+      },
+      diskId,
+      options,
+      origin,
+    );
+    return 'job' in r ? { job: jobView(r.job) } : r;
   }
 
-  listJobs(opts: { status?: JobRecord['status'][]; diskId?: string; limit?: number }): JobRecord[] {
-    return this.store.listJobs(opts).map((j) => this.runner.active.get(j.id) ?? j);
+  async cancel(jobId: string): Promise<{ job: JobView } | { refusal: Refusal }> {
+    const r = await requests.cancel(this.ctx, jobId);
+    return 'job' in r ? { job: jobView((await this.getJob(jobId)) ?? r.job) } : r;
+  }
+
+  /** A job, with this host's fresher progress when it runs here. */
+  async getJob(id: string): Promise<JobRecord | undefined> {
+    return this.worker.active(id) ?? (await this.store.jobs.get(id));
+  }
+
+  async listJobs(opts: { status?: JobRecord['status'][]; diskId?: string; limit?: number }): Promise<JobView[]> {
+    return (await this.store.jobs.list(opts)).map((j) => jobView(this.worker.active(j.id) ?? j));
   }
 
   jobView(j: JobRecord): JobView {
-    const ex = j.steps.find((s) => s.name === 'executing');
-    const cur = j.steps.find((s) => s.status === 'running');
-    const done = ex?.done ?? 0;
-    const total = ex?.total ?? 0;
-    const percent = j.status === 'finished' ? 100 : total > 0 ? Math.min(100, Math.floor((done * 100) / total)) : 0;
-    return { ...j, href: `/api/jobs/${j.id}`, progress: { done, total, percent }, step: cur?.name ?? null };
+    return jobView(this.worker.active(j.id) ?? j);
+  }
+
+  // ---- hosts, events, policy
+
+  async listHosts(): Promise<HostView[]> {
+    const [hosts, mounts, domains, running, now] = await Promise.all([this.store.hosts.list(), this.store.hosts.mounts(), this.store.hosts.domains(), this.store.jobs.list({ status: ['running'] }), this.store.hosts.now()]);
+    return hostViews(hosts, mounts, domains, running.map((j) => this.worker.active(j.id) ?? j), now);
+  }
+
+  async retireHost(name: string): Promise<'removed' | 'up' | 'unknown'> {
+    const r = await this.store.hosts.remove(name);
+    if (r === 'removed') this.bus.publish({ type: 'hosts' });
+    return r;
+  }
+
+  listEvents(opts: { afterId?: number; limit?: number }): Promise<EventRecord[]> {
+    return this.store.events.list(opts);
+  }
+
+  getPolicy(): Promise<PolicyConfig> {
+    return this.policy.get();
+  }
+
+  async setPolicy(p: Partial<PolicyConfig>): Promise<PolicyConfig> {
+    const next = await this.policy.set(p);
+    this.bus.publish({ type: 'policy' });
+    return next;
   }
 }

@@ -180,9 +180,9 @@ test('copy refuses: same file by another name, an image in use by a running VM, 
     assert.equal(r.status, 1);
     assert.match(r.stderr, /--compress cannot be used for raw output\.  Remove this option or use --convert qcow2\./);
 
-    r = sparsify([input, join(dir, 'o.img'), '--key', 'all:key:secret']);
+    r = sparsify([input, join(dir, 'o.img'), '--key', 'all:clevis']);
     assert.equal(r.status, 1);
-    assert.match(r.stderr, /not supported yet/);
+    assert.match(r.stderr, /Clevis\/Tang network unlocking is not supported/);
 
     r = sparsify(['--in-place', '--convert', 'qcow2', input]);
     assert.equal(r.status, 1);

@@ -69,6 +69,10 @@ describe('Extents', { timeout: 30_000 }, () => {
       const aligned = a.alignInward(g);
       checkInvariants(aligned);
       for (const r of aligned) assert.ok(r.start % g === 0 && r.end % g === 0 && a.contains(r.start) && a.contains(r.end - 1));
+      const outward = a.alignOutward(g);
+      checkInvariants(outward);
+      for (const r of outward) assert.ok(r.start % g === 0 && r.end % g === 0);
+      assert.deepEqual(bits(outward), bits(a).map((_, i) => ba.slice(Math.floor(i / g) * g, Math.floor(i / g) * g + g).some(Boolean)));
       assert.deepEqual(bits(a.shift(7)), [...Array(7).fill(false), ...ba].slice(0, SPACE + 64));
       for (let i = 0; i < SPACE; i++) assert.equal(a.contains(i), ba[i]);
     }

@@ -6,7 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { buildDisk } from '../helpers/disk-builder.js';
-import { fileContent, run } from '../helpers/fixtures.js';
+import { rmSync } from 'node:fs';
+import { fileContent, run, runStatus, sha256 } from '../helpers/fixtures.js';
+import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 
 export const TOKEN = 'test-token-0123456789';
 
@@ -16,7 +18,7 @@ export interface Server {
   output: () => string;
   /** SIGKILL: the service dies mid-whatever. */
   kill: () => Promise<void>;
-  /** SIGTERM and wait. */
+  /** SIGTERM and wait (20 s at most, then SIGKILL and an error). */
   stop: () => Promise<void>;
 }
 
@@ -26,14 +28,48 @@ function entry(): { args: string[] } {
   return { args: fromTs ? ['--import', 'tsx', bin] : [bin] };
 }
 
-export async function startServer(opts: { dataDir: string; domains?: string[]; env?: Record<string, string>; token?: string | null }): Promise<Server> {
+/** Every server a test started and has not stopped: `stopAllServers` (in `after`) kills what a failed test left. */
+const live = new Set<ChildProcess>();
+
+export async function stopAllServers(): Promise<void> {
+  const procs = [...live];
+  live.clear();
+  await Promise.all(
+    procs.map(
+      (p) =>
+        new Promise<void>((r) => {
+          if (p.exitCode !== null || p.signalCode !== null) return r();
+          p.once('exit', () => r());
+          p.kill('SIGKILL');
+        }),
+    ),
+  );
+}
+
+export interface ServerOptions {
+  dataDir: string;
+  domains?: string[];
+  env?: Record<string, string>;
+  token?: string | null;
+  /** postgres://...: a host of a cluster. */
+  database?: string;
+  hostName?: string;
+  args?: string[];
+}
+
+export async function startServer(opts: ServerOptions): Promise<Server> {
   const args = [...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
   for (const d of opts.domains ?? []) args.push('--domain', d);
   if (opts.token !== null) args.push('--token', opts.token ?? TOKEN);
+  if (opts.database) args.push('--database', opts.database);
+  if (opts.hostName) args.push('--host-name', opts.hostName);
+  args.push(...(opts.args ?? []));
   const proc = spawn(process.execPath, args, {
     env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(proc);
+  proc.once('exit', () => live.delete(proc));
   let out = '';
   proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
   proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
@@ -63,7 +99,15 @@ export async function startServer(opts: { dataDir: string; domains?: string[]; e
     },
     stop: async () => {
       proc.kill('SIGTERM');
-      await exited;
+      // A server that ignores SIGTERM fails the test instead of hanging it.
+      let timer: NodeJS.Timeout | undefined;
+      const late = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), 20_000)))]);
+      clearTimeout(timer);
+      if (late) {
+        proc.kill('SIGKILL');
+        await exited;
+        throw new Error(`the server did not stop within 20 s of SIGTERM:\n${out.slice(-2000)}`);
+      }
     },
   };
 }
@@ -82,7 +126,16 @@ export async function http<T = Record<string, any>>(s: Server, method: string, p
   if (opts.raw !== undefined) payload = opts.raw;
   else if (body !== undefined) payload = JSON.stringify(body);
   if (payload !== undefined) headers['content-type'] = opts.contentType ?? 'application/json';
-  const res = await fetch(s.url + path, { method, headers, body: payload });
+  let res: Response;
+  try {
+    res = await fetch(s.url + path, { method, headers, body: payload });
+  } catch (e) {
+    // A kept-alive connection the server closed while this process was busy (a long fsck) fails
+    // once; a read is safe to repeat on a new connection. A dead server fails again.
+    const cause = (e as { cause?: { code?: string } }).cause?.code;
+    if (method !== 'GET' || (cause !== 'UND_ERR_SOCKET' && cause !== 'ECONNRESET')) throw e;
+    res = await fetch(s.url + path, { method, headers, body: payload });
+  }
   const text = await res.text();
   let parsed: unknown = text;
   try {
@@ -124,23 +177,50 @@ export function diskByName(disks: Array<Record<string, any>>, name: string): Rec
  * A guest disk as a VM leaves it: GPT, one ext4 partition built on garbage with a few files and a
  * deleted big one, so most of the partition is free space the host still stores.
  */
-export function makeGuestDisk(path: string, workDir: string, seed = 'disk'): void {
+export function makeGuestDisk(path: string, workDir: string, seed = 'disk', sizeMiB = 34): void {
   buildDisk(path, {
-    sizeMiB: 34,
+    sizeMiB,
     label: 'gpt',
     garbage: true,
     workDir,
-    parts: [
-      {
-        sizeMiB: 32,
-        ext: {
-          type: 'ext4',
-          files: { 'etc/hostname': Buffer.from(`${seed}\n`), 'data/keep.bin': fileContent(`${seed}-keep`, 1 << 20), 'data/old.bin': fileContent(`${seed}-old`, 8 << 20) },
-          remove: ['data/old.bin'],
-        },
-      },
-    ],
+    parts: [{ sizeMiB: sizeMiB - 2, ext: { type: 'ext4', files: guestFiles(seed, sizeMiB), remove: ['data/old.bin'] } }],
   });
+}
+
+function guestFiles(seed: string, sizeMiB: number): Record<string, Buffer> {
+  return { 'etc/hostname': Buffer.from(`${seed}\n`), 'data/keep.bin': fileContent(`${seed}-keep`, 1 << 20), 'data/old.bin': fileContent(`${seed}-old`, Math.min(8, sizeMiB >> 2) << 20) };
+}
+
+/**
+ * The guest's view of a disk made by makeGuestDisk, checked with the real tools: qemu-img check
+ * (qcow2), e2fsck -fn of its filesystem, and every kept file's checksum. Returns a problem, or
+ * undefined when all is well.
+ */
+export function guestProblem(path: string, format: 'raw' | 'qcow2', workDir: string, seed: string, sizeMiB = 34): string | undefined {
+  const tag = Math.random().toString(36).slice(2);
+  let raw = path;
+  if (format === 'qcow2') {
+    const check = runStatus('qemu-img', ['check', '-q', path]);
+    if (check.status !== 0) return `qemu-img check ${path}: ${check.stdout}${check.stderr}`;
+    raw = join(workDir, `guest-${tag}.raw`);
+    run('qemu-img', ['convert', '-O', 'raw', path, raw]);
+  }
+  const part = join(workDir, `part-${tag}.img`);
+  try {
+    extract(raw, 1 << 20, (sizeMiB - 2) << 20, part);
+    const fsck = e2fsck(part);
+    if (fsck.status !== 0) return `e2fsck ${path}: ${fsck.output}`;
+    const sums = extFileSums(part, workDir);
+    const want = guestFiles(seed, sizeMiB);
+    for (const name of ['etc/hostname', 'data/keep.bin']) {
+      if (sums.get(name) !== sha256(want[name]!)) return `${path}: ${name} differs from what was written`;
+    }
+    if (sums.has('data/old.bin')) return `${path}: the deleted file is back`;
+    return undefined;
+  } finally {
+    rmSync(part, { force: true });
+    if (raw !== path) rmSync(raw, { force: true });
+  }
 }
 
 /** A raw disk created preallocated (fallocate: space reserved, never written). */

@@ -16,7 +16,7 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const webBuilt = () => existsSync(join(repoRoot, 'dist', 'web', 'index.html'));
 const missing = !existsSync(CHROMIUM) ? `no chromium at ${CHROMIUM} (apt-get install chromium)` : ['mke2fs', 'sgdisk'].find((t) => !haveTool(t));
 
-describe('web UI in headless chromium', { skip: missing || false }, () => {
+describe('web UI in headless chromium', { skip: missing || false, timeout: 180_000 }, () => {
   let tmp: { dir: string; cleanup: () => void };
   let server: Server;
   let browser: Browser;
@@ -74,6 +74,10 @@ describe('web UI in headless chromium', { skip: missing || false }, () => {
 
     // Generous timeouts: CI runs this beside other heavy tests on two cores.
     await page.locator('[data-testid=job][data-job-status=finished]').waitFor({ timeout: 60_000 });
+    // Every job names the host that ran it, and the hosts panel lists this host as up.
+    const jobHost = (await page.locator('[data-testid=job][data-job-status=finished] [data-testid=job-host]').first().textContent()) ?? '';
+    assert.ok(jobHost.length > 0);
+    await page.locator(`[data-testid=hosts-panel] [data-testid=host-row][data-host-name="${jobHost}"][data-host-status=up]`).waitFor({ timeout: 10_000 });
     await row.getByTestId('live-percent').filter({ hasText: '100%' }).waitFor({ timeout: 20_000 });
     // The actual size re-measured after the job, pushed live.
     await page.waitForFunction((before) => {

@@ -1,10 +1,13 @@
 import { useEffect, useMemo, useState } from 'react';
-import { api, openStream, getToken, setToken, bytes, newerJob, type Disk, type Job, type ServiceEvent, type Info } from './api';
+import { api, openStream, getToken, setToken, bytes, newerJob, type Disk, type Job, type ServiceEvent, type Info, type Host } from './api';
 import { DisksTable, type SortKey } from './DisksTable';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
+import { HostsPanel } from './HostsPanel';
 
-const STATUS_ORDER: Record<Disk['status'], number> = { ok: 0, locked: 1, 'in-use': 2, illegal: 3 };
+const STATUS_ORDER: Record<Disk['status'], number> = { ok: 0, locked: 1, 'in-use': 2, illegal: 3, unreachable: 4 };
+/** Heartbeat ages move on their own: the hosts panel is re-read this often. */
+const HOSTS_REFRESH_MS = 5000;
 
 function compare(a: Disk, b: Disk, key: SortKey): number {
   if (key === 'name' || key === 'format') return (a[key] ?? '').localeCompare(b[key] ?? '');
@@ -17,6 +20,7 @@ export function App() {
   const [disks, setDisks] = useState<Map<string, Disk>>(new Map());
   const [jobs, setJobs] = useState<Map<string, Job>>(new Map());
   const [events, setEvents] = useState<ServiceEvent[]>([]);
+  const [hosts, setHosts] = useState<Host[]>([]);
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [sort, setSort] = useState<{ key: SortKey; dir: 1 | -1 }>({ key: 'name', dir: 1 });
   const [filter, setFilter] = useState('');
@@ -39,8 +43,11 @@ export function App() {
         setMessage(`Cannot reach the service: ${(err as Error).message}`);
       }
     };
+    const loadHosts = () => void api.hosts().then(setHosts, () => undefined);
     void load();
-    return openStream({
+    loadHosts();
+    const hostsTimer = setInterval(loadHosts, HOSTS_REFRESH_MS);
+    const close = openStream({
       disk: (d) => setDisks((m) => new Map(m).set(d.id, d)),
       diskRemoved: (id) =>
         setDisks((m) => {
@@ -58,11 +65,20 @@ export function App() {
           return new Map(m).set(j.id, { ...j, progress: { done: p.done, total: p.total, percent } });
         }),
       event: (e) => setEvents((l) => [e, ...l.filter((x) => x.id !== e.id)].slice(0, 100)),
+      hosts: loadHosts,
+      resync: () => {
+        void load();
+        loadHosts();
+      },
       connected: (ok) => {
         setConnected(ok);
         if (ok) void load();
       },
     });
+    return () => {
+      clearInterval(hostsTimer);
+      close();
+    };
   }, []);
 
   const visible = useMemo(() => {
@@ -185,13 +201,14 @@ export function App() {
           onSparsify={(d) => setDialog([d])}
         />
         <aside>
+          <HostsPanel hosts={hosts} />
           <JobsPanel jobs={jobList} onCancel={(j) => void cancelJob(j)} />
           <EventsPanel events={events} />
         </aside>
       </main>
       {dialog && <SparsifyDialog disks={dialog} info={info} onCancel={() => setDialog(null)} onConfirm={onConfirm} />}
       <footer className="muted small">
-        sparsify {info?.version} · domains: {info?.domains.map((d) => d.path).join(', ')} · <a href="/api/docs">API</a>
+        sparsify {info?.version} · host {info?.host} · {info?.database === 'postgres' ? 'cluster on PostgreSQL' : 'single host on SQLite'} · domains: {info?.domains.map((d) => `${d.name} (${d.path})`).join(', ')} · <a href="/api/docs">API</a>
       </footer>
     </div>
   );

@@ -12,7 +12,7 @@ const COLUMNS: Array<{ key: SortKey; label: string; num?: boolean }> = [
   { key: 'status', label: 'Status' },
 ];
 
-const STATUS_TEXT: Record<Disk['status'], string> = { ok: 'OK', locked: 'locked', 'in-use': 'in use', illegal: 'illegal' };
+const STATUS_TEXT: Record<Disk['status'], string> = { ok: 'OK', locked: 'locked', 'in-use': 'in use', illegal: 'illegal', unreachable: 'unreachable' };
 
 export function DisksTable(props: {
   disks: Disk[];
@@ -62,7 +62,10 @@ export function DisksTable(props: {
               </td>
               <td>
                 <div className="name">{d.name}</div>
-                {d.path !== d.name && <div className="muted small">{d.path}</div>}
+                <div className="muted small">
+                  {d.domain}
+                  {d.path !== d.name ? `: ${d.path}` : ''}
+                </div>
                 {d.chain.depth > 1 && <div className="muted small">backing chain of {d.chain.depth}</div>}
                 {d.chain.derivedIds.length > 0 && <div className="muted small">{d.chain.derivedIds.length} derived disk(s)</div>}
               </td>

@@ -23,6 +23,13 @@ export function JobsPanel({ jobs, onCancel }: { jobs: Job[]; onCancel: (j: Job) 
             <progress max={100} value={j.progress.percent} /> <span className="num">{j.progress.percent}%</span>
             <div className="muted small">
               {j.options.mode} · {when(j.startedAt ?? j.createdAt)}
+              {j.host && (
+                <>
+                  {' '}
+                  · on <span data-testid="job-host">{j.host}</span>
+                  {j.attempts > 1 ? ` (attempt ${j.attempts})` : ''}
+                </>
+              )}
               {j.status === 'finished' && (
                 <>
                   {' '}

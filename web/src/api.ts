@@ -1,12 +1,13 @@
 /** The service's API as the UI uses it: typed fetches, the token, and the live stream. */
 
-export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal';
+export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal' | 'unreachable';
 
 export interface Disk {
   id: string;
   name: string;
   path: string;
   domain: string;
+  domainId: string;
   format: string | null;
   virtualSize: number | null;
   actualSize: number;
@@ -35,6 +36,9 @@ export interface Job {
   options: { mode: string };
   status: 'pending' | 'running' | 'finished' | 'failed' | 'cancelled';
   steps: JobStep[];
+  /** The host running it, or the last one that did. */
+  host: string | null;
+  attempts: number;
   createdAt: number;
   startedAt: number | null;
   endedAt: number | null;
@@ -57,9 +61,23 @@ export interface ServiceEvent {
 
 export interface Info {
   version: string;
+  host: string;
+  database: 'sqlite' | 'postgres';
   defaultMode: string;
   modes: string[];
-  domains: Array<{ path: string }>;
+  domains: Array<{ id: string; name: string; path: string; reachable: boolean }>;
+}
+
+export interface Host {
+  name: string;
+  status: 'up' | 'non-responsive' | 'stopped';
+  lastHeartbeat: number;
+  heartbeatAgeMs: number;
+  version: string;
+  url: string | null;
+  concurrency: number;
+  domains: Array<{ id: string; name: string; path: string; reachable: boolean; error: string | null }>;
+  jobs: Array<{ id: string; diskName: string; status: string; step: string | null; percent: number }>;
 }
 
 export class ApiError extends Error {
@@ -106,6 +124,7 @@ export const api = {
   disks: () => call<{ disks: Disk[] }>('GET', '/api/disks').then((r) => r.disks),
   jobs: () => call<{ jobs: Job[] }>('GET', '/api/jobs?limit=50').then((r) => r.jobs),
   events: () => call<{ events: ServiceEvent[] }>('GET', '/api/events?limit=50').then((r) => r.events),
+  hosts: () => call<{ hosts: Host[] }>('GET', '/api/hosts').then((r) => r.hosts),
   sparsify: (id: string, mode: string) => call<{ job: Job }>('POST', `/api/disks/${id}/sparsify`, { mode }).then((r) => r.job),
   cancel: (id: string) => call<{ job: Job }>('POST', `/api/jobs/${id}/cancel`).then((r) => r.job),
   rescan: () => call<unknown>('POST', '/api/rescan'),
@@ -132,6 +151,10 @@ export interface StreamHandlers {
   job: (j: Job) => void;
   progress: (p: { jobId: string; done: number; total: number }) => void;
   event: (e: ServiceEvent) => void;
+  /** The hosts changed (one came, went, or reaches its domains differently). */
+  hosts: () => void;
+  /** The service lost touch with other hosts for a while: reload everything. */
+  resync: () => void;
   connected: (ok: boolean) => void;
 }
 
@@ -143,6 +166,8 @@ export function openStream(h: StreamHandlers): () => void {
   on<Job>('job', h.job);
   on<{ jobId: string; done: number; total: number }>('progress', h.progress);
   on<ServiceEvent>('event', h.event);
+  on<object>('hosts', () => h.hosts());
+  on<object>('resync', () => h.resync());
   es.onopen = () => h.connected(true);
   es.onerror = () => h.connected(false);
   return () => es.close();

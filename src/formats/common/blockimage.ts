@@ -230,6 +230,10 @@ export abstract class BlockMappedImage implements DiskImage {
     return throughBacking(this.layerExtents(start, end), this.backing);
   }
 
+  ownExtents(start: number, end: number): AsyncIterable<ImageExtent> {
+    return this.layerExtents(Math.max(0, start), Math.min(end, this.virtualSize));
+  }
+
   layers(): LayerInfo[] {
     const own: LayerInfo = {
       path: this.path,

@@ -1,7 +1,11 @@
 /**
  * In-place discard for qcow2 (qemu docs/interop/qcow2.rst). Clusters wholly inside the discard
  * ranges lose their data: the L2 entry becomes unallocated (no backing file) or a zero cluster
- * (version 3 with a backing file; version 2 cannot say "zero", so those clusters are kept).
+ * (version 3 with a backing file; version 2 cannot say "zero", so those clusters are kept). Over a
+ * backing file only this file's own clusters are given back; its unallocated clusters keep showing
+ * the backing file's data (free space the guest does not use), except in --zero devices, where
+ * they are marked zero too. Never making a cluster unallocated over a backing file means no
+ * cluster ever starts to show backing data it did not show before.
  * Work goes in batches of L2 tables, each in the order that survives a crash at any instant:
  *   1. L2 tables (and L1 entries of tables left empty) written, fdatasync;
  *   2. refcounts of the freed host clusters decremented, fdatasync;
@@ -54,6 +58,10 @@ export class Qcow2Discarder implements DiscardBackend {
   private readonly span: number;
   private v2BackingKept = 0;
   private sharedKept = 0;
+  /** --zero bytes over a backing file with no L2 table to mark them zero. */
+  private zeroKept = 0;
+  /** The ranges of this run that must read as zero afterwards (--zero devices). */
+  private mustZero = new Extents();
 
   private constructor(
     private readonly file: BlockFile,
@@ -77,7 +85,10 @@ export class Qcow2Discarder implements DiscardBackend {
     if (h.extendedL2) throw new SparsifyError(`${p}: qcow2 images with extended L2 entries (subclusters) are not supported yet in --in-place mode; use copy mode`);
     if (h.hasDataFile) throw new SparsifyError(`${p}: qcow2 images with an external data file are not supported yet in --in-place mode; use copy mode`);
     if (h.nbSnapshots > 0) {
-      throw new SparsifyError(`${p}: qcow2 images with internal snapshots (${h.nbSnapshots}) are not supported yet in --in-place mode; use copy mode`);
+      throw new SparsifyError(
+        `${p}: the image has ${h.nbSnapshots} internal snapshot(s), which in-place mode cannot keep (they share clusters with the active layer); ` +
+          "delete them ('qemu-img snapshot -d') or use copy mode, which does not copy internal snapshots",
+      );
     }
     if (h.hasBitmaps) {
       throw new SparsifyError(`${p}: qcow2 images with persistent dirty bitmaps are not supported yet in --in-place mode (the change would not be recorded in them); use copy mode`);
@@ -115,6 +126,7 @@ export class Qcow2Discarder implements DiscardBackend {
   }
 
   async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
+    this.mustZero = ctx.zero ?? new Extents();
     let done = 0;
     let discarded = 0;
     let kept = 0;
@@ -132,6 +144,9 @@ export class Qcow2Discarder implements DiscardBackend {
         ctx.warn(`${this.v2BackingKept} bytes of free space kept: a version 2 (compat=0.10) qcow2 image with a backing file cannot mark clusters as zero (upgrade with 'qemu-img amend -o compat=1.1')`);
       }
       if (this.sharedKept) ctx.warn(`${this.sharedKept} bytes of free space kept: their clusters are shared (refcount above 1)`);
+      if (this.zeroKept) {
+        ctx.warn(`${this.zeroKept} bytes of --zero devices still read as the backing file's data: the image has no L2 table there to mark them as zero (copy mode writes them as zeros)`);
+      }
       return { discarded, kept, aborted };
     };
 
@@ -166,9 +181,16 @@ export class Qcow2Discarder implements DiscardBackend {
   /** Plan the changes for guest range [start, end) inside the span of L1 entry `l1i`. */
   private async discardInTable(l1i: number, start: number, end: number, b: Batch): Promise<void> {
     const l2off = this.layout.l2Offset(l1i);
+    // Over a backing file, unallocated clusters show its data: free space the guest does not use,
+    // left as it is, except where a --zero device must read as zero.
+    const zero = this.hasBacking ? this.mustZero.clip(start, end) : this.mustZero.clip(0, 0);
     if (l2off === 0) {
-      // Nothing allocated here; without a backing file it already reads as zero.
-      b.discarded += end - start;
+      // Nothing allocated here: without a backing file it already reads as zero (discarded); with
+      // one it shows the backing file's data, which is not ours to discard.
+      const z = zero.total();
+      this.zeroKept += z;
+      b.kept += z;
+      if (!this.hasBacking) b.discarded += end - start;
       return;
     }
     let t = b.tables.get(l1i);
@@ -202,24 +224,31 @@ export class Qcow2Discarder implements DiscardBackend {
       } else {
         const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
         if (host === 0) {
-          // Unallocated (falls through to the backing file, whose data there is free space too) or zero.
-          b.discarded += len;
-          continue;
+          // Zero, or unallocated: reads as zero, or as the backing file's data (free space too).
+          const unallocated = (lo & 1) === 0;
+          const mustZero = unallocated && !zero.isEmpty && !zero.clip(g, g + len).isEmpty;
+          if (!mustZero) {
+            if (!unallocated || !this.hasBacking) b.discarded += len;
+            continue;
+          }
+          // A --zero device over a backing file: the cluster must be marked zero (nothing to free).
         }
         if (newEntry < 0) {
           this.v2BackingKept += len;
           b.kept += len;
           continue;
         }
-        const c = this.layout.dataCluster(host, g);
-        const rc = await this.refcounts.get(c);
-        if (rc === 0) throw new CorruptError(`${this.file.path}: qcow2: data cluster at ${hex(host)} (guest offset ${hex(g)}) has refcount 0; run 'qemu-img check -r all' first`);
-        if (rc !== 1 || (hi & L2_COPIED) === 0) {
-          this.sharedKept += len;
-          b.kept += len;
-          continue;
+        if (host !== 0) {
+          const c = this.layout.dataCluster(host, g);
+          const rc = await this.refcounts.get(c);
+          if (rc === 0) throw new CorruptError(`${this.file.path}: qcow2: data cluster at ${hex(host)} (guest offset ${hex(g)}) has refcount 0; run 'qemu-img check -r all' first`);
+          if (rc !== 1 || (hi & L2_COPIED) === 0) {
+            this.sharedKept += len;
+            b.kept += len;
+            continue;
+          }
+          b.decrements.push(c);
         }
-        b.decrements.push(c);
       }
       table.writeUInt32BE(0, e);
       table.writeUInt32BE(newEntry, e + 4);

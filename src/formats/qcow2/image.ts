@@ -11,6 +11,7 @@ import { decompressCluster } from './compression.js';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, parseHeader, type Qcow2Header } from './header.js';
 import { PromiseLru } from './lru.js';
 import { Qcow2Mapping, type Segment } from './mapping.js';
+import { ExtentMerger } from '../common/blockimage.js';
 
 /** Decompressed clusters kept for sequential readers that read a cluster in several pieces. */
 const DECOMPRESSED_CACHE_BYTES = 8 << 20;
@@ -167,6 +168,20 @@ export class Qcow2Image implements DiskImage {
     for await (const batch of this.map.walk(start, end)) {
       for (const s of batch) if (s.kind === 'data') yield { start: s.start, end: s.end, file: this.dataFile, fileOffset: s.host };
     }
+  }
+
+  /** This file's clusters alone: data (also compressed), zero, or unallocated (falls through). */
+  async *ownExtents(start: number, end: number): AsyncIterable<ImageExtent> {
+    end = Math.min(end, this.virtualSize);
+    const m = new ExtentMerger();
+    for await (const batch of this.map.walk(Math.max(0, start), end)) {
+      for (const s of batch) {
+        const out = m.push(s.start, s.end, s.kind === 'compressed' ? 'data' : s.kind);
+        if (out) yield out;
+      }
+    }
+    const last = m.flush();
+    if (last) yield last;
   }
 
   layers(): LayerInfo[] {

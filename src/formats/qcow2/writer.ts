@@ -1,8 +1,11 @@
 /**
  * Writes a new qcow2 image front to back. Data arrives in ascending writes; each guest cluster is
- * assembled, dropped if all zero (it stays unallocated and reads as zero: the output has no
- * backing file), optionally compressed on the thread pool, and appended. L2 tables are written as
- * soon as writes move past their range; L1 table, refcounts and header are written by finish().
+ * assembled, dropped if all zero (it stays unallocated and reads as zero), optionally compressed on
+ * the thread pool, and appended. L2 tables are written as soon as writes move past their range;
+ * L1 table, refcounts and header are written by finish().
+ *
+ * With a backing file (an overlay), unwritten clusters fall through to it, so a written all-zero
+ * cluster becomes a zero cluster instead (v3), or is stored as data (v2 cannot say "zero").
  *
  * Layout: header, refcount block 0, L1 table, then L2 tables and data in guest order (with
  * refcount blocks where allocation reaches a new block's range), refcount table last.
@@ -15,7 +18,7 @@ import { cloneRange } from '../../io/syscalls.js';
 import { isTransferUnsupported, probeHostTransfer } from '../../io/transfer.js';
 import { HostAllocator } from './allocator.js';
 import { compressClusterAsync } from './compressor.js';
-import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
+import { COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
 import { OutputStream } from './output.js';
 import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 
@@ -25,6 +28,8 @@ const COMPRESSED = 0x40000000; // bit 62, in the high word
 /** A cluster being compressed; `raw` keeps it for when compression does not shrink it. */
 interface Compressing {
   cluster: number;
+  /** An all-zero cluster of an overlay: it becomes a zero cluster, whatever compression gives. */
+  zero: boolean;
   raw: Buffer;
   result: Promise<Buffer | undefined>;
 }
@@ -68,6 +73,7 @@ export class Qcow2Writer implements ImageWriter {
     readonly virtualSize: number,
     compress: boolean,
     threads: number,
+    private readonly backing: { file: Buffer; format?: Buffer } | undefined,
   ) {
     this.cs = 2 ** opts.clusterBits;
     this.entryBytes = opts.extendedL2 ? 16 : 8;
@@ -88,6 +94,7 @@ export class Qcow2Writer implements ImageWriter {
       throw new SparsifyError('qcow2: --compress cannot be combined with preallocation=metadata');
     }
     if (!Number.isSafeInteger(virtualSize) || virtualSize < 0) throw new SparsifyError(`qcow2: invalid virtual size ${virtualSize}`);
+    const backing = ctx.backing && backingFields(ctx.backing, opts);
     // qemu rounds the virtual size up to whole sectors.
     const size = Math.ceil(virtualSize / 512) * 512;
     const cs = 2 ** opts.clusterBits;
@@ -99,10 +106,14 @@ export class Qcow2Writer implements ImageWriter {
     const file = await BlockFile.open(path, 'r+');
     const out = new OutputStream(file, cs);
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
-    const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads);
+    const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();
     w.l1Offset = await alloc.allocClusters(Math.ceil(w.l1.length / cs));
     return w;
+  }
+
+  get allocationUnit(): number {
+    return this.cs;
   }
 
   write(buf: Buffer, offset: number): Promise<void> {
@@ -205,16 +216,21 @@ export class Qcow2Writer implements ImageWriter {
 
   /** One complete guest cluster, in ascending order. `data` is only valid during this call. */
   private async emit(cluster: number, data: Buffer): Promise<void> {
-    if (data.equals(this.zero)) return; // never allocated: reads as zero
+    // Without a backing file an unallocated cluster reads as zero; over one, only a zero cluster does.
+    const isZero = data.equals(this.zero);
+    if (isZero && !this.backing) return;
+    const zeroCluster = isZero && this.opts.version === 3;
     if (this.opts.preallocation === 'metadata') await this.preallocate(cluster);
     if (!this.compress) {
-      await this.placeData(cluster, data);
+      if (zeroCluster) await this.placeZero(cluster);
+      else await this.placeData(cluster, data);
       return;
     }
+    // Queued in order with the rest, so L2 tables still fill front to back.
     const raw = Buffer.from(data);
-    const result = compressClusterAsync(raw, this.opts.compressionType);
+    const result = zeroCluster ? Promise.resolve(undefined) : compressClusterAsync(raw, this.opts.compressionType);
     result.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-    this.queue.push({ cluster, raw, result });
+    this.queue.push({ cluster, zero: zeroCluster, raw, result });
     if (this.queue.length >= this.maxInFlight) await this.placeNext();
   }
 
@@ -222,7 +238,8 @@ export class Qcow2Writer implements ImageWriter {
   private async placeNext(): Promise<void> {
     const c = this.queue.shift()!;
     const compressed = await c.result;
-    if (compressed) await this.placeCompressed(c.cluster, compressed);
+    if (c.zero) await this.placeZero(c.cluster);
+    else if (compressed) await this.placeCompressed(c.cluster, compressed);
     else await this.placeData(c.cluster, c.raw);
   }
 
@@ -253,6 +270,13 @@ export class Qcow2Writer implements ImageWriter {
     if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 12); // all 32 subclusters allocated
     if (data) await this.out.append(data, host);
     return host;
+  }
+
+  /** A zero cluster (v3): reads as zero whatever the backing file holds, and takes no host space. */
+  private async placeZero(cluster: number): Promise<void> {
+    const e = await this.useL2(cluster);
+    if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 8); // all 32 subclusters zero
+    else this.l2.writeUInt32BE(1, e + 4);
   }
 
   private async placeCompressed(cluster: number, data: Uint8Array): Promise<void> {
@@ -299,10 +323,9 @@ export class Qcow2Writer implements ImageWriter {
 
   private header(refTable: number, refClusters: number): Buffer {
     const o = this.opts;
-    const h = Buffer.alloc(512);
+    const h = Buffer.alloc(headerBytes(this.opts, this.backing));
     h.writeUInt32BE(QCOW2_MAGIC, 0);
     h.writeUInt32BE(o.version, 4);
-    // 8: backing file offset/size stay 0 (the output has no backing file)
     h.writeUInt32BE(o.clusterBits, 20);
     h.writeBigUInt64BE(BigInt(this.virtualSize), 24);
     // 32: crypt_method 0
@@ -323,8 +346,23 @@ export class Qcow2Writer implements ImageWriter {
       h.writeUInt32BE(headerLength, 100);
       h[104] = o.compressionType === 'zstd' ? 1 : 0;
     }
-    // No header extensions: the end marker (8 zero bytes) follows the header.
-    return h.subarray(0, headerLength + 8);
+    // Header extensions (the backing file's format), the end marker, then the backing file's name.
+    let at = headerLength;
+    const b = this.backing;
+    if (b?.format) {
+      h.writeUInt32BE(EXT_BACKING_FORMAT, at);
+      h.writeUInt32BE(b.format.length, at + 4);
+      b.format.copy(h, at + 8);
+      at += 8 + Math.ceil(b.format.length / 8) * 8;
+    }
+    at += 8; // end marker: 8 zero bytes
+    if (b) {
+      h.writeBigUInt64BE(BigInt(at), 8);
+      h.writeUInt32BE(b.file.length, 16);
+      b.file.copy(h, at);
+      at += b.file.length;
+    }
+    return h.subarray(0, at);
   }
 
   async abort(): Promise<void> {
@@ -342,6 +380,28 @@ export class Qcow2Writer implements ImageWriter {
     await Promise.allSettled(this.queue.map((c) => c.result));
     await this.file.close();
   }
+}
+
+/** Bytes of the header cluster in use: header, extensions, end marker and backing file name. */
+function headerBytes(o: Qcow2CreateOptions, b: { file: Buffer; format?: Buffer } | undefined): number {
+  const fixed = o.version === 3 ? 112 : 72;
+  const ext = b?.format ? 8 + Math.ceil(b.format.length / 8) * 8 : 0;
+  return fixed + ext + 8 + (b?.file.length ?? 0);
+}
+
+/** Check an overlay's backing file fields against qcow2's limits and the header cluster's size. */
+function backingFields(backing: { file: string; format?: string }, o: Qcow2CreateOptions): { file: Buffer; format?: Buffer } {
+  if (o.preallocation !== 'off') throw new SparsifyError('qcow2: preallocation=metadata cannot be used for an image with a backing file');
+  const file = Buffer.from(backing.file, 'utf8');
+  if (file.length === 0 || file.length > 1023 || file.includes(0)) throw new SparsifyError(`qcow2: invalid backing file name '${backing.file}' (1 to 1023 bytes, no NUL)`);
+  const format = backing.format !== undefined ? Buffer.from(backing.format, 'utf8') : undefined;
+  if (format && (format.length === 0 || format.length > 16 || format.includes(0))) throw new SparsifyError(`qcow2: invalid backing format '${backing.format}'`);
+  const fields = { file, ...(format ? { format } : {}) };
+  const need = headerBytes(o, fields);
+  if (need > 2 ** o.clusterBits) {
+    throw new SparsifyError(`qcow2: the header and backing file name need ${need} bytes, more than one ${2 ** o.clusterBits}-byte cluster; use a larger cluster_size`);
+  }
+  return fields;
 }
 
 /** Write a standard L1/L2 entry: host offset (bits 9-55) plus flags in the high word. */

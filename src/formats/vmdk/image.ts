@@ -109,7 +109,16 @@ export class VmdkImage implements DiskImage {
     }
   }
 
-  async *extents(start: number, end: number): AsyncIterable<ImageExtent> {
+  extents(start: number, end: number): AsyncIterable<ImageExtent> {
+    return this.pieceExtents(start, end, false);
+  }
+
+  /** A delta disk's own grains: its sparse extents' own allocation, not the parent's. */
+  ownExtents(start: number, end: number): AsyncIterable<ImageExtent> {
+    return this.pieceExtents(start, end, true);
+  }
+
+  private async *pieceExtents(start: number, end: number, own: boolean): AsyncIterable<ImageExtent> {
     end = Math.min(end, this.virtualSize);
     start = Math.max(0, start);
     if (start >= end) return;
@@ -120,7 +129,9 @@ export class VmdkImage implements DiskImage {
       const s = Math.max(start, p.start) - p.start;
       const e = Math.min(end, p.start + p.size) - p.start;
       const inner: AsyncIterable<ImageExtent> = p.image
-        ? p.image.extents(s, e)
+        ? own && p.image.ownExtents
+          ? p.image.ownExtents(s, e)
+          : p.image.extents(s, e)
         : p.flat
           ? flatExtents(p.flat.file, p.flat.offset, s, e)
           : (async function* () {

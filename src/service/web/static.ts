@@ -15,11 +15,11 @@ const TYPES: Record<string, string> = {
   '.woff2': 'font/woff2',
 };
 
-/** dist/web, whether we run from dist/src/service (built) or src/service (tsx). */
+/** dist/web, whether we run from dist/src/service/web (built) or src/service/web (tsx). */
 export function findWebRoot(): string | undefined {
   const here = dirname(fileURLToPath(import.meta.url));
-  // Never ../../web from src/service: that is the UI's source folder, not its build.
-  for (const c of [resolve(here, '../../dist/web'), resolve(here, '../../../dist/web')]) {
+  // Never ../../../web from src/service/web: that is the UI's source folder, not its build.
+  for (const c of [resolve(here, '../../../dist/web'), resolve(here, '../../../../dist/web')]) {
     if (existsSync(join(c, 'index.html'))) return c;
   }
   return undefined;

@@ -53,7 +53,7 @@ export const disksQuery = {
   type: 'object',
   additionalProperties: false,
   properties: {
-    status: { type: 'string', enum: ['ok', 'locked', 'in-use', 'illegal'] },
+    status: { type: 'string', enum: ['ok', 'locked', 'in-use', 'illegal', 'unreachable'] },
     needsSparsify: { type: 'string', enum: ['true', 'false'] },
     q: { type: 'string', maxLength: 200, description: 'Substring of the name' },
   },
@@ -69,4 +69,11 @@ export const policyBody = {
     scheduleEnabled: { type: 'boolean' },
     scheduleIntervalSeconds: { type: 'integer', minimum: 1, maximum: 2592000 },
   },
+} as const;
+
+export const hostParams = {
+  type: 'object',
+  required: ['name'],
+  additionalProperties: false,
+  properties: { name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$', description: 'A host name' } },
 } as const;

@@ -1,6 +1,7 @@
 /**
  * Can this disk be sparsified? oVirt's checks, first failure wins, with its status codes:
  *   1. the disk exists                                   404
+ *      and an up host reaches its storage domain          409
  *   2. no running VM has it open for writing             409  (QEMU's write lock)
  *   3. it is readable (not ILLEGAL)                      409  (moved up: later checks need the image)
  *   4. its format and storage can give space back        400
@@ -10,9 +11,8 @@
  *   8. no other disk is derived from it (a backing file) 409
  * The UI calls the same function to disable the button with the same reason.
  */
-import { formatDrivers } from '../formats/registry.js';
-import type { SparsifyMode } from './config.js';
-import type { Allocation, DiskRecord } from './store.js';
+import { formatDrivers } from '../../index.js';
+import type { Allocation, DiskRecord, SparsifyMode } from '../store/records.js';
 
 export interface Refusal {
   status: 400 | 404 | 409;
@@ -21,10 +21,12 @@ export interface Refusal {
 }
 
 export interface ValidationContext {
-  /** Another process holds QEMU's write lock (tested fresh before a job is accepted). */
+  /** Another process holds QEMU's write lock (tested fresh before a job is accepted where the disk is reachable). */
   heldForWriting: boolean;
   derived: DiskRecord[];
-  /** The disk's folder can punch holes. */
+  /** Some up host reaches the disk's storage domain (else the job could never run). */
+  reachable: boolean;
+  /** The disk's storage domain can punch holes. */
   canDiscard: boolean;
   mode: SparsifyMode;
 }
@@ -50,6 +52,7 @@ export function allocationOf(d: DiskRecord): Allocation {
 export function validateSparsify(d: DiskRecord | undefined, ctx: ValidationContext): Refusal | null {
   if (!d || !d.present) return { status: 404, code: 'disk-not-found', detail: 'no such disk' };
   const name = d.name;
+  if (!ctx.reachable) return { status: 409, code: 'domain-unreachable', detail: `${name}: no host that is up reaches its storage domain now` };
   if (ctx.heldForWriting && !d.lockedBy) {
     return { status: 409, code: 'disk-in-use', detail: `${name} is in use: another process (a running VM?) has it open for writing` };
   }

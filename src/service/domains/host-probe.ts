@@ -4,7 +4,7 @@
  */
 import { openSync, closeSync, writeSync, unlinkSync, fstatSync } from 'node:fs';
 import { join } from 'node:path';
-import * as sys from '../io/syscalls.js';
+import * as sys from '../../io/syscalls.js';
 
 /** QEMU holds a shared lock on byte 100 + 1 while it has the image open with write permission. */
 const WRITE_PERM_BYTE = 101;

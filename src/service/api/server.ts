@@ -1,0 +1,80 @@
+/**
+ * The HTTP side: the REST API under /api, live updates over server-sent events, the OpenAPI
+ * document, and the web UI. Bad input never reaches the service as anything but validated values.
+ */
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Service } from '../service.js';
+import { openApiDocument, openApiHtml } from './openapi.js';
+import { StaticFiles, findWebRoot } from '../web/static.js';
+import { fault, installErrorHandler } from './faults.js';
+import { requireToken } from './auth.js';
+import { LiveFeed } from './stream.js';
+import { diskRoutes } from './routes/disks.js';
+import { jobRoutes } from './routes/jobs.js';
+import { clusterRoutes } from './routes/cluster.js';
+
+export interface ApiServer {
+  app: FastifyInstance;
+  /** End every open event stream, then stop listening. */
+  close(): Promise<void>;
+}
+
+export function buildServer(svc: Service): ApiServer {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 64 * 1024,
+    // Unknown fields are errors, not silently dropped; no type coercion of bodies.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
+  const web = new StaticFiles(findWebRoot());
+  const doc = openApiDocument(svc.version);
+  const feed = new LiveFeed(svc);
+  const auth = requireToken(svc.token);
+
+  // oVirt's action bodies may be empty: an empty JSON body is no body.
+  app.removeContentTypeParser(['application/json', 'text/plain']);
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = String(body);
+    if (text.trim() === '') return done(null, null);
+    try {
+      done(null, JSON.parse(text));
+    } catch {
+      const e = new Error('the body is not valid JSON') as Error & { statusCode: number };
+      e.statusCode = 400;
+      done(e, undefined);
+    }
+  });
+
+  installErrorHandler(app, svc.log);
+
+  app.setNotFoundHandler((req, reply) => {
+    if (req.url.startsWith('/api/') || req.url === '/api' || req.method !== 'GET') return fault(reply, 404, 'not-found', `no such resource: ${req.method} ${req.url.split('?')[0]}`);
+    if (!web.available) return reply.code(404).type('text/plain').send('The web UI is not built: run `npm run build` (or `npm run build:web`).\nThe API is at /api (see /api/docs).\n');
+    const f = web.lookup(req.url);
+    if (!f) return fault(reply, 404, 'not-found', `no such file: ${req.url.split('?')[0]}`);
+    reply.header('cache-control', f.immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
+    return reply.type(f.type).send(f.body);
+  });
+
+  app.get('/api/docs', async (req: FastifyRequest<{ Querystring: { format?: string } }>, reply) => {
+    const wantsHtml = req.query.format !== 'json' && /text\/html/.test(req.headers.accept ?? '');
+    return wantsHtml ? reply.type('text/html; charset=utf-8').send(openApiHtml(doc)) : reply.send(doc);
+  });
+
+  diskRoutes(app, svc, auth);
+  jobRoutes(app, svc, auth);
+  clusterRoutes(app, svc, auth);
+
+  app.get('/api/stream', (_req, reply) => {
+    reply.hijack();
+    feed.attach(reply.raw);
+  });
+
+  return {
+    app,
+    close: async () => {
+      feed.close();
+      await app.close();
+    },
+  };
+}

@@ -1,0 +1,122 @@
+/**
+ * Every disk's view, kept in memory on each host and brought up to date by the bus: a disk that
+ * changed (on any host) is read again on the next request, and only its view (and its backing
+ * disk's, whose derived list may change) is rebuilt. Hosts or the policy changing rebuild every
+ * view from the records in memory; a resync, or a minute gone by, reloads everything. So listing
+ * 2,000 disks costs one cached string while nothing changes, and little more while jobs run.
+ */
+import type { Bus, BusMessage } from './bus.js';
+import type { Store } from './store/store.js';
+import type { DiskRecord } from './store/records.js';
+import { diskView, derivedIndex, type DiskView, type ViewContext } from './views.js';
+
+const FULL_RELOAD_MS = 60_000;
+
+type Context = Omit<ViewContext, 'derived'>;
+
+export class DiskCatalog {
+  private records = new Map<string, DiskRecord>();
+  private readonly views = new Map<string, { view: DiskView; json: string }>();
+  private readonly dirty = new Set<string>();
+  private loadedAt = 0;
+  private reload = true;
+  private rebuildAll = true;
+  private body: string | undefined;
+  private refreshing: Promise<void> | undefined;
+  private again = false;
+  private readonly unsubscribe: () => void;
+
+  constructor(
+    private readonly store: Store,
+    bus: Bus,
+    private readonly context: () => Promise<Context>,
+  ) {
+    this.unsubscribe = bus.subscribe((m) => this.onMessage(m));
+  }
+
+  private onMessage(m: BusMessage): void {
+    if (m.type === 'disk' || m.type === 'disk-removed') this.dirty.add(m.id);
+    else if (m.type === 'hosts' || m.type === 'policy') this.rebuildAll = true;
+    else if (m.type === 'resync') this.reload = true;
+    else return;
+    this.body = undefined;
+  }
+
+  /** The views of all present disks, oldest first. */
+  async list(): Promise<DiskView[]> {
+    await this.refresh();
+    return [...this.views.values()].map((v) => v.view);
+  }
+
+  /** `{"disks": [...]}` of all present disks, serialized once per change. */
+  async listJson(): Promise<string> {
+    await this.refresh();
+    this.body ??= `{"disks":[${[...this.views.values()].map((v) => v.json).join(',')}]}`;
+    return this.body;
+  }
+
+  /** One refresh at a time; callers arriving meanwhile wait for the next one, which sees their changes. */
+  private async refresh(): Promise<void> {
+    if (this.refreshing) {
+      this.again = true;
+      await this.refreshing;
+      if (!this.again) return;
+    }
+    if (!this.reload && !this.rebuildAll && !this.dirty.size && Date.now() - this.loadedAt < FULL_RELOAD_MS) return;
+    this.again = false;
+    this.refreshing = this.update().finally(() => (this.refreshing = undefined));
+    await this.refreshing;
+  }
+
+  private async update(): Promise<void> {
+    const full = this.reload || Date.now() - this.loadedAt >= FULL_RELOAD_MS;
+    const changed = full ? [] : [...this.dirty];
+    this.dirty.clear();
+    let rebuild = this.rebuildAll || full;
+    this.reload = false;
+    this.rebuildAll = false;
+    const ctx = await this.context();
+    let touched = new Set<string>();
+    if (full) {
+      const all = await this.store.disks.list();
+      this.records = new Map(all.map((d) => [d.id, d]));
+      this.loadedAt = Date.now();
+    } else if (changed.length) {
+      const fresh = new Map((await this.store.disks.getMany(changed)).map((d) => [d.id, d]));
+      for (const id of changed) {
+        const before = this.records.get(id);
+        const after = fresh.get(id);
+        // Its backing disk's derived list may change with it.
+        if (before?.backingId) touched.add(before.backingId);
+        if (after?.backingId) touched.add(after.backingId);
+        touched.add(id);
+        if (after && after.present) this.records.set(id, after);
+        else this.records.delete(id);
+      }
+      // Keep the order of first sight.
+      if ([...fresh.values()].some((d) => d.present && !this.views.has(d.id))) rebuild = true;
+    }
+    const v: ViewContext = { ...ctx, derived: derivedIndex([...this.records.values()]) };
+    if (rebuild) {
+      const sorted = [...this.records.values()].sort((a, b) => a.firstSeen - b.firstSeen || (a.id < b.id ? -1 : 1));
+      this.views.clear();
+      for (const d of sorted) this.put(d, v);
+      touched = new Set();
+    }
+    for (const id of touched) {
+      const d = this.records.get(id);
+      if (d) this.put(d, v);
+      else this.views.delete(id);
+    }
+    this.body = undefined;
+  }
+
+  private put(d: DiskRecord, v: ViewContext): void {
+    const view = diskView(d, v);
+    this.views.set(d.id, { view, json: JSON.stringify(view) });
+  }
+
+  close(): void {
+    this.unsubscribe();
+  }
+}

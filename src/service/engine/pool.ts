@@ -1,0 +1,61 @@
+/**
+ * The engine's threads for the service: sparsify operations and analyses run in a fixed pool of
+ * worker threads (piscina), one per job slot and one for the scanner, so the main thread only
+ * answers requests, talks to the database and keeps time. The calls look like the library's:
+ * the same events, a signal that stops the work between ranges.
+ */
+import { MessageChannel } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import type { OperationEvents } from '../../index.js';
+import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
+
+export class EnginePool {
+  private readonly pool: Piscina;
+
+  constructor(threads: number) {
+    // Under tsx the sources are .ts; once built they are .js next to this module.
+    const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+    this.pool = new Piscina({
+      filename: new URL(`./worker${ext}`, import.meta.url).href,
+      minThreads: threads,
+      maxThreads: threads,
+      // Threads stay: loading the engine costs more than most jobs.
+      idleTimeout: 0,
+      concurrentTasksPerWorker: 1,
+    });
+  }
+
+  private async runTask<T>(task: EngineTask, events: OperationEvents = {}): Promise<T> {
+    const { port1, port2 } = new MessageChannel();
+    port1.on('message', (m: WorkerMessage) => {
+      if (m.type === 'progress') events.onProgress?.({ done: m.done, total: m.total });
+      else if (m.type === 'warning') events.onWarning?.(m.text);
+      else events.onStatus?.(m.text);
+    });
+    const abort = () => port1.postMessage({ type: 'abort' } satisfies MainMessage);
+    if (events.signal?.aborted) abort();
+    events.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      return (await this.pool.run({ task, port: port2 }, { transferList: [port2] })) as T;
+    } finally {
+      events.signal?.removeEventListener('abort', abort);
+      port1.close();
+    }
+  }
+
+  inPlace(req: Omit<Extract<EngineTask, { op: 'in-place' }>, 'op'>, events: OperationEvents): Promise<void> {
+    return this.runTask({ op: 'in-place', ...req }, events);
+  }
+
+  copy(req: Omit<Extract<EngineTask, { op: 'copy' }>, 'op'>, events: OperationEvents): Promise<void> {
+    return this.runTask({ op: 'copy', ...req }, events);
+  }
+
+  analyze(path: string, format?: string): Promise<AnalyzeResult> {
+    return this.runTask({ op: 'analyze', path, format });
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

@@ -1,0 +1,18 @@
+/** What the service's main thread and the engine's worker threads say to each other. */
+import type { DiskMapJson } from '../../index.js';
+
+export type EngineTask =
+  | { op: 'in-place'; path: string; format: string; ignore: string[]; zero: string[] }
+  | { op: 'copy'; input: string; output: string; format: string; convert: string; ignore: string[]; zero: string[] }
+  | { op: 'analyze'; path: string; format?: string };
+
+export interface AnalyzeResult {
+  map: DiskMapJson;
+  warnings: string[];
+}
+
+/** Worker -> main thread, on the task's port. */
+export type WorkerMessage = { type: 'progress'; done: number; total: number } | { type: 'warning'; text: string } | { type: 'status'; text: string };
+
+/** Main thread -> worker. */
+export type MainMessage = { type: 'abort' };

@@ -1,0 +1,83 @@
+/**
+ * Copy mode over the disk's own file: a sparse copy beside it, renamed over it. A read lock that
+ * refuses writers is held on the original all along, so no VM starts writing to data we are about
+ * to replace. The copy is named after the job and the attempt, so a host that takes the job over
+ * can remove what an earlier attempt left, and never anything of a later one. The rename happens
+ * only after the fence check (`beforeRename`).
+ */
+import { statSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { acquireImageLock, READ_LOCK, type OperationEvents } from '../../index.js';
+import type { EnginePool } from '../engine/pool.js';
+import type { DiskRecord, JobRecord } from '../store/records.js';
+
+const tempPrefix = (diskPath: string, jobId: string): string => `.${basename(diskPath)}.sparsify-job-${jobId}-a`;
+
+/** Remove the temporary files of this job's attempts before `below` (all of them when absent), and of `only` when given. */
+export function removeTemps(diskPath: string, jobId: string, which: { below?: number; only?: number }): void {
+  const dir = dirname(diskPath);
+  const prefix = tempPrefix(diskPath, jobId);
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    // The engine writes `.NAME...` beside its output, so our temp's own temp starts with one more dot.
+    const at = n.startsWith(prefix) ? prefix.length : n.startsWith(`.${prefix}`) ? prefix.length + 1 : -1;
+    if (at < 0) continue;
+    const attempt = parseInt(n.slice(at), 10);
+    const mine = which.only !== undefined ? attempt === which.only : which.below === undefined || attempt < which.below;
+    if (!mine) continue;
+    try {
+      unlinkSync(join(dir, n));
+    } catch {
+      // gone already
+    }
+  }
+}
+
+export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: DiskRecord, path: string, events: OperationEvents, beforeRename: () => Promise<void>): Promise<void> {
+  // What a dead host's attempt left beside the disk goes first.
+  removeTemps(path, job.id, { below: job.attempts });
+  const guard = openSync(path, 'r');
+  try {
+    acquireImageLock(guard, path, READ_LOCK);
+    const orig = fstatSync(guard);
+    if (orig.ino !== d.ino) throw new Error(`${d.name} changed since it was validated (another file is at its path)`);
+    const temp = join(dirname(path), `${tempPrefix(path, job.id)}${job.attempts}.tmp`);
+    try {
+      await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero }, events);
+      if (events.signal?.aborted) throw new Error('stopped');
+      chmodSync(temp, orig.mode & 0o7777);
+      try {
+        chownSync(temp, orig.uid, orig.gid);
+      } catch {
+        // not root: the copy keeps our ownership
+      }
+      // The path must still lead to the file we copied: someone may have replaced or deleted it meanwhile.
+      let now: number | undefined;
+      try {
+        now = statSync(path).ino;
+      } catch {
+        now = undefined;
+      }
+      if (now !== orig.ino) throw new Error(`${d.name} was ${now === undefined ? 'deleted' : 'replaced'} by another process during the job; the copy was not renamed over it`);
+      await beforeRename();
+      renameSync(temp, path);
+      const dfd = openSync(dirname(path), 'r');
+      try {
+        fsyncSync(dfd);
+      } catch {
+        // some filesystems cannot sync a folder; the rename is atomic anyway
+      } finally {
+        closeSync(dfd);
+      }
+    } finally {
+      removeTemps(path, job.id, { only: job.attempts });
+    }
+  } finally {
+    closeSync(guard);
+  }
+}

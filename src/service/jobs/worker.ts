@@ -1,0 +1,266 @@
+/**
+ * Runs the jobs this host claims, in the order things happen: claim (the new attempt is the
+ * fence), validate again, execute with the engine's progress, finalize (re-measure, re-analyze),
+ * end and unlock. Every write for the job goes through the fence; a job is stopped by a cancel
+ * (from any host), by the fence (another host owns it now), or by this host shutting down (it is
+ * handed back and runs again elsewhere or after the restart). While the database is away the job
+ * goes on; its state is written when it is back.
+ */
+import { statSync } from 'node:fs';
+import { humanBytes, type OperationEvents } from '../../index.js';
+import type { EnginePool } from '../engine/pool.js';
+import type { ServiceContext } from '../context.js';
+import type { JobRecord, JobStep, StepName } from '../store/records.js';
+import type { Dispatch, JobQueue } from '../queue/types.js';
+import type { Mounts } from '../domains/mounts.js';
+import type { Scanner } from '../domains/scanner.js';
+import { heldForWriting } from '../domains/host-probe.js';
+import { isUnavailable } from '../store/db.js';
+import { FencedOut, assertCurrent, fenceOf, fencedWrite, type Fence } from './fence.js';
+import * as lifecycle from './lifecycle.js';
+import { copyAndReplace } from './copy-and-replace.js';
+import { sleep, untilAvailable } from './retry.js';
+
+
+type StopReason = 'cancel' | 'shutdown' | 'fenced';
+
+class Stopped extends Error {
+  constructor(readonly reason: StopReason) {
+    super(reason === 'cancel' ? 'cancelled at user request' : reason === 'shutdown' ? 'the host is stopping' : 'taken over by another host');
+  }
+}
+
+interface Running {
+  job: JobRecord;
+  fence: Fence;
+  ctl: AbortController;
+  lastSaved: number;
+  lastPublished: number;
+  saving: boolean;
+  done: Promise<void>;
+}
+
+const PUBLISH_EVERY_MS = 250;
+const SAVE_EVERY_MS = 1000;
+
+export class JobWorker {
+  private readonly running = new Map<string, Running>();
+  private unsubscribe: (() => void) | undefined;
+  private stopping = false;
+  /** Jobs stopped by a shutdown get until then to hand themselves back. */
+  private deadline = Infinity;
+
+  constructor(
+    private readonly ctx: ServiceContext,
+    private readonly mounts: Mounts,
+    private readonly scanner: Scanner,
+    private readonly queue: JobQueue,
+    private readonly engine: EnginePool,
+  ) {}
+
+  start(): void {
+    this.unsubscribe = this.ctx.bus.subscribe((m) => {
+      if (m.type === 'cancel') this.running.get(m.jobId)?.ctl.abort(new Stopped('cancel'));
+    });
+  }
+
+  /** The freshest record of a job running here (progress newer than the store's). */
+  active(id: string): JobRecord | undefined {
+    return this.running.get(id)?.job;
+  }
+
+  get count(): number {
+    return this.running.size;
+  }
+
+  /** A delivery from the queue: claim the job, acknowledge, run it. */
+  async runDispatch(d: Dispatch): Promise<void> {
+    if (this.stopping) return;
+    let job: JobRecord | undefined;
+    try {
+      job = await lifecycle.claim(this.ctx.store, d.jobId, this.ctx.host);
+    } catch (e) {
+      this.ctx.log.warn(`job ${d.jobId}: could not claim it (${(e as Error).message}); it will be delivered again`);
+      await d.retry();
+      return;
+    }
+    await d.ack().catch((e: Error) => this.ctx.log.warn(`job ${d.jobId}: delivery not acknowledged (${e.message}); a second delivery will find it claimed`));
+    if (!job) return;
+    const entry: Running = { job, fence: fenceOf(job), ctl: new AbortController(), lastSaved: 0, lastPublished: 0, saving: false, done: Promise.resolve() };
+    this.running.set(job.id, entry);
+    entry.done = this.execute(entry).finally(() => this.running.delete(job!.id));
+    await entry.done;
+  }
+
+  private publish(job: JobRecord): void {
+    this.ctx.bus.publish({ type: 'job', id: job.id });
+  }
+
+  /** A step's write: fenced; while the database is away the job goes on and the next write carries the state. */
+  private async save(e: Running): Promise<void> {
+    try {
+      const r = await fencedWrite(this.ctx.store, e.job, e.fence);
+      if (r.cancelRequested) e.ctl.abort(new Stopped('cancel'));
+    } catch (err) {
+      if (err instanceof FencedOut) {
+        e.ctl.abort(new Stopped('fenced'));
+        throw err;
+      }
+      if (!isUnavailable(err)) throw err;
+      this.ctx.log.warn(`job ${e.job.id}: state not saved (${(err as Error).message}); it will be with the next write`);
+    }
+    this.publish(e.job);
+  }
+
+  /** End step `done` (if any) and begin step `name`, in one write. */
+  private async step(e: Running, done: JobStep | undefined, name: StepName): Promise<JobStep> {
+    this.throwIfStopped(e);
+    const now = Date.now();
+    if (done) {
+      done.status = 'finished';
+      done.endedAt = now;
+    }
+    const s = e.job.steps.find((x) => x.name === name)!;
+    s.status = 'running';
+    s.startedAt = now;
+    await this.save(e);
+    return s;
+  }
+
+  private throwIfStopped(e: Running): void {
+    if (e.ctl.signal.aborted) throw e.ctl.signal.reason instanceof Stopped ? e.ctl.signal.reason : new Stopped('cancel');
+  }
+
+  private progress(e: Running, s: JobStep, done: number, total: number): void {
+    s.done = done;
+    s.total = total;
+    const now = Date.now();
+    if (now - e.lastPublished >= PUBLISH_EVERY_MS || done >= total) {
+      e.lastPublished = now;
+      this.ctx.bus.publish({ type: 'progress', jobId: e.job.id, diskId: e.job.diskId, done, total });
+    }
+    if (now - e.lastSaved >= SAVE_EVERY_MS && !e.saving) {
+      e.lastSaved = now;
+      e.saving = true;
+      // The fence is checked at every progress write; a stale one stops the engine.
+      void this.save(e)
+        .catch(() => undefined)
+        .finally(() => (e.saving = false));
+    }
+  }
+
+  private async execute(e: Running): Promise<void> {
+    const { job } = e;
+    const { store, log } = this.ctx;
+    await this.ctx.record({ severity: 'info', type: 'job-started', diskId: job.diskId, jobId: job.id, message: `Started to sparsify ${job.diskName} on ${this.ctx.host}${job.attempts > 1 ? ` (attempt ${job.attempts})` : ''}` });
+    try {
+      // validating: the world may have changed since the request was accepted.
+      let s = await this.step(e, undefined, 'validating');
+      const d = await untilAvailable(() => store.disks.get(job.diskId), { onWait: () => undefined });
+      if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');
+      const path = this.mounts.pathOf(d);
+      if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
+      await this.waitUntilFree(e, path, d.name);
+      if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);
+
+      s = await this.step(e, s, 'executing');
+      job.actualBefore = statSync(path).blocks * 512;
+      const events: OperationEvents = {
+        signal: e.ctl.signal,
+        onProgress: (p) => this.progress(e, s, p.done, p.total),
+        onWarning: (w) => void (job.warnings.length < 100 && job.warnings.push(w)),
+        onStatus: (t) => void (s.detail = t),
+      };
+      if (job.options.mode === 'in-place') {
+        await this.engine.inPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero }, events);
+      } else {
+        await copyAndReplace(this.engine, job, d, path, events, async () => {
+          const r = await untilAvailable(() => assertCurrent(store, e.fence), { deadline: this.deadline });
+          if (r.cancelRequested) e.ctl.abort(new Stopped('cancel'));
+          this.throwIfStopped(e);
+        });
+      }
+      this.throwIfStopped(e);
+      if (s.total === 0) s.total = s.done = 1;
+      s.done = s.total;
+
+      // finalizing: the job ends once the disk's new size and analysis are stored.
+      s = await this.step(e, s, 'finalizing');
+      job.actualAfter = statSync(path).blocks * 512;
+      job.bytesReclaimed = Math.max(0, job.actualBefore - job.actualAfter);
+      await untilAvailable(async () => {
+        await this.scanner.refreshDisk(job.diskId);
+        await this.scanner.analyze(job.diskId, job.id);
+      });
+      s.status = 'finished';
+      s.endedAt = Date.now();
+      await untilAvailable(() => lifecycle.end(store, job, e.fence, 'finished', null), { onWait: (err) => log.warn(`job ${job.id}: finished; waiting for the database to record it (${err.message})`) });
+      log.info(`job ${job.id} (${job.diskName}) finished on ${this.ctx.host}`);
+      await this.ctx.record({
+        severity: 'info',
+        type: 'job-succeeded',
+        diskId: job.diskId,
+        jobId: job.id,
+        message: `${job.diskName} sparsified successfully: ${humanBytes(job.bytesReclaimed)} given back (actual size ${humanBytes(job.actualBefore)} -> ${humanBytes(job.actualAfter)})`,
+      });
+    } catch (err) {
+      await this.settleFailure(e, err);
+    } finally {
+      this.publish(job);
+      this.ctx.bus.publish({ type: 'disk', id: job.diskId });
+    }
+  }
+
+  /** How a job that did not finish ends, by what stopped it. */
+  private async settleFailure(e: Running, err: unknown): Promise<void> {
+    const { job } = e;
+    const { store, log } = this.ctx;
+    const reason = err instanceof FencedOut ? 'fenced' : e.ctl.signal.aborted && e.ctl.signal.reason instanceof Stopped ? e.ctl.signal.reason.reason : err instanceof Stopped ? err.reason : undefined;
+    try {
+      if (reason === 'fenced') {
+        // Another host owns the job: write nothing, touch nothing more.
+        log.warn(`job ${job.id} (${job.diskName}): ${new FencedOut(e.fence).message}`);
+        return;
+      }
+      if (reason === 'shutdown') {
+        await untilAvailable(() => lifecycle.handBack(store, this.queue, job, e.fence, `${this.ctx.host} stopped`), { deadline: this.deadline });
+        await this.ctx.record({ severity: 'warning', type: 'job-restarted', diskId: job.diskId, jobId: job.id, message: `Sparsify of ${job.diskName} was stopped with ${this.ctx.host}; it runs again (safe to repeat)` });
+        return;
+      }
+      const cancelled = reason === 'cancel';
+      const msg = cancelled ? 'cancelled at user request' : (err as Error).message;
+      await untilAvailable(() => lifecycle.end(store, job, e.fence, cancelled ? 'cancelled' : 'failed', msg), { deadline: this.stopping ? this.deadline : undefined });
+      log.info(`job ${job.id} (${job.diskName}) ${cancelled ? 'cancelled' : `failed: ${msg}`}`);
+      if (cancelled) await this.ctx.record({ severity: 'info', type: 'job-cancelled', diskId: job.diskId, jobId: job.id, message: `Sparsify of ${job.diskName} was cancelled; the disk is unchanged` });
+      else await this.ctx.record({ severity: 'error', type: 'job-failed', diskId: job.diskId, jobId: job.id, message: `Failed to sparsify ${job.diskName}: ${msg}` });
+    } catch (e2) {
+      if (e2 instanceof FencedOut) log.warn(`job ${job.id}: ${e2.message}`);
+      // Not recorded (the database stayed away past the shutdown): this host reruns it at its next start, or another takes it over.
+      else log.error(`job ${job.id}: its end could not be recorded: ${(e2 as Error).message}`);
+    }
+  }
+
+  /**
+   * QEMU's write lock is held by another process. A VM: refuse. On a later attempt it may be the
+   * host this job was taken from, still finishing: wait for it (bounded) rather than fail.
+   */
+  private async waitUntilFree(e: Running, path: string, name: string): Promise<void> {
+    const until = Date.now() + 2 * this.ctx.config.hostTimeoutSeconds * 1000;
+    while (heldForWriting(path)) {
+      if (e.job.attempts <= 1 || Date.now() > until) throw new Error(`${name} is in use: another process (a running VM?) has it open for writing`);
+      await sleep(1000, e.ctl.signal);
+    }
+  }
+
+  /** Stop every job within `timeoutMs`: each hands itself back (it runs again elsewhere or after the restart). */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    this.deadline = Date.now() + timeoutMs;
+    this.unsubscribe?.();
+    const all = [...this.running.values()];
+    for (const r of all) r.ctl.abort(new Stopped('shutdown'));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled(all.map((r) => r.done)), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+  }
+}

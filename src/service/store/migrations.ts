@@ -1,0 +1,138 @@
+/**
+ * One versioned set of schema migrations for both databases, run at start. Version 1 is the
+ * schema sparsify 0.1.0 created (SQLite only, no version table: recognised by its tables); every
+ * later version moves the data forward without losing disks, jobs or events. Several hosts
+ * starting at once migrate one at a time (PostgreSQL advisory lock; SQLite: one file, one writer).
+ */
+import type { Db } from './db.js';
+import { DbFatalError } from './db.js';
+import { PgDb } from './pg-db.js';
+
+export interface Migration {
+  version: number;
+  name: string;
+  up(db: Db): Promise<void>;
+}
+
+/** Arbitrary, fixed: the advisory lock key of our migrations. */
+const MIGRATION_LOCK = 0x5350_4152;
+
+const ID = (db: Db) => (db.dialect === 'sqlite' ? 'INTEGER PRIMARY KEY AUTOINCREMENT' : 'BIGSERIAL PRIMARY KEY');
+
+/** The domain index of a 0.1.0 database, until the service learns the UUID behind it (adoptLegacyDomains). */
+export const legacyDomainId = (index: number): string => `legacy-${index}`;
+
+const v1: Migration = {
+  version: 1,
+  name: 'sparsify 0.1.0: disks, jobs, events, settings',
+  async up(db) {
+    await db.exec(`
+      CREATE TABLE disks (id TEXT PRIMARY KEY, domain INTEGER NOT NULL, rel TEXT NOT NULL, dev BIGINT NOT NULL, ino BIGINT NOT NULL,
+        present INTEGER NOT NULL, locked_by TEXT, data TEXT NOT NULL, UNIQUE (domain, rel));
+      CREATE INDEX disks_inode ON disks (dev, ino);
+      CREATE TABLE jobs (id TEXT PRIMARY KEY, disk_id TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL, data TEXT NOT NULL);
+      CREATE INDEX jobs_status ON jobs (status);
+      CREATE INDEX jobs_created ON jobs (created_at);
+      CREATE TABLE events (id ${ID(db)}, time BIGINT NOT NULL, severity TEXT NOT NULL, type TEXT NOT NULL, disk_id TEXT, job_id TEXT, message TEXT NOT NULL);
+      CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    `);
+  },
+};
+
+type V1Disk = { id: string; domain: number; rel: string; ino: number; present: number; locked_by: string | null; data: string };
+
+const v2: Migration = {
+  version: 2,
+  name: 'cluster: domains by UUID, hosts, job attempts and fencing, analysis kept apart from the disk',
+  async up(db) {
+    await db.exec(`
+      CREATE TABLE domains (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at BIGINT NOT NULL);
+      CREATE TABLE hosts (name TEXT PRIMARY KEY, instance TEXT NOT NULL, status TEXT NOT NULL, version TEXT NOT NULL, url TEXT,
+        started_at BIGINT NOT NULL, last_heartbeat BIGINT NOT NULL, concurrency INTEGER NOT NULL);
+      CREATE TABLE host_domains (host TEXT NOT NULL, domain_id TEXT NOT NULL, path TEXT NOT NULL, reachable INTEGER NOT NULL,
+        can_discard INTEGER NOT NULL, error TEXT, checked_at BIGINT NOT NULL, PRIMARY KEY (host, domain_id));
+      CREATE TABLE disks_v2 (id TEXT PRIMARY KEY, domain_id TEXT NOT NULL, rel TEXT NOT NULL, ino BIGINT NOT NULL, present INTEGER NOT NULL,
+        locked_by TEXT, in_use INTEGER NOT NULL, backing_id TEXT, first_seen BIGINT NOT NULL, data TEXT NOT NULL, analysis TEXT, analysis_map TEXT,
+        UNIQUE (domain_id, rel));
+      CREATE TABLE job_attempts (job_id TEXT NOT NULL, attempt INTEGER NOT NULL, disk_id TEXT NOT NULL, host TEXT NOT NULL,
+        started_at BIGINT NOT NULL, ended_at BIGINT, outcome TEXT NOT NULL, error TEXT, PRIMARY KEY (job_id, attempt));
+      CREATE INDEX job_attempts_disk ON job_attempts (disk_id, started_at);
+      ALTER TABLE jobs ADD COLUMN domain_id TEXT;
+      ALTER TABLE jobs ADD COLUMN host TEXT;
+      ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+      CREATE INDEX jobs_disk ON jobs (disk_id);
+      ALTER TABLE events ADD COLUMN host TEXT;
+    `);
+    // Disks: the domain index becomes a domain id (a placeholder until the service attaches the
+    // folder and learns its UUID), st_dev goes (it differs between hosts), the analysis moves out.
+    const legacyDomain = new Map<string, string>();
+    for (const r of await db.all<V1Disk>('SELECT id, domain, rel, ino, present, locked_by, data FROM disks')) {
+      const old = JSON.parse(r.data) as Record<string, unknown> & { analysis?: { dataBytes: number; reclaimableBytes: number; warnings: string[] } | null; firstSeen?: number };
+      const domainId = legacyDomainId(r.domain);
+      legacyDomain.set(r.id, domainId);
+      const { analysis, domain: _d, dev: _dev, lockedBy: _l, backingId, analysisKey, analysisError, analyzedAt, ...kept } = old;
+      const data = { ...kept, backingRef: null };
+      const summary = analysis ? { dataBytes: analysis.dataBytes, reclaimableBytes: analysis.reclaimableBytes, warnings: analysis.warnings ?? [] } : null;
+      await db.run('INSERT INTO disks_v2 (id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis, analysis_map) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)', [
+        r.id,
+        domainId,
+        r.rel,
+        r.ino,
+        r.present,
+        r.locked_by,
+        typeof backingId === 'string' ? backingId : null,
+        typeof old.firstSeen === 'number' ? old.firstSeen : 0,
+        JSON.stringify(data),
+        JSON.stringify({ summary, key: analysisKey ?? null, error: analysisError ?? null, at: analyzedAt ?? null }),
+        analysis ? JSON.stringify(analysis) : null,
+      ]);
+    }
+    await db.exec('DROP TABLE disks; ALTER TABLE disks_v2 RENAME TO disks; CREATE INDEX disks_inode ON disks (domain_id, ino); CREATE INDEX disks_backing ON disks (backing_id);');
+    // Jobs: the attempt count and the domain become columns.
+    for (const j of await db.all<{ id: string; disk_id: string; data: string }>('SELECT id, disk_id, data FROM jobs')) {
+      const rec = JSON.parse(j.data) as { attempts?: number };
+      const domainId = legacyDomain.get(j.disk_id) ?? null;
+      await db.run('UPDATE jobs SET attempt = ?, domain_id = ?, data = ? WHERE id = ?', [rec.attempts ?? 0, domainId, JSON.stringify({ ...rec, domainId, host: null, cancelRequested: false }), j.id]);
+    }
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2];
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+async function tableExists(db: Db, name: string): Promise<boolean> {
+  const sql =
+    db.dialect === 'sqlite'
+      ? "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
+      : 'SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?';
+  return (await db.get(sql, [name])) !== undefined;
+}
+
+async function currentVersion(db: Db): Promise<number> {
+  if (!(await tableExists(db, 'schema_migrations'))) {
+    await db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
+    // 0.1.0 made its tables without recording a version.
+    if (await tableExists(db, 'disks')) await db.run('INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, ?, ?)', [v1.name, Date.now()]);
+  }
+  const r = await db.get<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
+  return r?.v ?? 0;
+}
+
+/** Bring the schema to SCHEMA_VERSION; each migration commits on its own. Returns the versions. */
+export async function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): Promise<{ from: number; to: number }> {
+  const body = async (conn: Db) => {
+    const from = await currentVersion(conn);
+    const latest = migrations[migrations.length - 1]!.version;
+    if (from > latest) throw new DbFatalError(`the database has schema version ${from}, newer than this sparsify knows (${latest}): upgrade sparsify on this host`);
+    for (const m of migrations) {
+      if (m.version <= from) continue;
+      await conn.transaction(async (tx) => {
+        await m.up(tx);
+        await tx.run('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)', [m.version, m.name, Date.now()]);
+      });
+    }
+    return { from, to: Math.max(from, latest) };
+  };
+  return db instanceof PgDb ? db.withAdvisoryLock(MIGRATION_LOCK, body) : body(db);
+}

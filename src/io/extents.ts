@@ -61,6 +61,19 @@ export class Extents implements Iterable<Range> {
     this.n = out.n;
   }
 
+  /** Build from [start0, end0, start1, end1, ...] in any order: no object per range. */
+  static fromFlat(flat: readonly number[]): Extents {
+    const n = flat.length >> 1;
+    let sorted = true;
+    for (let i = 1; i < n && sorted; i++) if (flat[2 * i]! < flat[2 * i - 2]!) sorted = false;
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    if (!sorted) order.sort((a, b) => flat[2 * a]! - flat[2 * b]!);
+    const out = new PairList(n);
+    for (let k = 0; k < n; k++) out.push(flat[2 * order[k]!]!, flat[2 * order[k]! + 1]!);
+    return out.done();
+  }
+
   static of(start: number, end: number): Extents {
     return new Extents([{ start, end }]);
   }

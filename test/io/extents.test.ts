@@ -63,6 +63,7 @@ describe('Extents', { timeout: 30_000 }, () => {
         assert.deepEqual(bits(result), ba.map((x, i) => f(x, bb[i]!)));
       }
       checkInvariants(a);
+      assert.deepEqual(Extents.fromFlat(ra.flatMap((r) => [r.start, r.end])).toArray(), a.toArray());
       assert.equal(a.total(), ba.filter(Boolean).length);
       assert.deepEqual(bits(a.complement(0, SPACE)), ba.map((x, i) => i < SPACE && !x));
       const g = 1 + Math.floor(rnd() * 8);

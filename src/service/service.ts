@@ -5,6 +5,7 @@
  * translates between this and requests.
  */
 import { readFileSync, writeFileSync, existsSync, chmodSync, mkdirSync } from 'node:fs';
+import { loadKeysFile } from '../index.js';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ServiceConfig, PolicyConfig } from './config.js';
@@ -32,6 +33,18 @@ import { ClusterState } from './cluster-state.js';
 import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 
+/**
+ * The LUKS keys file: the configured one (it must exist), or DATA_DIR/luks-keys when present. It
+ * must be a regular file of mode 0600 and parse, or the service does not start.
+ */
+async function checkKeysFile(config: ServiceConfig): Promise<string | undefined> {
+  const path = config.keysFile ?? join(config.dataDir, 'luks-keys');
+  if (!config.keysFile && !existsSync(path)) return undefined;
+  const keys = await loadKeysFile(path);
+  keys.dispose();
+  return path;
+}
+
 export class Service {
   readonly ctx: ServiceContext;
   readonly mounts: Mounts;
@@ -56,6 +69,8 @@ export class Service {
     readonly bus: Bus,
     readonly log: Logger,
     private readonly dataDirLock: DataDirLock,
+    /** The LUKS keys file in use, checked at start. */
+    readonly keysFile: string | undefined,
   ) {
     this.ctx = { store, bus, config, host: config.hostName, log, record: eventRecorder(store, bus, config.hostName, log) };
     const t = this.loadToken();
@@ -63,7 +78,7 @@ export class Service {
     this.tokenGenerated = t.generated;
     this.mounts = new Mounts(this.ctx, config.domains);
     // One thread per job slot, and one for the scanner's analyses.
-    this.engine = new EnginePool(config.concurrency + 1);
+    this.engine = new EnginePool(config.concurrency + 1, keysFile);
     this.scanner = new Scanner(this.ctx, this.mounts, (id) => this.isScannerOf(id), this.engine);
     this.queue = store.kind === 'postgres' ? new PgBossQueue(store, (e) => log.warn(`job queue: ${e.message}`)) : new LocalQueue(store);
     this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue, this.engine);
@@ -78,6 +93,7 @@ export class Service {
   /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
   static async open(config: ServiceConfig, log: Logger): Promise<Service> {
     mkdirSync(config.dataDir, { recursive: true });
+    const keysFile = await checkKeysFile(config);
     const lock = DataDirLock.acquire(config.dataDir);
     let opened: Awaited<ReturnType<typeof openStore>>;
     try {
@@ -97,7 +113,8 @@ export class Service {
       lock.release();
       throw e;
     }
-    return new Service(config, store, bus, log, lock);
+    if (keysFile) log.info(`LUKS keys from ${keysFile}: volumes whose UUID has a key are sparsified inside`);
+    return new Service(config, store, bus, log, lock, keysFile);
   }
 
   get version(): string {

@@ -8,6 +8,7 @@ import type { DiskRecord, DomainRecord, HostDomain, HostRecord, JobRecord, Spars
 import type { Store } from './store/store.js';
 import { validateSparsify, allocationOf } from './jobs/validate.js';
 import { needsSparsify } from './policy.js';
+import { recordKey } from './domains/stat-key.js';
 
 export interface DomainState {
   id: string;
@@ -52,7 +53,16 @@ export interface DiskView {
   status: DiskStatus;
   error: string | null;
   lockedBy: string | null;
-  analysis: { state: 'pending' | 'done' | 'failed'; analyzedAt: number | null; dataBytes: number | null; reclaimableBytes: number | null; warnings: string[]; error: string | null };
+  analysis: {
+    state: 'pending' | 'done' | 'failed';
+    analyzedAt: number | null;
+    dataBytes: number | null;
+    reclaimableBytes: number | null;
+    warnings: string[];
+    error: string | null;
+    /** LUKS volumes: opened with a key from the keys file, or kept whole (no key). */
+    encrypted: { opened: number; keptWhole: number } | null;
+  };
   reclaimableBytes: number | null;
   needsSparsify: boolean;
   /** Would POST /sparsify (default mode) be accepted now? If not, why. */
@@ -101,12 +111,14 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
     error: d.error,
     lockedBy: d.lockedBy,
     analysis: {
-      state: d.health === 'illegal' || d.analysisError ? 'failed' : a && d.analysisKey ? 'done' : 'pending',
+      // Pending until an analysis of the file as it is now is stored (after a job: its re-analysis).
+      state: d.health === 'illegal' || (d.analysisError && d.analysisKey === recordKey(d)) ? 'failed' : a && d.analysisKey === recordKey(d) ? 'done' : 'pending',
       analyzedAt: d.analyzedAt,
       dataBytes: a?.dataBytes ?? null,
       reclaimableBytes: a?.reclaimableBytes ?? null,
       warnings: a?.warnings ?? [],
       error: d.analysisError ?? (d.health === 'illegal' ? d.error : null),
+      encrypted: a?.encrypted ?? null,
     },
     reclaimableBytes: a?.reclaimableBytes ?? null,
     needsSparsify: needsSparsify(d, v.policy),

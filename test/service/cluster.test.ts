@@ -268,8 +268,11 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
   });
   it('runs the schedule once per interval for the whole cluster, not once per host', async () => {
     assert.equal((await http(hosts.get('gamma')!, 'PUT', '/api/policy', { thresholdBytes: 1 << 20, thresholdPercent: 1, scheduleIntervalSeconds: 1 })).status, 200);
-    const needing = ((await http(hosts.get('beta')!, 'GET', '/api/disks?needsSparsify=true')).body.disks as Disk[]).map((d) => d.name).sort();
-    assert.ok(needing.includes('sched-1.raw') && needing.includes('sched-2.raw'), needing.join(', '));
+    // Another host hears of the new policy within moments.
+    const needing = await waitFor('beta to apply the new threshold', async () => {
+      const n = ((await http(hosts.get('beta')!, 'GET', '/api/disks?needsSparsify=true')).body.disks as Disk[]).map((d) => d.name).sort();
+      return n.includes('sched-1.raw') && n.includes('sched-2.raw') ? n : undefined;
+    }, 5000);
     const t0 = Date.now();
     assert.equal((await http(hosts.get('gamma')!, 'PUT', '/api/policy', { scheduleEnabled: true })).status, 200);
     try {

@@ -14,6 +14,20 @@ const COLUMNS: Array<{ key: SortKey; label: string; num?: boolean }> = [
 
 const STATUS_TEXT: Record<Disk['status'], string> = { ok: 'OK', locked: 'locked', 'in-use': 'in use', illegal: 'illegal', unreachable: 'unreachable' };
 
+/** What happens inside the disk's LUKS volumes: sparsified with a key, or kept whole. */
+function Encrypted({ opened, keptWhole }: { opened: number; keptWhole: number }) {
+  return (
+    <div className="small" data-testid="encrypted" data-opened={opened} data-kept-whole={keptWhole}>
+      {opened > 0 && <span className="badge ok">{opened === 1 ? 'encrypted volume opened' : `${opened} encrypted volumes opened`}</span>}{' '}
+      {keptWhole > 0 && (
+        <span className="badge in-use" title="No key for it in the service's keys file: its space is kept as it is">
+          {keptWhole === 1 ? 'encrypted volume kept whole (no key)' : `${keptWhole} encrypted volumes kept whole (no key)`}
+        </span>
+      )}
+    </div>
+  );
+}
+
 export function DisksTable(props: {
   disks: Disk[];
   activeJobs: Map<string, Job>;
@@ -68,6 +82,7 @@ export function DisksTable(props: {
                 </div>
                 {d.chain.depth > 1 && <div className="muted small">backing chain of {d.chain.depth}</div>}
                 {d.chain.derivedIds.length > 0 && <div className="muted small">{d.chain.derivedIds.length} derived disk(s)</div>}
+                {d.analysis.encrypted && <Encrypted {...d.analysis.encrypted} />}
               </td>
               <td>
                 {d.format ?? '—'}

@@ -16,7 +16,15 @@ export interface Disk {
   status: DiskStatus;
   error: string | null;
   lockedBy: string | null;
-  analysis: { state: 'pending' | 'done' | 'failed'; dataBytes: number | null; reclaimableBytes: number | null; warnings: string[]; error: string | null };
+  analysis: {
+    state: 'pending' | 'done' | 'failed';
+    dataBytes: number | null;
+    reclaimableBytes: number | null;
+    warnings: string[];
+    error: string | null;
+    /** LUKS volumes: opened with a key from the service's keys file, or kept whole for want of one. */
+    encrypted: { opened: number; keptWhole: number } | null;
+  };
   reclaimableBytes: number | null;
   needsSparsify: boolean;
   sparsify: { allowed: boolean; mode: string; status?: number; code?: string; reason?: string };

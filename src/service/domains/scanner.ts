@@ -11,23 +11,32 @@ import { realpathSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, join, relative, sep } from 'node:path';
-import { openImage, type DiskMapJson } from '../../index.js';
+import { openImage, type DiskMapJson, type NodeJson } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
-import type { DiskRecord, BackingRef } from '../store/records.js';
+import type { DiskRecord, BackingRef, AnalysisSummary } from '../store/records.js';
 import { isDuplicate } from '../store/disks.js';
 import { heldForWriting, hostDataBytes } from './host-probe.js';
 import type { Mounts, Mount } from './mounts.js';
+import { statKey, recordKey } from './stat-key.js';
 
 const MAX_DEPTH = 6;
 const MAX_FILES = 20_000;
 
-/** What identifies one version of a file on every host (st_dev differs between hosts; the rest does not). */
-export function statKey(st: Pick<Stats, 'ino' | 'size' | 'mtimeMs' | 'ctimeMs' | 'blocks'>): string {
-  return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.blocks}`;
-}
 
-const recordKey = (d: DiskRecord): string => `${d.ino}:${d.size}:${d.mtimeMs}:${d.ctimeMs}:${Math.ceil(d.actualSize / 512)}`;
+/** The analysis in brief: what the disk list shows. */
+export function summarize(map: DiskMapJson): AnalysisSummary {
+  const encrypted = { opened: 0, keptWhole: 0 };
+  const walk = (n: NodeJson) => {
+    if (n.contentKind === 'encrypted') {
+      if (n.children.length) encrypted.opened++;
+      else encrypted.keptWhole++;
+    }
+    n.children.forEach(walk);
+  };
+  walk(map.root);
+  return { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings, ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}) };
+}
 
 export class Scanner {
   private scanning: Promise<void> | undefined;
@@ -319,7 +328,7 @@ export class Scanner {
       this.ctx.log.warn(`analysis of ${d.name} failed: ${error}`);
     }
     // The file may have changed meanwhile: stored under the key it had before, so a change is seen again.
-    const summary = map ? { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings } : null;
+    const summary = map ? summarize(map) : null;
     if (await this.ctx.store.disks.setAnalysis(id, d.ino, { analysis: summary, analysisKey: key, analysisError: error, analyzedAt: Date.now() }, map)) this.ctx.bus.publish({ type: 'disk', id });
   }
 

@@ -12,7 +12,11 @@ import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './pr
 export class EnginePool {
   private readonly pool: Piscina;
 
-  constructor(threads: number) {
+  /** `keysFile`: LUKS keys for every task (checked by the service at start). */
+  constructor(
+    threads: number,
+    private readonly keysFile?: string,
+  ) {
     // Under tsx the sources are .ts; once built they are .js next to this module.
     const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
     this.pool = new Piscina({
@@ -36,7 +40,7 @@ export class EnginePool {
     if (events.signal?.aborted) abort();
     events.signal?.addEventListener('abort', abort, { once: true });
     try {
-      return (await this.pool.run({ task, port: port2 }, { transferList: [port2] })) as T;
+      return (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
     } finally {
       events.signal?.removeEventListener('abort', abort);
       port1.close();

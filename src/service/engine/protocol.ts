@@ -1,10 +1,12 @@
 /** What the service's main thread and the engine's worker threads say to each other. */
 import type { DiskMapJson } from '../../index.js';
 
-export type EngineTask =
+/** Every task may name the service's LUKS keys file; the worker reads it itself, so keys never travel between threads. */
+export type EngineTask = (
   | { op: 'in-place'; path: string; format: string; ignore: string[]; zero: string[] }
   | { op: 'copy'; input: string; output: string; format: string; convert: string; ignore: string[]; zero: string[] }
-  | { op: 'analyze'; path: string; format?: string };
+  | { op: 'analyze'; path: string; format?: string }
+) & { keysFile?: string };
 
 export interface AnalyzeResult {
   map: DiskMapJson;

@@ -6,7 +6,8 @@
  */
 import { setPriority } from 'node:os';
 import type { MessagePort } from 'node:worker_threads';
-import { sparsifyInPlace, sparsifyCopy, openImage, analyzeDisk, toJson, type OperationEvents } from '../../index.js';
+import { stat } from 'node:fs/promises';
+import { sparsifyInPlace, sparsifyCopy, openImage, analyzeDisk, toJson, loadKeysFile, type OperationEvents, type KeyProvider } from '../../index.js';
 import { gettid } from '../../io/syscalls.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
@@ -17,6 +18,21 @@ try {
   setPriority(gettid(), NICE);
 } catch {
   // Not allowed here: run at the normal priority.
+}
+
+/** The keys file as last read, again whenever it changes; its keys are zeroed when replaced. */
+let keys: { path: string; version: string; store: KeyProvider } | undefined;
+
+async function keysOf(path: string | undefined): Promise<KeyProvider | undefined> {
+  if (!path) return undefined;
+  const st = await stat(path);
+  const version = `${st.ino}:${st.mtimeMs}:${st.size}:${st.mode}`;
+  if (keys?.path !== path || keys.version !== version) {
+    keys?.store.dispose();
+    keys = undefined;
+    keys = { path, version, store: await loadKeysFile(path) };
+  }
+  return keys.store;
 }
 
 export default async function run({ task, port }: { task: EngineTask; port: MessagePort }): Promise<AnalyzeResult | undefined> {
@@ -32,18 +48,19 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
     onStatus: (text) => send({ type: 'status', text }),
   };
   try {
+    const k = await keysOf(task.keysFile);
     switch (task.op) {
       case 'in-place':
-        await sparsifyInPlace({ path: task.path, format: task.format, ignore: task.ignore, zero: task.zero, ...events });
+        await sparsifyInPlace({ path: task.path, format: task.format, ignore: task.ignore, zero: task.zero, keys: k, ...events });
         return undefined;
       case 'copy':
-        await sparsifyCopy({ input: task.input, output: task.output, format: task.format, convert: task.convert, ignore: task.ignore, zero: task.zero, ...events });
+        await sparsifyCopy({ input: task.input, output: task.output, format: task.format, convert: task.convert, ignore: task.ignore, zero: task.zero, keys: k, ...events });
         return undefined;
       case 'analyze': {
         const warnings: string[] = [];
         const image = await openImage(task.path, { lock: 'none', format: task.format, warn: (w) => warnings.push(w) });
         try {
-          return { map: toJson(await analyzeDisk(image)), warnings };
+          return { map: toJson(await analyzeDisk(image, { keys: k })), warnings };
         } finally {
           await image.close();
         }

@@ -47,6 +47,8 @@ export interface AnalysisSummary {
   dataBytes: number;
   reclaimableBytes: number;
   warnings: string[];
+  /** LUKS volumes found: opened with a key from the keys file (sparsified inside), or kept whole. */
+  encrypted?: { opened: number; keptWhole: number };
 }
 
 /** A backing file, as a domain and a path inside it (the same on every host), when it is in a domain. */

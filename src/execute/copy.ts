@@ -39,6 +39,11 @@ export interface CopyOptions {
    * written too: a range never written would show the backing file.
    */
   overlayClusters?: Extents;
+  /**
+   * Called once before anything is written, with the most bytes the copy will write and whether
+   * they will be shared with the source instead (reflinks take no new space): it throws to refuse.
+   */
+  checkSpace?: (bytes: number, shared: boolean) => Promise<void>;
 }
 
 export interface CopyResult {
@@ -113,6 +118,7 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
   opts.onProgress?.({ done, total });
 
   const transfer = await transferSupport(image, writer, toCopy, opts);
+  await opts.checkSpace?.(total, transfer.clone);
   const writesInFlight = writer.concurrentWrites ? WRITES_IN_FLIGHT : 0;
   const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));
   const pending: Array<Promise<{ piece: Piece; buf?: Buffer }>> = [];

@@ -3,7 +3,7 @@
  * sparse image under a temporary name in the output's folder, renamed into place only when
  * complete and flushed. The source is never written.
  */
-import { stat, rename, unlink, open } from 'node:fs/promises';
+import { stat, statfs, rename, unlink, open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { SparsifyError } from '../io/errors.js';
 import { openImage } from '../formats/open.js';
@@ -14,6 +14,7 @@ import { allInfo, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
 import { operationWarnings } from '../plan/warnings.js';
 import { copyImage } from '../execute/copy.js';
+import { humanBytes } from '../analyze/report.js';
 import { overlayClusters } from '../plan/overlay.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { prepareOverlay } from './keep-backing.js';
@@ -59,6 +60,20 @@ export interface CopyReport {
   outputAllocated: number;
   /** With keepBacking: the backing file the output records. */
   backingFile?: string;
+}
+
+/**
+ * Say up front when the output's folder cannot hold the copy: the most the copy writes is the
+ * kept data, known from the plan, so a full disk is named with its figures, not a bare ENOSPC
+ * halfway. A copy shared by reflinks takes no new space and is not refused.
+ */
+async function checkSpace(dir: string, bytes: number, shared: boolean): Promise<void> {
+  if (shared) return;
+  const st = await statfs(dir);
+  const free = st.bavail * st.bsize;
+  if (free < bytes) {
+    throw new SparsifyError(`not enough space in ${dir} for the output: the copy writes up to ${bytes} bytes (${humanBytes(bytes)}) of data and ${free} bytes (${humanBytes(free)}) are free`);
+  }
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {
@@ -134,6 +149,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       req.onStatus?.('Copy to destination and make sparse');
       if (overlay) req.onVerbose?.(`output: a qcow2 overlay on ${overlay.backing.file}, holding the input's own clusters minus the wholly free ones`);
       const r = await copyImage(image, plan, writer, {
+        checkSpace: (bytes, shared) => checkSpace(dirname(req.output), bytes, shared),
         onProgress: req.onProgress,
         signal: req.signal,
         data: map.data,

@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { tempDir, haveTool, run } from '../helpers/fixtures.js';
-import { startServer, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, repoRoot, type Server } from './service-helpers.js';
+import { tempDir, haveTool, run, releaseAll } from '../helpers/fixtures.js';
+import { startServer, stopAllServers, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, repoRoot, type Server } from './service-helpers.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const webBuilt = () => existsSync(join(repoRoot, 'dist', 'web', 'index.html'));
@@ -40,11 +40,14 @@ describe('web UI in headless chromium', { skip: missing || false, timeout: 180_0
     mkdirSync(out, { recursive: true });
   });
 
-  after(async () => {
-    await browser?.close();
-    await server?.stop();
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => browser?.close(),
+      () => server?.stop(),
+      stopAllServers,
+      () => tmp?.cleanup(),
+    ),
+  );
 
   it('sparsifies a disk through the dialog and shows 100% and the smaller actual size', async () => {
     const page = await browser.newPage({ viewport: { width: 1400, height: 800 } });

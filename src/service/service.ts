@@ -31,7 +31,7 @@ import { DiskCatalog } from './catalog.js';
 import { EnginePool } from './engine/pool.js';
 import { ClusterState } from './cluster-state.js';
 import { Metrics } from './metrics.js';
-import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
+import { diskView, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 
 /**
@@ -84,10 +84,10 @@ export class Service {
     this.queue = store.kind === 'postgres' ? new PgBossQueue(store, (e) => log.warn(`job queue: ${e.message}`)) : new LocalQueue(store);
     this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue, this.engine);
     this.dispatcher = new Dispatcher(this.queue, config.concurrency, () => this.mounts.reachableIds(), (d) => this.worker.runDispatch(d), bus, log);
-    this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
-    this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await domainStates(store)).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.policy = new Policy(this.ctx, (diskId) => this.submit(diskId, {}, 'schedule'));
     this.cluster = new ClusterState(store, bus, () => this.policy.get());
+    this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
+    this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await this.cluster.domainStates()).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode }));
   }
 

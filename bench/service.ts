@@ -17,7 +17,8 @@ import { startServer, stopAllServers, type Server } from '../test/service/servic
 const TOKEN = 'bench-token-0123456789';
 const DISKS = Number(process.env['BENCH_SERVICE_DISKS'] ?? 2000);
 const JOBS = Number(process.env['BENCH_SERVICE_JOBS'] ?? 500);
-const CONCURRENCY = 2;
+/** Jobs each host runs at once (BENCH_SERVICE_CONCURRENCY). */
+const CONCURRENCY = Number(process.env['BENCH_SERVICE_CONCURRENCY'] ?? 2);
 
 export interface ServiceRow {
   name: string;

@@ -136,7 +136,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     assert.ok(after.every((d) => d.lockedBy === null), 'no disk is left locked');
   });
 
-  it('finishes the job of a host killed with SIGKILL on another host; the killed host, back, leaves it alone', async () => {
+  it('finishes the job of a host killed with SIGKILL on another host; the killed host, back, leaves it alone', async (t) => {
     await restartAll({ SPARSIFY_TEST_JOB_DELAY_MS: '4000' });
     const d = (await disks()).find((x) => x.name === 'death.raw')!;
     const r = await http(hosts.get('alpha')!, 'POST', `/api/disks/${d.id}/sparsify`);
@@ -160,6 +160,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
       return j.status !== 'running' && j.status !== 'pending' ? j : undefined;
     }, 45_000);
     const elapsed = Date.now() - t0;
+    t.diagnostic(`taken over and finished ${elapsed} ms after the kill (host timeout ${HOST_TIMEOUT} s, job delay 4 s)`);
     assert.equal(done.status, 'finished', done.error ?? '');
     assert.ok(elapsed < 45_000, `finished ${elapsed} ms after the kill`);
     assert.equal(done.host, taken.host);
@@ -175,7 +176,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     assert.equal(hostList.find((h) => h.name === victim)!.status, 'up', 'the restarted host is up again');
   });
 
-  it('stops a job running on one host when another host is asked to cancel it', async () => {
+  it('stops a job running on one host when another host is asked to cancel it', async (t) => {
     const d = (await disks()).find((x) => x.name === 'cancel.raw')!;
     const sum = sha256(readFileSync(join(domain, 'cancel.raw')));
     const r = await http(hosts.get('beta')!, 'POST', `/api/disks/${d.id}/sparsify`);
@@ -194,6 +195,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
       return j.status === 'cancelled' ? j : undefined;
     }, 10_000);
     const ms = Date.now() - t0;
+    t.diagnostic(`cancel asked of ${other}, job cancelled on ${running.host} ${ms} ms later`);
     assert.ok(ms < 2000, `the running host heard the cancel in ${ms} ms`);
     assert.match(ended.error ?? '', /cancel/);
     assert.equal(sha256(readFileSync(join(domain, 'cancel.raw'))), sum, 'the disk is unchanged');

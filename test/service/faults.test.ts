@@ -151,7 +151,7 @@ describe('faults', { skip: missing ? `missing ${missing}` : false, timeout: 300_
     }
   });
 
-  it('stops within the bound on SIGTERM with two open event streams and a running job; after a restart the job is run again', async () => {
+  it('stops within the bound on SIGTERM with two open event streams and a running job; after a restart the job is run again', async (t) => {
     const domain = join(tmp.dir, 'dom-term');
     mkdirSync(domain);
     copyFileSync(guest, join(domain, 'e.raw'));
@@ -170,6 +170,7 @@ describe('faults', { skip: missing ? `missing ${missing}` : false, timeout: 300_
       const t0 = Date.now();
       await server.stop();
       const ms = Date.now() - t0;
+      t.diagnostic(`exited ${ms} ms after SIGTERM`);
       assert.ok(ms < 10_000, `exited ${ms} ms after SIGTERM (bound: 5 s to hand the job back)`);
       assert.equal(server.proc.exitCode, 0);
       await Promise.all(draining);

@@ -108,8 +108,13 @@ export class Mounts {
     if (isAbsolute(d.rel) || d.rel.split(/[\\/]/).includes('..')) throw new Error(`disk ${d.id}: its location is outside the storage domain`);
     const full = resolve(m.root, d.rel);
     if (!full.startsWith(m.root + sep)) throw new Error(`disk ${d.id}: its location is outside the storage domain`);
-    const st = lstatSync(full);
-    if (!st.isFile()) throw new Error(`disk ${d.id}: ${d.rel} is no longer a regular file`);
+    let st;
+    try {
+      st = lstatSync(full);
+    } catch (e) {
+      throw new Error(`${d.rel} is no longer in storage domain ${m.name} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    if (!st.isFile()) throw new Error(`${d.rel} in storage domain ${m.name} is no longer a regular file`);
     return full;
   }
 }

@@ -34,16 +34,26 @@ export class EnginePool {
 
   private async runTask<T>(task: EngineTask, events: OperationEvents = {}): Promise<T> {
     const { port1, port2 } = new MessageChannel();
+    // The task's result and its messages travel apart: the last progress may come after the result.
+    let ended!: () => void;
+    const allHeard = new Promise<void>((r) => (ended = r));
     port1.on('message', (m: WorkerMessage) => {
       if (m.type === 'progress') events.onProgress?.({ done: m.done, total: m.total });
       else if (m.type === 'warning') events.onWarning?.(m.text);
-      else events.onStatus?.(m.text);
+      else if (m.type === 'status') events.onStatus?.(m.text);
+      else ended();
     });
+    port1.on('close', () => ended());
     const abort = () => port1.postMessage({ type: 'abort' } satisfies MainMessage);
     if (events.signal?.aborted) abort();
     events.signal?.addEventListener('abort', abort, { once: true });
     try {
-      return (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
+      const result = (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
+      // A thread that died sends no end: do not wait for it long.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([allHeard, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+      return result;
     } finally {
       events.signal?.removeEventListener('abort', abort);
       port1.close();

@@ -14,7 +14,12 @@ export interface AnalyzeResult {
 }
 
 /** Worker -> main thread, on the task's port. */
-export type WorkerMessage = { type: 'progress'; done: number; total: number } | { type: 'warning'; text: string } | { type: 'status'; text: string };
+export type WorkerMessage =
+  | { type: 'progress'; done: number; total: number }
+  | { type: 'warning'; text: string }
+  | { type: 'status'; text: string }
+  /** The last message of a task: everything it said before has arrived. */
+  | { type: 'end' };
 
 /** Main thread -> worker. */
 export type MainMessage = { type: 'abort' };

@@ -173,11 +173,11 @@ export class JobWorker {
     try {
       // validating: the world may have changed since the request was accepted.
       let s = await this.step(e, undefined, 'validating');
-      const d = await untilAvailable(() => store.disks.get(job.diskId), { onWait: () => undefined });
+      // What the file is now (the record may predate a restart or an upgrade).
+      const d = await untilAvailable(() => this.scanner.refreshDisk(job.diskId), { onWait: () => undefined });
       if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');
       const path = this.mounts.pathOf(d);
       if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
-      if (lstatSync(path).ino !== d.ino) throw new Error(`${d.name}: the file at ${d.rel} is not the disk the service knows (it was replaced); it is rescanned, ask again`);
       watch = setInterval(() => void this.watch(e, d.domainId, path, d.ino), WATCH_MS);
       await this.waitUntilFree(e, path, d.name);
       if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);

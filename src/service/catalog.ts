@@ -36,7 +36,7 @@ export class DiskCatalog {
 
   private onMessage(m: BusMessage): void {
     if (m.type === 'disk' || m.type === 'disk-removed') this.dirty.add(m.id);
-    else if (m.type === 'hosts' || m.type === 'policy') this.rebuildAll = true;
+    else if (m.type === 'hosts' || m.type === 'policy' || m.type === 'vms') this.rebuildAll = true;
     else if (m.type === 'resync') this.reload = true;
     else return;
     this.body = undefined;

@@ -12,6 +12,8 @@ import { LiveFeed } from './stream.js';
 import { diskRoutes } from './routes/disks.js';
 import { jobRoutes } from './routes/jobs.js';
 import { clusterRoutes } from './routes/cluster.js';
+import { vmRoutes } from './routes/vms.js';
+import { historyRoutes } from './routes/history.js';
 
 export interface ApiServer {
   app: FastifyInstance;
@@ -64,6 +66,8 @@ export function buildServer(svc: Service): ApiServer {
   diskRoutes(app, svc, auth);
   jobRoutes(app, svc, auth);
   clusterRoutes(app, svc, auth);
+  vmRoutes(app, svc, auth);
+  historyRoutes(app, svc);
 
   app.get('/api/stream', (_req, reply) => {
     reply.hijack();

@@ -38,7 +38,14 @@ export function summarize(map: DiskMapJson): AnalysisSummary {
     n.children.forEach(walk);
   };
   walk(map.root);
-  return { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings, ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}) };
+  return {
+    dataBytes: map.dataBytes,
+    reclaimableBytes: map.reclaimableBytes,
+    snapshotOnlyBytes: map.snapshotOnlyBytes,
+    ...(map.snapshotAdvice ? { snapshotAdvice: map.snapshotAdvice } : {}),
+    warnings: map.warnings,
+    ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}),
+  };
 }
 
 const recordKey = (d: DiskRecord): string => `${d.ino}:${d.size}:${d.mtimeMs}:${d.ctimeMs}:${Math.ceil(d.actualSize / 512)}`;

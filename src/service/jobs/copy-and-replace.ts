@@ -3,7 +3,8 @@
  * refuses writers is held on the original all along, so no VM starts writing to data we are about
  * to replace. The copy is named after the job and the attempt, so a host that takes the job over
  * can remove what an earlier attempt left, and never anything of a later one. The rename happens
- * only after the fence check (`beforeRename`).
+ * only after the fence check (`beforeRename`). The leaf of a backing chain is copied keeping its
+ * backing file: only its own clusters, minus the wholly free ones.
  */
 import { statSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -48,7 +49,9 @@ export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: Disk
     if (orig.ino !== d.ino) throw new Error(`${d.name} changed since it was validated (another file is at its path)`);
     const temp = join(dirname(path), `${tempPrefix(path, job.id)}${job.attempts}.tmp`);
     try {
-      await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero }, events);
+      // The leaf of a chain is copied as a new overlay on the same backing file, beside it, so the backing name means the same file.
+      const keepBacking = d.chain.length > 1;
+      await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero, keepBacking }, events);
       if (events.signal?.aborted) throw new Error('stopped');
       chmodSync(temp, orig.mode & 0o7777);
       try {

@@ -13,7 +13,7 @@ import { describeStore } from './store/store.js';
 import { HostNameInUseError } from './hosts/registry.js';
 import { DataDirInUseError } from './hosts/data-dir-lock.js';
 import { DomainError } from './domains/identity.js';
-import type { Logger } from './context.js';
+import { createLogger } from './logging.js';
 import { SparsifyError } from '../index.js';
 
 function collect(v: string, prev: string[]): string[] {
@@ -37,11 +37,6 @@ function program(): Command {
   return p;
 }
 
-const stderrLogger = (): Logger => {
-  const line = (level: string) => (msg: string) => process.stderr.write(`sparsify serve: ${level === 'info' ? '' : `${level}: `}${msg}\n`);
-  return { info: line('info'), warn: line('warning'), error: line('error') };
-};
-
 export async function serveMain(argv: readonly string[]): Promise<number> {
   const p = program();
   try {
@@ -51,7 +46,6 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     throw e;
   }
   const flags = p.opts<Record<string, unknown> & { seedDemo?: boolean }>();
-  const log = stderrLogger();
   const fail = (msg: string) => {
     process.stderr.write(`sparsify serve: error: ${msg}\n`);
     return 1;
@@ -63,6 +57,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
+  const { log, pino } = createLogger(config.logLevel, config.hostName);
   if (flags.seedDemo) {
     const seeded = await seedDemoDisk(config.domains[0]!);
     if (seeded) log.info(`seeded ${seeded} with the embedded demo disk`);
@@ -79,7 +74,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   let address: string;
   try {
     await svc.start();
-    api = buildServer(svc);
+    api = buildServer(svc, pino);
     address = await api.app.listen({ host: config.host, port: config.port });
   } catch (e) {
     await api?.close().catch(() => undefined);
@@ -104,8 +99,13 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info('stopping');
+      // Whatever hangs (a database that does not answer, a stuck share), the process ends.
+      setTimeout(() => {
+        log.error(`did not stop within ${config.shutdownTimeoutSeconds + 5} s; exiting anyway`);
+        resolveExit(1);
+      }, (config.shutdownTimeoutSeconds + 5) * 1000).unref();
       await api!.close().catch(() => undefined);
-      await svc.stop().catch(() => undefined);
+      await svc.stop(config.shutdownTimeoutSeconds * 1000).catch(() => undefined);
       resolveExit(0);
     };
     process.once('SIGINT', () => void stop());

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { hostname, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { SparsifyMode } from './store/records.js';
+import { LOG_LEVELS, type LogLevel } from './logging.js';
 
 export type { SparsifyMode } from './store/records.js';
 export const MODES: readonly SparsifyMode[] = ['in-place', 'copy-and-replace'];
@@ -48,6 +49,9 @@ export interface ServiceConfig {
   /** Attempts allowed per job (restarts and takeovers) before it is failed. */
   maxAttempts: number;
   policy: PolicyConfig;
+  logLevel: LogLevel;
+  /** On SIGTERM, running jobs get this long to hand themselves back before the process exits anyway. */
+  shutdownTimeoutSeconds: number;
   /** LUKS keys by volume UUID (mode 0600); absent: DATA_DIR/luks-keys when it exists. */
   keysFile?: string;
   /** libvirt connection to read VMs from; undefined: none (see LIBVIRT_SOCKET). */
@@ -107,6 +111,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'defaultMode', flag: 'default-mode', arg: 'mode', env: 'SPARSIFY_DEFAULT_MODE', kind: { t: 'enum', values: MODES }, help: 'mode of a sparsify request that names none', defaultText: 'in-place', set: field('defaultMode') },
   { key: 'onRestart', flag: 'on-restart', arg: 'what', env: 'SPARSIFY_ON_RESTART', kind: { t: 'enum', values: ['rerun', 'fail'] }, help: 'a job this host was running when it died: rerun it or fail it', defaultText: 'rerun', set: field('onRestart') },
   { key: 'maxAttempts', flag: 'max-attempts', arg: 'n', env: 'SPARSIFY_MAX_ATTEMPTS', kind: { t: 'int', min: 1, max: 100 }, help: 'attempts per job (restarts and takeovers) before it fails', defaultText: '3', set: field('maxAttempts') },
+  { key: 'logLevel', flag: 'log-level', arg: 'level', env: 'SPARSIFY_LOG_LEVEL', kind: { t: 'enum', values: LOG_LEVELS }, help: `how much to log, as JSON lines on stderr (${LOG_LEVELS.join(', ')})`, defaultText: 'info', set: field('logLevel') },
+  { key: 'shutdownTimeoutSeconds', flag: 'shutdown-timeout', arg: 's', env: 'SPARSIFY_SHUTDOWN_TIMEOUT', kind: { t: 'int', min: 1, max: 3600 }, help: 'on SIGTERM, running jobs get this long to hand themselves back (they run again elsewhere or after the restart)', defaultText: '10', set: field('shutdownTimeoutSeconds') },
   { key: 'thresholdBytes', flag: 'threshold-bytes', arg: 'n', env: 'SPARSIFY_THRESHOLD_BYTES', kind: { t: 'int', min: 0, max: Number.MAX_SAFE_INTEGER }, help: 'a disk needs sparsify when it can give back at least this many bytes...', defaultText: '1 GiB', set: policy('thresholdBytes') },
   { key: 'thresholdPercent', flag: 'threshold-percent', arg: 'n', env: 'SPARSIFY_THRESHOLD_PERCENT', kind: { t: 'int', min: 0, max: 100 }, help: '...and at least this percentage of its actual size', defaultText: '10', set: policy('thresholdPercent') },
   { key: 'scheduleEnabled', flag: 'schedule', arg: 'bool', env: 'SPARSIFY_SCHEDULE', kind: { t: 'bool' }, help: 'sparsify the disks that need it periodically (once per interval for the whole cluster)', defaultText: 'false', set: policy('scheduleEnabled') },
@@ -131,6 +137,8 @@ export function defaultConfig(dataDir?: string): ServiceConfig {
     defaultMode: 'in-place',
     onRestart: 'rerun',
     maxAttempts: 3,
+    shutdownTimeoutSeconds: 10,
+    logLevel: 'info',
     policy: { thresholdBytes: 1 << 30, thresholdPercent: 10, scheduleEnabled: false, scheduleIntervalSeconds: 3600 },
     libvirtIntervalSeconds: 10,
     testJobDelayMs: 0,

@@ -9,6 +9,7 @@ import type { Store } from './store/store.js';
 import { validateSparsify, allocationOf } from './jobs/validate.js';
 import { needsSparsify } from './policy.js';
 import { vmsOf, type VmIndex, type VmRef } from './vms/attachments.js';
+import { recordKey } from './domains/stat-key.js';
 
 export interface DomainState {
   id: string;
@@ -121,7 +122,8 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
     error: d.error,
     lockedBy: d.lockedBy,
     analysis: {
-      state: d.health === 'illegal' || d.analysisError ? 'failed' : a && d.analysisKey ? 'done' : 'pending',
+      // Pending until an analysis of the file as it is now is stored (after a job: its re-analysis).
+      state: d.health === 'illegal' || (d.analysisError && d.analysisKey === recordKey(d)) ? 'failed' : a && d.analysisKey === recordKey(d) ? 'done' : 'pending',
       analyzedAt: d.analyzedAt,
       dataBytes: a?.dataBytes ?? null,
       reclaimableBytes: a?.reclaimableBytes ?? null,

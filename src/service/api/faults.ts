@@ -5,7 +5,6 @@
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Refusal } from '../jobs/validate.js';
 import { isUnavailable } from '../store/db.js';
-import type { Logger } from '../context.js';
 
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
@@ -28,7 +27,7 @@ export function refuse(reply: FastifyReply, r: Refusal): FastifyReply {
 
 type RouteError = Error & { statusCode?: number; validation?: unknown; validationContext?: string; code?: string };
 
-export function installErrorHandler(app: FastifyInstance, log: Logger): void {
+export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: RouteError, req, reply) => {
     if (err.validation) return fault(reply, 400, 'invalid-request', `${err.validationContext ?? 'request'} ${err.message.replace(/^(body|params|querystring)\s*/, '')}`);
     if (isUnavailable(err)) {
@@ -36,7 +35,7 @@ export function installErrorHandler(app: FastifyInstance, log: Logger): void {
       return fault(reply, 503, 'database-unavailable', 'the database is unavailable right now; running jobs go on and the service reconnects by itself, try again shortly');
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) log.error(`internal error on ${req.method} ${req.url}: ${err.stack ?? err.message}`);
+    if (status === 500) req.log.error({ err }, `internal error on ${req.method} ${req.url}`);
     return fault(reply, status, status === 500 ? 'internal-error' : (err.code ?? 'bad-request'), status === 500 ? 'internal error (see the service log)' : err.message);
   });
 }

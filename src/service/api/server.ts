@@ -2,7 +2,8 @@
  * The HTTP side: the REST API under /api, live updates over server-sent events, the OpenAPI
  * document, and the web UI. Bad input never reaches the service as anything but validated values.
  */
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { randomUUID } from 'node:crypto';
 import type { Service } from '../service.js';
 import { openApiDocument, openApiHtml } from './openapi.js';
 import { StaticFiles, findWebRoot } from '../web/static.js';
@@ -21,9 +22,12 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-export function buildServer(svc: Service): ApiServer {
+export function buildServer(svc: Service, logger?: FastifyBaseLogger): ApiServer {
   const app = Fastify({
-    logger: false,
+    // Each request's lines carry its id: the caller's X-Request-Id, or a new one, sent back.
+    ...(logger ? { loggerInstance: logger } : { logger: false }),
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
     bodyLimit: 64 * 1024,
     // Unknown fields are errors, not silently dropped; no type coercion of bodies.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
@@ -47,7 +51,10 @@ export function buildServer(svc: Service): ApiServer {
     }
   });
 
-  installErrorHandler(app, svc.log);
+  installErrorHandler(app);
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+  });
 
   app.setNotFoundHandler((req, reply) => {
     if (req.url.startsWith('/api/') || req.url === '/api' || req.method !== 'GET') return fault(reply, 404, 'not-found', `no such resource: ${req.method} ${req.url.split('?')[0]}`);

@@ -18,14 +18,11 @@ import type { DiskRecord, BackingRef, AnalysisSummary } from '../store/records.j
 import { isDuplicate } from '../store/disks.js';
 import { heldForWriting, hostDataBytes } from './host-probe.js';
 import type { Mounts, Mount } from './mounts.js';
+import { statKey, recordKey } from './stat-key.js';
 
 const MAX_DEPTH = 6;
 const MAX_FILES = 20_000;
 
-/** What identifies one version of a file on every host (st_dev differs between hosts; the rest does not). */
-export function statKey(st: Pick<Stats, 'ino' | 'size' | 'mtimeMs' | 'ctimeMs' | 'blocks'>): string {
-  return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.blocks}`;
-}
 
 /** The analysis in brief: what the disk list shows. */
 export function summarize(map: DiskMapJson): AnalysisSummary {
@@ -47,8 +44,6 @@ export function summarize(map: DiskMapJson): AnalysisSummary {
     ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}),
   };
 }
-
-const recordKey = (d: DiskRecord): string => `${d.ino}:${d.size}:${d.mtimeMs}:${d.ctimeMs}:${Math.ceil(d.actualSize / 512)}`;
 
 export class Scanner {
   private scanning: Promise<void> | undefined;

@@ -9,7 +9,7 @@
 import { statSync } from 'node:fs';
 import { humanBytes, type OperationEvents } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
-import type { ServiceContext } from '../context.js';
+import type { Logger, ServiceContext } from '../context.js';
 import type { JobRecord, JobStep, StepName } from '../store/records.js';
 import type { Dispatch, JobQueue } from '../queue/types.js';
 import type { Mounts } from '../domains/mounts.js';
@@ -33,6 +33,8 @@ class Stopped extends Error {
 
 interface Running {
   job: JobRecord;
+  /** Every line it logs carries the job's id. */
+  log: Logger;
   fence: Fence;
   ctl: AbortController;
   lastSaved: number;
@@ -81,13 +83,14 @@ export class JobWorker {
     try {
       job = await lifecycle.claim(this.ctx.store, d.jobId, this.ctx.host);
     } catch (e) {
-      this.ctx.log.warn(`job ${d.jobId}: could not claim it (${(e as Error).message}); it will be delivered again`);
+      this.ctx.log.warn(`could not claim the job (${(e as Error).message}); it will be delivered again`, { jobId: d.jobId });
       await d.retry();
       return;
     }
-    await d.ack().catch((e: Error) => this.ctx.log.warn(`job ${d.jobId}: delivery not acknowledged (${e.message}); a second delivery will find it claimed`));
+    await d.ack().catch((e: Error) => this.ctx.log.warn(`delivery not acknowledged (${e.message}); a second delivery will find the job claimed`, { jobId: d.jobId }));
     if (!job) return;
-    const entry: Running = { job, fence: fenceOf(job), ctl: new AbortController(), lastSaved: 0, lastPublished: 0, saving: false, done: Promise.resolve() };
+    const log = this.ctx.log.child({ jobId: job.id, diskId: job.diskId, disk: job.diskName, attempt: job.attempts });
+    const entry: Running = { job, log, fence: fenceOf(job), ctl: new AbortController(), lastSaved: 0, lastPublished: 0, saving: false, done: Promise.resolve() };
     this.running.set(job.id, entry);
     entry.done = this.execute(entry).finally(() => this.running.delete(job!.id));
     await entry.done;
@@ -108,7 +111,7 @@ export class JobWorker {
         throw err;
       }
       if (!isUnavailable(err)) throw err;
-      this.ctx.log.warn(`job ${e.job.id}: state not saved (${(err as Error).message}); it will be with the next write`);
+      e.log.warn(`job state not saved (${(err as Error).message}); the next write carries it`);
     }
     this.publish(e.job);
   }
@@ -151,8 +154,9 @@ export class JobWorker {
   }
 
   private async execute(e: Running): Promise<void> {
-    const { job } = e;
-    const { store, log } = this.ctx;
+    const { job, log } = e;
+    const { store } = this.ctx;
+    log.info(`job started (${job.options.mode})`);
     await this.ctx.record({ severity: 'info', type: 'job-started', diskId: job.diskId, jobId: job.id, message: `Started to sparsify ${job.diskName} on ${this.ctx.host}${job.attempts > 1 ? ` (attempt ${job.attempts})` : ''}` });
     try {
       // validating: the world may have changed since the request was accepted.
@@ -197,8 +201,8 @@ export class JobWorker {
       });
       s.status = 'finished';
       s.endedAt = Date.now();
-      await untilAvailable(() => lifecycle.end(store, job, e.fence, 'finished', null), { onWait: (err) => log.warn(`job ${job.id}: finished; waiting for the database to record it (${err.message})`) });
-      log.info(`job ${job.id} (${job.diskName}) finished on ${this.ctx.host}`);
+      await untilAvailable(() => lifecycle.end(store, job, e.fence, 'finished', null), { onWait: (err) => log.warn(`finished; waiting for the database to record it (${err.message})`) });
+      log.info('job finished', { bytesReclaimed: job.bytesReclaimed, actualBefore: job.actualBefore, actualAfter: job.actualAfter });
       await this.ctx.record({
         severity: 'info',
         type: 'job-succeeded',
@@ -216,13 +220,13 @@ export class JobWorker {
 
   /** How a job that did not finish ends, by what stopped it. */
   private async settleFailure(e: Running, err: unknown): Promise<void> {
-    const { job } = e;
-    const { store, log } = this.ctx;
+    const { job, log } = e;
+    const { store } = this.ctx;
     const reason = err instanceof FencedOut ? 'fenced' : e.ctl.signal.aborted && e.ctl.signal.reason instanceof Stopped ? e.ctl.signal.reason.reason : err instanceof Stopped ? err.reason : undefined;
     try {
       if (reason === 'fenced') {
         // Another host owns the job: write nothing, touch nothing more.
-        log.warn(`job ${job.id} (${job.diskName}): ${new FencedOut(e.fence).message}`);
+        log.warn(new FencedOut(e.fence).message);
         return;
       }
       if (reason === 'shutdown') {
@@ -233,13 +237,13 @@ export class JobWorker {
       const cancelled = reason === 'cancel';
       const msg = cancelled ? 'cancelled at user request' : (err as Error).message;
       await untilAvailable(() => lifecycle.end(store, job, e.fence, cancelled ? 'cancelled' : 'failed', msg), { deadline: this.stopping ? this.deadline : undefined });
-      log.info(`job ${job.id} (${job.diskName}) ${cancelled ? 'cancelled' : `failed: ${msg}`}`);
+      log.info(cancelled ? 'job cancelled' : `job failed: ${msg}`);
       if (cancelled) await this.ctx.record({ severity: 'info', type: 'job-cancelled', diskId: job.diskId, jobId: job.id, message: `Sparsify of ${job.diskName} was cancelled; the disk is unchanged` });
       else await this.ctx.record({ severity: 'error', type: 'job-failed', diskId: job.diskId, jobId: job.id, message: `Failed to sparsify ${job.diskName}: ${msg}` });
     } catch (e2) {
-      if (e2 instanceof FencedOut) log.warn(`job ${job.id}: ${e2.message}`);
+      if (e2 instanceof FencedOut) log.warn(e2.message);
       // Not recorded (the database stayed away past the shutdown): this host reruns it at its next start, or another takes it over.
-      else log.error(`job ${job.id}: its end could not be recorded: ${(e2 as Error).message}`);
+      else log.error(`the job's end could not be recorded: ${(e2 as Error).message}`);
     }
   }
 

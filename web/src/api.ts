@@ -19,13 +19,19 @@ export interface Disk {
   analysis: {
     state: 'pending' | 'done' | 'failed';
     dataBytes: number | null;
+    /** Free in the guest and held by the disk's own file: what sparsify gives back. */
     reclaimableBytes: number | null;
+    /** Free in the guest but held only by earlier snapshots (backing files): not reclaimable before a merge. */
+    snapshotOnlyBytes: number | null;
+    snapshotAdvice: string | null;
     warnings: string[];
     error: string | null;
     /** LUKS volumes: opened with a key from the service's keys file, or kept whole for want of one. */
     encrypted: { opened: number; keptWhole: number } | null;
   };
   reclaimableBytes: number | null;
+  /** The VMs that use it, with their state (every host's libvirt). */
+  vms: Array<{ id: string; name: string; host: string; state: string; target: string }>;
   needsSparsify: boolean;
   sparsify: { allowed: boolean; mode: string; status?: number; code?: string; reason?: string };
 }
@@ -116,7 +122,7 @@ export function setToken(t: string): void {
   localStorage.setItem(TOKEN_KEY, t);
 }
 
-async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
+export async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = {};
   const token = getToken();
   if (token && method !== 'GET') headers.authorization = `Bearer ${token}`;

@@ -97,7 +97,7 @@ export class Service {
     this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await domainStates(store)).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.policy = new Policy(this.ctx, (diskId) => this.submit(diskId, {}, 'schedule'));
     this.cluster = new ClusterState(store, bus, () => this.policy.get());
-    this.vmInventory = new VmInventory(this.ctx, this.mounts, config.libvirt, config.libvirtIntervalSeconds);
+    this.vmInventory = new VmInventory(this.ctx, this.mounts, config.libvirt, config.libvirtIntervalSeconds, (id) => this.scanner.refreshDisk(id));
     this.vms = new VmAttachments(store, bus);
     this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() }));
   }

@@ -5,11 +5,24 @@ export interface Series {
   name: string;
   points: Point[];
   color: string;
+  /** A value holds until the next point (drawn flat, then straight up or down). */
+  step?: boolean;
+}
+
+/** The corners a step line passes through. */
+function stepped(points: Point[]): Point[] {
+  const out: Point[] = [];
+  for (const p of points) {
+    const last = out[out.length - 1];
+    if (last && last[1] !== p[1]) out.push([p[0], last[1]]);
+    out.push(p);
+  }
+  return out;
 }
 
 const W = 640;
 const H = 220;
-const PAD = { left: 70, right: 12, top: 10, bottom: 28 };
+const PAD = { left: 70, right: 24, top: 10, bottom: 28 };
 const COLORS = ['#2563eb', '#f59e0b', '#15803d', '#b91c1c', '#7c3aed', '#0891b2', '#be185d', '#4d7c0f'];
 
 export const seriesColor = (i: number): string => COLORS[i % COLORS.length]!;
@@ -53,15 +66,15 @@ export function LineChart(props: { title: string; series: Series[]; from: number
             </text>
           </g>
         ))}
-        {xTicks.map((t) => (
-          <text key={t} x={x(t)} y={H - 8} textAnchor="middle" className="tick">
+        {xTicks.map((t, i) => (
+          <text key={t} x={x(t)} y={H - 8} textAnchor={i === 0 ? 'start' : i === xTicks.length - 1 ? 'end' : 'middle'} className="tick">
             {timeLabel(t, span)}
           </text>
         ))}
         {props.series.map((s) =>
           s.points.length ? (
             <g key={s.name} data-testid="chart-series" data-series={s.name}>
-              <polyline fill="none" stroke={s.color} strokeWidth={2} points={s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ')} />
+              <polyline fill="none" stroke={s.color} strokeWidth={2} points={(s.step ? stepped(s.points) : s.points).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ')} />
               {s.points.length < 60 && s.points.map((p, i) => <circle key={i} cx={x(p[0])} cy={y(p[1])} r={2.5} fill={s.color} />)}
             </g>
           ) : null,

@@ -26,8 +26,8 @@ export function HistoryView({ version }: { version: number }) {
   }, [days, version]);
 
   const total = h?.reclaimed.length ? h.reclaimed[h.reclaimed.length - 1]![1] : 0;
-  const reclaimed = h ? [{ name: 'given back', color: seriesColor(1), points: [[h.since, 0] as [number, number], ...h.reclaimed, [h.now, total] as [number, number]] }] : [];
-  const domains = h ? h.domains.map((d, i) => ({ name: d.name, color: seriesColor(i === 1 ? 7 : i), points: d.points })) : [];
+  const reclaimed = h ? [{ name: 'given back', color: seriesColor(1), step: true, points: [[h.since, 0] as [number, number], ...h.reclaimed, [h.now, total] as [number, number]] }] : [];
+  const domains = h ? h.domains.map((d, i) => ({ name: d.name, color: seriesColor(i === 1 ? 7 : i), step: true, points: d.points })) : [];
   return (
     <div className="history" data-testid="history-view">
       <div className="toolbar">

@@ -16,7 +16,7 @@ export interface HistoryView {
   jobs: number;
   /** Bytes given back, summed from `since`: one point per finished job that gave something back. */
   reclaimed: Point[];
-  /** Each domain's actual size: a point before and after each job, and the size now last. */
+  /** Each domain's actual size, each value holding until the next point: at `since`, after each job, and now. */
   domains: Array<{ id: string; name: string; actualBytes: number; points: Point[] }>;
 }
 
@@ -42,10 +42,8 @@ export function historySeries(jobs: readonly JobRecord[], disks: readonly DiskRe
     let after = current;
     for (const j of [...done].reverse()) {
       if (j.domainId !== id || j.actualBefore === null || j.actualAfter === null) continue;
-      const before = Math.max(0, after + (j.actualBefore - j.actualAfter));
-      // A step at the job's end: the size after it, and just before it.
-      points.push([j.endedAt!, after], [Math.max(since, j.endedAt! - 1), before]);
-      after = before;
+      points.push([j.endedAt!, after]);
+      after = Math.max(0, after + (j.actualBefore - j.actualAfter));
     }
     points.push([since, after]);
     points.reverse();

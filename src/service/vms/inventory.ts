@@ -29,6 +29,8 @@ export class VmInventory {
     /** The libvirt connection; undefined: this host reads no VMs. */
     readonly uri: string | undefined,
     private readonly intervalSeconds: number,
+    /** Re-probe a disk now (its QEMU lock went or came with its VM). */
+    private readonly refreshDisk: (id: string) => Promise<unknown>,
     private readonly read: VmReader = readVms,
   ) {}
 
@@ -125,7 +127,10 @@ export class VmInventory {
     await this.announceDisks(before, vms);
   }
 
-  /** Each disk whose VM came, went or changed state: its view changes (status, the Sparsify button). */
+  /**
+   * Each disk whose VM came, went or changed state: its view changes (status, the Sparsify
+   * button), and so may QEMU's lock on it, so it is probed again here (the VM's host reaches it).
+   */
   private async announceDisks(before: VmRecord[], after: VmRecord[]): Promise<void> {
     const states = (list: VmRecord[]) => {
       const m = new Map<string, string>();
@@ -138,7 +143,9 @@ export class VmInventory {
       if (a.get(key) === b.get(key)) continue;
       const [domainId, rel] = key.split('\u0000') as [string, string];
       const disk = await this.ctx.store.disks.findAt(domainId, rel).catch(() => undefined);
-      if (disk) this.ctx.bus.publish({ type: 'disk', id: disk.id });
+      if (!disk) continue;
+      await this.refreshDisk(disk.id).catch(() => undefined);
+      this.ctx.bus.publish({ type: 'disk', id: disk.id });
     }
   }
 }

@@ -1,5 +1,5 @@
 /** The API described as OpenAPI 3.0, served at /api/docs (JSON, or a readable page for browsers). */
-import { idParams, sparsifyBody, allocationBody, jobsQuery, eventsQuery, disksQuery, policyBody } from './schemas.js';
+import { idParams, sparsifyBody, allocationBody, jobsQuery, eventsQuery, disksQuery, policyBody, vmsQuery, vmParams, historyQuery } from './schemas.js';
 
 const fault = {
   description: 'The request was refused',
@@ -89,8 +89,9 @@ export function openApiDocument(version: string): object {
         post: {
           summary: 'Sparsify the disk in a job',
           description:
-            'Checked in order, first failure wins: 404 unknown disk; 409 in use by a running VM (QEMU write lock); 409 illegal (unreadable); ' +
-            '400 format or storage cannot discard; 400 preallocated; 400 not a single volume (backing chain or internal snapshots); 409 locked by another job; 409 has derived disks. ' +
+            'Checked in order, first failure wins: 404 unknown disk; 409 attached to a VM that is not down (vm-not-down, naming it); 409 in use (QEMU write lock); 409 illegal (unreadable); ' +
+            '400 format or storage cannot discard; 400 preallocated; 400 a backing chain that is not qcow2, or internal snapshots; 409 locked by another job; 409 has derived disks. ' +
+            'The leaf of a qcow2 chain is sparsified keeping its backing file (only its own clusters are given back). ' +
             'Then 202 with the job; the disk stays locked until the job ends.',
           security: secured,
           parameters: idParam,
@@ -114,6 +115,22 @@ export function openApiDocument(version: string): object {
       '/api/policy': {
         get: { summary: 'The "needs sparsify" threshold and the schedule', responses: { 200: json('Policy', 'The policy') } },
         put: { summary: 'Change the policy', security: secured, requestBody: { content: { 'application/json': { schema: policyBody } } }, responses: { 200: json('Policy', 'The policy'), 400: fault, 401: fault } },
+      },
+      '/api/vms': {
+        get: {
+          summary: "Every host's VMs (read from its libvirt) with their state and disks; each disk of a storage domain carries its diskId",
+          parameters: queryParams(vmsQuery),
+          responses: { 200: { description: '{"vms": [{id, name, host, state, reason, up, disks: [{target, device, type, source, diskId, domainId, path}]}], "sources": [{host, uri, error, refreshedAt, changedAt}]}' }, 400: fault },
+        },
+      },
+      '/api/vms/{id}': { get: { summary: 'One VM by its libvirt UUID (as each host that knows it reports it)', parameters: [{ name: 'id', in: 'path', required: true, schema: vmParams.properties.id }], responses: { 200: { description: '{"vms": [...]}' }, 400: fault, 404: fault } } },
+      '/api/vms/refresh': { post: { summary: 'Read the VMs from libvirt now, on every host', security: secured, responses: { 200: { description: 'The VMs, as GET /api/vms' }, 401: fault } } },
+      '/api/history': {
+        get: {
+          summary: 'The job history as chart series: space given back (summed) and each domain’s actual size as the jobs changed it',
+          parameters: queryParams(historyQuery),
+          responses: { 200: { description: '{"since", "now", "jobs", "reclaimed": [[ms, bytes]], "domains": [{id, name, actualBytes, points: [[ms, bytes]]}]}' }, 400: fault },
+        },
       },
       '/api/info': { get: { summary: 'Version, domains, default mode', responses: { 200: { description: 'Service facts' } } } },
       '/api/docs': { get: { summary: 'This document', responses: { 200: { description: 'OpenAPI 3 (JSON), or a page when a browser asks' } } } },

@@ -39,6 +39,8 @@ import { historySeries, type HistoryView } from './history/series.js';
 
 /** A sparsify request waits this long at most for this host's libvirt to be read again. */
 const VM_REFRESH_WAIT_MS = 5000;
+/** The schedule submits many disks at once: a read this recent will do for it (a person's request always reads again). */
+const VM_READ_MAX_AGE_SCHEDULE_MS = 10_000;
 
 /**
  * The LUKS keys file: the configured one (it must exist), or DATA_DIR/luks-keys when present. It
@@ -249,7 +251,7 @@ export class Service {
         scanner: this.scanner,
         queue: this.queue,
         domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false },
-        vmsOf: (d) => this.freshVmsOf(d),
+        vmsOf: (d) => this.freshVmsOf(d, origin === 'schedule' ? VM_READ_MAX_AGE_SCHEDULE_MS : 0),
       },
       diskId,
       options,
@@ -259,9 +261,9 @@ export class Service {
   }
 
   /** The VMs that use a disk, after reading this host's libvirt again (bounded: a slow libvirtd leaves the last read). */
-  private async freshVmsOf(d: { domainId: string; rel: string }): Promise<VmRef[]> {
+  private async freshVmsOf(d: { domainId: string; rel: string }, maxAgeMs: number): Promise<VmRef[]> {
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.vmInventory.refresh(), new Promise((r) => (timer = setTimeout(r, VM_REFRESH_WAIT_MS)))]);
+    await Promise.race([this.vmInventory.refreshIfOlder(maxAgeMs), new Promise((r) => (timer = setTimeout(r, VM_REFRESH_WAIT_MS)))]);
     clearTimeout(timer);
     return vmsOf(await this.vms.index(), d);
   }

@@ -22,6 +22,8 @@ export class VmInventory {
   /** What was last written, to write only changes. */
   private last: { json: string; vms: VmRecord[] } | undefined;
   private lastError: string | null = null;
+  /** When the last read began that succeeded. */
+  private readAt = 0;
 
   constructor(
     private readonly ctx: ServiceContext,
@@ -68,6 +70,11 @@ export class VmInventory {
     return this.reading;
   }
 
+  /** Read again unless a read that began less than `maxAgeMs` ago succeeded (a burst of requests shares one read). */
+  refreshIfOlder(maxAgeMs: number): Promise<void> {
+    return Date.now() - this.readAt < maxAgeMs ? this.settled() : this.refresh();
+  }
+
   /** The read under way, if any (without asking for another). */
   settled(): Promise<void> {
     return this.reading ?? Promise.resolve();
@@ -91,8 +98,10 @@ export class VmInventory {
   private async readOnce(uri: string): Promise<void> {
     const { store, bus, log, host } = this.ctx;
     let found: LibvirtVm[];
+    const began = Date.now();
     try {
       found = await this.read(uri);
+      this.readAt = began;
     } catch (e) {
       const msg = (e as Error).message;
       if (msg !== this.lastError) log.warn(`VMs not read: ${msg}; the last known VMs of ${host} stay as they were`);

@@ -118,7 +118,11 @@ export async function readVms(uri: string): Promise<LibvirtVm[]> {
   if (!uuids.length) return [];
   const script = uuids.map((u) => `echo @@info@@; dominfo ${u}; echo @@state@@; domstate ${u} --reason; echo @@disks@@; domblklist ${u} --details`).join('; ');
   // A VM undefined between the two calls makes virsh exit non-zero after printing the others.
-  const text = await virsh(uri, script, true);
+  return parseVms(await virsh(uri, script, true));
+}
+
+/** The output of the per-VM script (`@@info@@` dominfo, `@@state@@` domstate --reason, `@@disks@@` domblklist --details), VM after VM. */
+export function parseVms(text: string): LibvirtVm[] {
   const vms: LibvirtVm[] = [];
   let cur: Map<string, string> | undefined;
   const flush = () => {

@@ -6,7 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { loadConfig, ConfigError, SETTINGS, type ServiceConfig } from './config.js';
 import { Service } from './service.js';
-import { buildServer, type ApiServer } from './api/server.js';
+import { buildServer, isLoopback, type ApiServer } from './api/server.js';
 import { seedDemoDisk } from './demo-seed.js';
 import { DbFatalError } from './store/db.js';
 import { describeStore } from './store/store.js';
@@ -74,7 +74,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   let address: string;
   try {
     await svc.start();
-    api = buildServer(svc, pino);
+    api = await buildServer(svc, pino);
     address = await api.app.listen({ host: config.host, port: config.port });
   } catch (e) {
     await api?.close().catch(() => undefined);
@@ -89,8 +89,8 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   out(`host ${config.hostName}; ${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}; domains ${svc.mounts.list().map((d) => `${d.root} (${d.id})`).join(', ')}`);
   if (svc.tokenGenerated) out(`generated an API token (kept in ${config.dataDir}/token): ${svc.token}`);
   out(`open ${base}/#token=${svc.token}`);
-  if (config.host !== '127.0.0.1' && config.host !== 'localhost' && config.host !== '::1') {
-    out(`warning: listening on ${config.host}, not only localhost; anyone who can reach it can read the disk list`);
+  if (!isLoopback(config.host)) {
+    out(`listening beyond localhost: every call needs the token, reads included (GET /api/health does not)${config.tlsCert ? '' : '; without --tls-cert/--tls-key the token travels in clear'}`);
   }
 
   return new Promise<number>((resolveExit) => {

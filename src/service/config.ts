@@ -31,6 +31,11 @@ export interface ServiceConfig {
   port: number;
   /** Token for mutating calls; generated and kept in the data folder when absent. */
   token?: string;
+  /** A read-only token for /metrics (Prometheus scrapers), besides the service token. */
+  metricsToken?: string;
+  /** HTTPS: certificate and key files (PEM); both or neither. */
+  tlsCert?: string;
+  tlsKey?: string;
   /** postgres://... for a cluster; absent: SQLite in the data folder. Never printed. */
   database?: string;
   /** This host's name in the cluster. */
@@ -102,6 +107,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'host', flag: 'host', arg: 'addr', env: 'SPARSIFY_HOST', kind: { t: 'string', min: 1 }, help: 'address to listen on', defaultText: '127.0.0.1: localhost only', set: field('host') },
   { key: 'port', flag: 'port', arg: 'n', env: 'SPARSIFY_PORT', kind: { t: 'int', min: 0, max: 65535 }, help: 'port (0: any free port)', defaultText: '8080', set: field('port') },
   { key: 'token', flag: 'token', arg: 'secret', env: 'SPARSIFY_TOKEN', kind: { t: 'string', min: 8, what: 'a token has at least 8 characters' }, help: 'token for calls that change anything', defaultText: 'generated at first start, kept in DATA_DIR/token', set: field('token') },
+  { key: 'metricsToken', flag: 'metrics-token', arg: 'secret', env: 'SPARSIFY_METRICS_TOKEN', kind: { t: 'string', min: 8, what: 'a token has at least 8 characters' }, help: 'read-only token that /metrics also accepts (for Prometheus)', defaultText: 'none: /metrics takes the service token', set: field('metricsToken') },
+  { key: 'tlsCert', flag: 'tls-cert', arg: 'file', env: 'SPARSIFY_TLS_CERT', kind: { t: 'path' }, help: 'serve HTTPS with this certificate (PEM; with --tls-key)', defaultText: 'HTTP', set: field('tlsCert') },
+  { key: 'tlsKey', flag: 'tls-key', arg: 'file', env: 'SPARSIFY_TLS_KEY', kind: { t: 'path' }, help: 'the private key of --tls-cert (PEM)', defaultText: 'HTTP', set: field('tlsKey') },
   { key: 'database', flag: 'database', arg: 'url', env: 'SPARSIFY_DATABASE_URL', kind: { t: 'string', pattern: /^postgres(ql)?:\/\//, what: 'expected a postgres:// or postgresql:// URL' }, help: 'PostgreSQL shared by the hosts of a cluster (never printed)', defaultText: 'SQLite in the data folder', set: field('database') },
   { key: 'hostName', flag: 'host-name', arg: 'name', env: 'SPARSIFY_HOST_NAME', kind: { t: 'string', min: 1, pattern: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, what: 'letters, digits, dot, dash and underscore, up to 63' }, help: "this host's name in the cluster", defaultText: "the machine's hostname", set: field('hostName') },
   { key: 'concurrency', flag: 'concurrency', arg: 'n', env: 'SPARSIFY_CONCURRENCY', kind: { t: 'int', min: 1, max: 64 }, help: 'jobs this host runs at once', defaultText: '1', set: field('concurrency') },
@@ -151,7 +159,7 @@ export const LIBVIRT_SOCKET = '/run/libvirt/libvirt-sock';
 /** Check and convert one value; `name` says where it came from. Never echoes a secret. */
 function convert(s: Setting, v: unknown, name: string): unknown {
   const k = s.kind;
-  const secret = s.key === 'token' || s.key === 'database';
+  const secret = s.key === 'token' || s.key === 'database' || s.key === 'metricsToken';
   const shown = secret ? '(hidden)' : JSON.stringify(v);
   switch (k.t) {
     case 'path':
@@ -218,6 +226,7 @@ export function loadConfig(src: ConfigSources): ServiceConfig {
     if (v === undefined || (Array.isArray(v) && !v.length)) continue;
     s.set(c, convert(s, v, `flag --${s.flag ?? s.key}`));
   }
+  if (!c.tlsCert !== !c.tlsKey) throw new ConfigError('--tls-cert and --tls-key go together: give both, or neither');
   // No domain given anywhere: one under the data folder, so it works out of the box.
   if (!c.domains.length) c.domains = [join(c.dataDir, 'images')];
   if (c.libvirt === undefined && existsSync(LIBVIRT_SOCKET)) c.libvirt = 'qemu:///system';

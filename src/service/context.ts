@@ -4,6 +4,7 @@ import type { Bus } from './bus.js';
 import type { ServiceConfig } from './config.js';
 import type { EventRecord, NewEvent } from './store/records.js';
 import { isUnavailable } from './store/db.js';
+import type { Metrics } from './metrics.js';
 
 /** A structured logger (pino underneath): a message, and fields that go in the JSON line. */
 export interface Logger {
@@ -22,6 +23,7 @@ export interface ServiceContext {
   /** This host's name in the cluster. */
   readonly host: string;
   readonly log: Logger;
+  readonly metrics: Metrics;
   /** Record an event and tell every host; never throws (an event lost while the database is away is logged). */
   record(e: NewEvent): Promise<EventRecord | undefined>;
 }

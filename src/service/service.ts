@@ -30,6 +30,7 @@ import { Policy } from './policy.js';
 import { DiskCatalog } from './catalog.js';
 import { EnginePool } from './engine/pool.js';
 import { ClusterState } from './cluster-state.js';
+import { Metrics } from './metrics.js';
 import { diskView, domainStates, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 import { VmInventory } from './vms/inventory.js';
@@ -84,7 +85,7 @@ export class Service {
     /** The LUKS keys file in use, checked at start. */
     readonly keysFile: string | undefined,
   ) {
-    this.ctx = { store, bus, config, host: config.hostName, log, record: eventRecorder(store, bus, config.hostName, log) };
+    this.ctx = { store, bus, config, host: config.hostName, log, metrics: new Metrics(store, () => this.catalog.list()), record: eventRecorder(store, bus, config.hostName, log) };
     const t = this.loadToken();
     this.token = t.token;
     this.tokenGenerated = t.generated;

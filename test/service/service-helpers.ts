@@ -77,7 +77,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const url = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`server did not start in time:\n${out}`)), 30_000);
     const check = () => {
-      const m = /listening on (http:\/\/[^\s]+)/.exec(out);
+      const m = /listening on (https?:\/\/[^\s]+)/.exec(out);
       if (m) {
         clearTimeout(t);
         resolve(m[1]!);

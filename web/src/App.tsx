@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from 'react';
-import { api, openStream, getToken, setToken, bytes, newerJob, type Disk, type Job, type ServiceEvent, type Info, type Host } from './api';
+import { api, openStream, getToken, setToken, bytes, newerJob, ApiError, type Disk, type Job, type ServiceEvent, type Info, type Host } from './api';
 import { DisksTable, type SortKey } from './DisksTable';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
@@ -48,6 +48,8 @@ export function App() {
         setJobs((m) => new Map(j.map((x) => [x.id, newerJob(m.get(x.id), x)])));
         setEvents(e);
       } catch (err) {
+        // A service reachable from the network wants the token for reads too.
+        if (err instanceof ApiError && err.status === 401) setHasToken(false);
         setMessage(`Cannot reach the service: ${(err as Error).message}`);
       }
     };
@@ -165,6 +167,8 @@ export function App() {
             if (typeof v === 'string' && v.trim()) {
               setToken(v.trim());
               setHasToken(true);
+              // Reads may have been refused without it: start over with the token.
+              location.reload();
             }
           }}
         >

@@ -122,10 +122,14 @@ export function setToken(t: string): void {
   localStorage.setItem(TOKEN_KEY, t);
 }
 
-export async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
-  const headers: Record<string, string> = {};
+function authHeaders(): Record<string, string> {
   const token = getToken();
-  if (token && method !== 'GET') headers.authorization = `Bearer ${token}`;
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+export async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
+  // Every call carries the token: a service that listens beyond localhost wants it for reads too.
+  const headers: Record<string, string> = authHeaders();
   if (body !== undefined) headers['content-type'] = 'application/json';
   const res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = (await res.json().catch(() => ({}))) as { fault?: { detail?: string } };
@@ -172,19 +176,63 @@ export interface StreamHandlers {
   connected: (ok: boolean) => void;
 }
 
+/**
+ * The live stream, read with fetch so it can carry the token (EventSource cannot send headers);
+ * reconnects 2 s after it drops, as EventSource would.
+ */
 export function openStream(h: StreamHandlers): () => void {
-  const es = new EventSource('/api/stream');
-  const on = <T,>(type: string, fn: (v: T) => void) => es.addEventListener(type, (e) => fn(JSON.parse((e as MessageEvent<string>).data) as T));
-  on<Disk>('disk', h.disk);
-  on<{ id: string }>('disk-removed', (v) => h.diskRemoved(v.id));
-  on<Job>('job', h.job);
-  on<{ jobId: string; done: number; total: number }>('progress', h.progress);
-  on<ServiceEvent>('event', h.event);
-  on<object>('hosts', () => h.hosts());
-  on<object>('resync', () => h.resync());
-  es.onopen = () => h.connected(true);
-  es.onerror = () => h.connected(false);
-  return () => es.close();
+  let closed = false;
+  let ctl: AbortController | undefined;
+  const dispatch = (type: string, data: string) => {
+    const v = JSON.parse(data) as unknown;
+    if (type === 'disk') h.disk(v as Disk);
+    else if (type === 'disk-removed') h.diskRemoved((v as { id: string }).id);
+    else if (type === 'job') h.job(v as Job);
+    else if (type === 'progress') h.progress(v as { jobId: string; done: number; total: number });
+    else if (type === 'event') h.event(v as ServiceEvent);
+    else if (type === 'hosts') h.hosts();
+    else if (type === 'resync') h.resync();
+  };
+  const connect = async () => {
+    while (!closed) {
+      ctl = new AbortController();
+      try {
+        const res = await fetch('/api/stream', { headers: authHeaders(), signal: ctl.signal });
+        if (!res.ok || !res.body) throw new Error(`${res.status}`);
+        h.connected(true);
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += decoder.decode(value, { stream: true });
+          let end: number;
+          while ((end = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, end);
+            buf = buf.slice(end + 2);
+            let type = 'message';
+            const data: string[] = [];
+            for (const line of block.split('\n')) {
+              if (line.startsWith('event: ')) type = line.slice(7);
+              else if (line.startsWith('data: ')) data.push(line.slice(6));
+            }
+            if (data.length) dispatch(type, data.join('\n'));
+          }
+        }
+      } catch {
+        // dropped, refused or aborted: try again below
+      }
+      if (closed) return;
+      h.connected(false);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  };
+  void connect();
+  return () => {
+    closed = true;
+    ctl?.abort();
+  };
 }
 
 export function bytes(n: number | null | undefined): string {

@@ -1,15 +1,19 @@
 /**
- * The HTTP side: the REST API under /api, live updates over server-sent events, the OpenAPI
- * document, and the web UI. Bad input never reaches the service as anything but validated values.
+ * The HTTP side: the REST API under /api (documented from its own schemas at /api/docs), live
+ * updates over server-sent events, Prometheus metrics, and the web UI; HTTPS when given a
+ * certificate. Calls that change anything need the token; when the service listens beyond
+ * localhost, every call does, reads included, except the health check. Bad input never reaches
+ * the service as anything but validated values.
  */
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { Service } from '../service.js';
-import { openApiDocument, openApiHtml } from './openapi.js';
 import { StaticFiles, findWebRoot } from '../web/static.js';
 import { fault, installErrorHandler } from './faults.js';
-import { requireToken } from './auth.js';
+import { requireToken, readGuard } from './auth.js';
 import { LiveFeed } from './stream.js';
+import { registerDocs } from './docs.js';
 import { diskRoutes } from './routes/disks.js';
 import { jobRoutes } from './routes/jobs.js';
 import { clusterRoutes } from './routes/cluster.js';
@@ -22,8 +26,16 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-export function buildServer(svc: Service, logger?: FastifyBaseLogger): ApiServer {
+/** Is `host` an address only this machine can reach? Then reads need no token. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Promise<ApiServer> {
+  const { config } = svc;
+  const https = config.tlsCert && config.tlsKey ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) } : undefined;
   const app = Fastify({
+    ...(https ? { https } : {}),
     // Each request's lines carry its id: the caller's X-Request-Id, or a new one, sent back.
     ...(logger ? { loggerInstance: logger } : { logger: false }),
     requestIdHeader: 'x-request-id',
@@ -31,9 +43,10 @@ export function buildServer(svc: Service, logger?: FastifyBaseLogger): ApiServer
     bodyLimit: 64 * 1024,
     // Unknown fields are errors, not silently dropped; no type coercion of bodies.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-  });
+  }) as unknown as FastifyInstance;
+  // Response schemas document the API; what is sent is the object as it is.
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
   const web = new StaticFiles(findWebRoot());
-  const doc = openApiDocument(svc.version);
   const feed = new LiveFeed(svc);
   const auth = requireToken(svc.token);
 
@@ -52,8 +65,13 @@ export function buildServer(svc: Service, logger?: FastifyBaseLogger): ApiServer
   });
 
   installErrorHandler(app);
+  if (!isLoopback(config.host)) app.addHook('onRequest', readGuard(svc.token, config.metricsToken));
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url;
+    if (route) svc.ctx.metrics.request(req.method, route, reply.statusCode, reply.elapsedTime / 1000);
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -65,18 +83,14 @@ export function buildServer(svc: Service, logger?: FastifyBaseLogger): ApiServer
     return reply.type(f.type).send(f.body);
   });
 
-  app.get('/api/docs', async (req: FastifyRequest<{ Querystring: { format?: string } }>, reply) => {
-    const wantsHtml = req.query.format !== 'json' && /text\/html/.test(req.headers.accept ?? '');
-    return wantsHtml ? reply.type('text/html; charset=utf-8').send(openApiHtml(doc)) : reply.send(doc);
-  });
-
+  await registerDocs(app, svc.version);
   diskRoutes(app, svc, auth);
   jobRoutes(app, svc, auth);
   clusterRoutes(app, svc, auth);
   vmRoutes(app, svc, auth);
   historyRoutes(app, svc);
 
-  app.get('/api/stream', (_req, reply) => {
+  app.get('/api/stream', { schema: { tags: ['cluster'], summary: 'Server-sent events: disk, job, progress, event and hosts messages of every host' } }, (_req: FastifyRequest, reply) => {
     reply.hijack();
     feed.attach(reply.raw);
   });

@@ -38,6 +38,7 @@ export function summarize(map: DiskMapJson): AnalysisSummary {
   return {
     dataBytes: map.dataBytes,
     reclaimableBytes: map.reclaimableBytes,
+    ownDataBytes: map.ownDataBytes,
     snapshotOnlyBytes: map.snapshotOnlyBytes,
     ...(map.snapshotAdvice ? { snapshotAdvice: map.snapshotAdvice } : {}),
     warnings: map.warnings,

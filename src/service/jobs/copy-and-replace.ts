@@ -6,9 +6,9 @@
  * only after the fence check (`beforeRename`). The leaf of a backing chain is copied keeping its
  * backing file: only its own clusters, minus the wholly free ones.
  */
-import { statSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
+import { statSync, statfsSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { acquireImageLock, READ_LOCK, type OperationEvents } from '../../index.js';
+import { acquireImageLock, READ_LOCK, humanBytes, type OperationEvents } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { DiskRecord, JobRecord } from '../store/records.js';
 
@@ -39,6 +39,24 @@ export function removeTemps(diskPath: string, jobId: string, which: { below?: nu
   }
 }
 
+/**
+ * The space the copy will take: what the disk holds now less what it gives back, and a margin for
+ * the format's own tables. From the stored analysis; without one, the disk's actual size.
+ */
+export function copyNeeds(d: DiskRecord): number {
+  // The leaf of a chain is copied keeping its backing file: only its own data goes into the copy.
+  const a = d.analysis;
+  const data = a ? (d.chain.length > 1 ? a.ownDataBytes : a.dataBytes) : undefined;
+  const keep = a && data !== undefined ? Math.max(0, data - a.reclaimableBytes) : d.actualSize;
+  return Math.ceil(keep * 1.01) + (1 << 20);
+}
+
+/** Free bytes for an unprivileged writer in the folder's filesystem. */
+function available(dir: string): number {
+  const st = statfsSync(dir);
+  return st.bavail * st.bsize;
+}
+
 export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: DiskRecord, path: string, events: OperationEvents, beforeRename: () => Promise<void>): Promise<void> {
   // What a dead host's attempt left beside the disk goes first.
   removeTemps(path, job.id, { below: job.attempts });
@@ -48,10 +66,19 @@ export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: Disk
     const orig = fstatSync(guard);
     if (orig.ino !== d.ino) throw new Error(`${d.name} changed since it was validated (another file is at its path)`);
     const temp = join(dirname(path), `${tempPrefix(path, job.id)}${job.attempts}.tmp`);
+    const needs = copyNeeds(d);
+    const free = available(dirname(path));
+    const noSpace = () => new Error(`not enough free space beside ${d.name} for its sparse copy: it needs about ${humanBytes(needs)} (${needs} bytes), ${humanBytes(free)} (${free} bytes) were free; free some space or use mode in-place`);
+    if (free < needs) throw noSpace();
     try {
       // The leaf of a chain is copied as a new overlay on the same backing file, beside it, so the backing name means the same file.
       const keepBacking = d.chain.length > 1;
-      await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero, keepBacking }, events);
+      try {
+        await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero, keepBacking }, events);
+      } catch (e) {
+        if (/ENOSPC|no space left/i.test((e as Error).message)) throw noSpace();
+        throw e;
+      }
       if (events.signal?.aborted) throw new Error('stopped');
       chmodSync(temp, orig.mode & 0o7777);
       try {

@@ -6,7 +6,7 @@
  * handed back and runs again elsewhere or after the restart). While the database is away the job
  * goes on; its state is written when it is back.
  */
-import { statSync } from 'node:fs';
+import { statSync, lstatSync } from 'node:fs';
 import { humanBytes, type OperationEvents } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { Logger, ServiceContext } from '../context.js';
@@ -23,13 +23,21 @@ import { copyAndReplace } from './copy-and-replace.js';
 import { sleep, untilAvailable } from './retry.js';
 
 
-type StopReason = 'cancel' | 'shutdown' | 'fenced';
+type StopReason = 'cancel' | 'shutdown' | 'fenced' | 'lost';
+
+const STOP_TEXT: Record<StopReason, string> = { cancel: 'cancelled at user request', shutdown: 'the host is stopping', fenced: 'taken over by another host', lost: 'the disk went away' };
 
 class Stopped extends Error {
-  constructor(readonly reason: StopReason) {
-    super(reason === 'cancel' ? 'cancelled at user request' : reason === 'shutdown' ? 'the host is stopping' : 'taken over by another host');
+  constructor(
+    readonly reason: StopReason,
+    detail?: string,
+  ) {
+    super(detail ?? STOP_TEXT[reason]);
   }
 }
+
+/** How often a running job checks that its file is still the disk, and its domain still there. */
+const WATCH_MS = 1000;
 
 interface Running {
   job: JobRecord;
@@ -92,7 +100,11 @@ export class JobWorker {
     const log = this.ctx.log.child({ jobId: job.id, diskId: job.diskId, disk: job.diskName, attempt: job.attempts });
     const entry: Running = { job, log, fence: fenceOf(job), ctl: new AbortController(), lastSaved: 0, lastPublished: 0, saving: false, done: Promise.resolve() };
     this.running.set(job.id, entry);
-    entry.done = this.execute(entry).finally(() => this.running.delete(job!.id));
+    const t0 = Date.now();
+    entry.done = this.execute(entry).finally(() => {
+      this.running.delete(job!.id);
+      if (job!.status !== 'running') this.ctx.metrics.jobEnded(job!.options.mode, job!.status === 'pending' ? 'handed-back' : job!.status, (Date.now() - t0) / 1000, job!.status === 'finished' ? (job!.bytesReclaimed ?? 0) : 0);
+    });
     await entry.done;
   }
 
@@ -157,6 +169,7 @@ export class JobWorker {
     const { job, log } = e;
     const { store } = this.ctx;
     log.info(`job started (${job.options.mode})`);
+    let watch: NodeJS.Timeout | undefined;
     await this.ctx.record({ severity: 'info', type: 'job-started', diskId: job.diskId, jobId: job.id, message: `Started to sparsify ${job.diskName} on ${this.ctx.host}${job.attempts > 1 ? ` (attempt ${job.attempts})` : ''}` });
     try {
       // validating: the world may have changed since the request was accepted.
@@ -165,8 +178,10 @@ export class JobWorker {
       if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');
       const path = this.mounts.pathOf(d);
       if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
+      if (lstatSync(path).ino !== d.ino) throw new Error(`${d.name}: the file at ${d.rel} is not the disk the service knows (it was replaced); it is rescanned, ask again`);
       const vms = await untilAvailable(() => upVmsOf(store, d), { onWait: () => undefined });
       if (vms.length) throw new Error(`${d.name} is attached to VM ${vms.map((v) => `${v.name} (${v.state} on ${v.host})`).join(', ')}; shut the VM down first`);
+      watch = setInterval(() => void this.watch(e, d.domainId, path, d.ino), WATCH_MS);
       await this.waitUntilFree(e, path, d.name);
       if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);
 
@@ -180,8 +195,14 @@ export class JobWorker {
       };
       if (job.options.mode === 'in-place') {
         await this.engine.inPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero }, events);
+        clearInterval(watch);
+        await this.watch(e, d.domainId, path, d.ino);
       } else {
         await copyAndReplace(this.engine, job, d, path, events, async () => {
+          // The last look before the rename changes the file on purpose.
+          clearInterval(watch);
+          await this.watch(e, d.domainId, path, d.ino);
+          this.throwIfStopped(e);
           const r = await untilAvailable(() => assertCurrent(store, e.fence), { deadline: this.deadline });
           if (r.cancelRequested) e.ctl.abort(new Stopped('cancel'));
           this.throwIfStopped(e);
@@ -211,8 +232,10 @@ export class JobWorker {
         message: `${job.diskName} sparsified successfully: ${humanBytes(job.bytesReclaimed)} given back (actual size ${humanBytes(job.actualBefore)} -> ${humanBytes(job.actualAfter)})`,
       });
     } catch (err) {
+      clearInterval(watch);
       await this.settleFailure(e, err);
     } finally {
+      clearInterval(watch);
       this.publish(job);
       this.ctx.bus.publish({ type: 'disk', id: job.diskId });
     }
@@ -235,7 +258,7 @@ export class JobWorker {
         return;
       }
       const cancelled = reason === 'cancel';
-      const msg = cancelled ? 'cancelled at user request' : (err as Error).message;
+      const msg = cancelled ? 'cancelled at user request' : reason === 'lost' ? (e.ctl.signal.reason as Error).message : (err as Error).message;
       await untilAvailable(() => lifecycle.end(store, job, e.fence, cancelled ? 'cancelled' : 'failed', msg), { deadline: this.stopping ? this.deadline : undefined });
       log.info(cancelled ? 'job cancelled' : `job failed: ${msg}`);
       if (cancelled) await this.ctx.record({ severity: 'info', type: 'job-cancelled', diskId: job.diskId, jobId: job.id, message: `Sparsify of ${job.diskName} was cancelled; the disk is unchanged` });
@@ -245,6 +268,26 @@ export class JobWorker {
       // Not recorded (the database stayed away past the shutdown): this host reruns it at its next start, or another takes it over.
       else log.error(`the job's end could not be recorded: ${(e2 as Error).message}`);
     }
+  }
+
+  /**
+   * The job's file must stay the disk, in a reachable domain: a file replaced or deleted by
+   * someone else, or a domain unmounted, stops the engine before it writes anything more there.
+   */
+  private async watch(e: Running, domainId: string, path: string, ino: number): Promise<void> {
+    if (e.ctl.signal.aborted) return;
+    let now: number | undefined;
+    try {
+      now = lstatSync(path).ino;
+    } catch {
+      now = undefined;
+    }
+    const m = this.mounts.get(domainId);
+    // A file gone may be its whole domain gone: look at the domain now rather than at the next beat.
+    if (m && (now !== ino || !m.reachable)) await this.mounts.check();
+    if (e.ctl.signal.aborted) return;
+    if (m && !m.reachable) return e.ctl.abort(new Stopped('lost', `storage domain ${m.name} became unreachable during the job (${m.error}); the disk shows as unreachable until it is back`));
+    if (now !== ino) e.ctl.abort(new Stopped('lost', `${e.job.diskName} was ${now === undefined ? 'deleted' : 'replaced'} by another process during the job; sparsify stopped and wrote nothing more`));
   }
 
   /**

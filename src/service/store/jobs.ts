@@ -122,6 +122,11 @@ export class Jobs {
     return rows.map(decode);
   }
 
+  async countByStatus(): Promise<Map<JobStatus, number>> {
+    const rows = await this.db.all<{ status: JobStatus; n: number }>('SELECT status, COUNT(*) AS n FROM jobs GROUP BY status');
+    return new Map(rows.map((r) => [r.status, Number(r.n)]));
+  }
+
   /** Counts by status (metrics, the hosts view). */
   async countByHost(status: JobStatus): Promise<Map<string, number>> {
     const rows = await this.db.all<{ host: string; n: number }>('SELECT host, COUNT(*) AS n FROM jobs WHERE status = ? AND host IS NOT NULL GROUP BY host', [status]);

@@ -4,7 +4,8 @@
  * with its disks, and sparsify of either disk is refused 409 naming the VM. After `virsh destroy`
  * the same request is accepted and succeeds (e2fsck and the files' checksums), and in the browser
  * the VM's Disks subtab sparsifies the other disk through the dialog; then the History view draws
- * its charts and the policy is edited. Screenshots go to test-output/.
+ * its charts and the policy is edited. Screenshots go to test-output/. In a cluster, a host
+ * without libvirt refuses a disk that another host's VM uses, naming the VM and that host.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +17,7 @@ import { tempDir, haveTool } from '../helpers/fixtures.js';
 import { libvirtMissing, ensureLibvirtd, defineVm, LIBVIRT_URI, type TestVm } from '../helpers/libvirt.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
 import { chromiumMissing, ensureWebBuilt, launchBrowser, testOutput } from './browser.js';
+import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
 
 const MiB = 1 << 20;
 const missing = libvirtMissing() ?? chromiumMissing() ?? ['mke2fs', 'sgdisk', 'e2fsck', 'debugfs'].find((t) => !haveTool(t));
@@ -182,5 +184,62 @@ describe('VMs from libvirt', { skip: missing || false, timeout: 300_000 }, () =>
     assert.deepEqual(p, { thresholdBytes: 3 * MiB, thresholdPercent: 7, scheduleEnabled: true, scheduleIntervalSeconds: 5400 });
     await page.screenshot({ path: join(testOutput, 'service-ui-history.png'), fullPage: true });
     assert.ok(statSync(join(testOutput, 'service-ui-history.png')).size > 1000);
+  });
+});
+
+describe('VMs of another host of a cluster', { skip: libvirtMissing() ?? postgresMissing() ?? (haveTool('mke2fs') ? false : 'no mke2fs'), timeout: 180_000 }, () => {
+  let tmp: { dir: string; cleanup: () => void };
+  let pg: PgCluster | undefined;
+  let vm: TestVm | undefined;
+  let withLibvirt: Server;
+  let without: Server;
+  const vmName = `sparsify-test-${randomBytes(4).toString('hex')}`;
+
+  before(async () => {
+    await ensureLibvirtd();
+    tmp = tempDir('sparsify-vms-cluster-');
+    const domain = join(tmp.dir, 'images');
+    mkdirSync(domain, { recursive: true });
+    makeGuestDisk(join(domain, 'shared.raw'), tmp.dir, 'shared');
+    vm = defineVm(vmName, [join(domain, 'shared.raw')], tmp.dir);
+    vm.start();
+    pg = await startPostgres();
+    const database = pg.database('vms');
+    withLibvirt = await startServer({ database, hostName: 'hv-libvirt', dataDir: join(tmp.dir, 'a'), domains: [domain], env: { SPARSIFY_LIBVIRT: LIBVIRT_URI, SPARSIFY_LIBVIRT_INTERVAL: '1' } });
+    without = await startServer({ database, hostName: 'hv-plain', dataDir: join(tmp.dir, 'b'), domains: [domain], env: { SPARSIFY_LIBVIRT: 'none' } });
+    await analyzedDisks(without, 1);
+  });
+
+  after(async () => {
+    vm?.remove();
+    await withLibvirt?.stop().catch(() => undefined);
+    await without?.stop().catch(() => undefined);
+    await stopAllServers();
+    pg?.stop();
+    tmp?.cleanup();
+  });
+
+  it('refuses on a host without libvirt the disk another host’s running VM uses, and accepts it once that VM is down', async () => {
+    const id = diskByName(await analyzedDisks(without, 1), 'shared.raw').id as string;
+    const seen = await waitFor('the VM in the plain host’s list', async () => {
+      const v = ((await http(without, 'GET', '/api/vms')).body.vms as Array<Record<string, any>>).find((x) => x.name === vmName);
+      return v?.state === 'running' ? v : undefined;
+    });
+    assert.equal(seen.host, 'hv-libvirt');
+    assert.equal(seen.disks[0].diskId, id);
+    const r = await http(without, 'POST', `/api/disks/${id}/sparsify`, { mode: 'in-place' });
+    assert.equal(r.status, 409, JSON.stringify(r.body));
+    assert.equal(r.body.fault.code, 'vm-not-down');
+    assert.match(r.body.fault.detail, new RegExp(`${vmName} \\(running on hv-libvirt\\)`));
+    vm!.destroy();
+    // The other host's next read (every second) reaches this one through the database's notifications.
+    await waitFor('the disk allowed on the plain host', async () => (await http(without, 'GET', `/api/disks/${id}`)).body.disk.sparsify.allowed === true, 20_000);
+    const ok = await http(without, 'POST', `/api/disks/${id}/sparsify`, { mode: 'in-place' });
+    assert.equal(ok.status, 202, JSON.stringify(ok.body));
+    const job = await waitFor('the job to end', async () => {
+      const j = (await http(without, 'GET', `/api/jobs/${ok.body.job.id}`)).body.job;
+      return j.status === 'pending' || j.status === 'running' ? undefined : j;
+    }, 60_000);
+    assert.equal(job.status, 'finished', job.error);
   });
 });

@@ -9,7 +9,8 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequ
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Service } from '../service.js';
-import { StaticFiles, findWebRoot } from '../web/static.js';
+import { extname } from 'node:path';
+import { serveWebUi } from '../web/static.js';
 import { fault, installErrorHandler } from './faults.js';
 import { requireToken, readGuard } from './auth.js';
 import { LiveFeed } from './stream.js';
@@ -46,7 +47,6 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
   }) as unknown as FastifyInstance;
   // Response schemas document the API; what is sent is the object as it is.
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
-  const web = new StaticFiles(findWebRoot());
   const feed = new LiveFeed(svc);
   const auth = requireToken(svc.token);
 
@@ -74,13 +74,14 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
     if (route) svc.ctx.metrics.request(req.method, route, reply.statusCode, reply.elapsedTime / 1000);
   });
 
+  const page = await serveWebUi(app);
   app.setNotFoundHandler((req, reply) => {
-    if (req.url.startsWith('/api/') || req.url === '/api' || req.method !== 'GET') return fault(reply, 404, 'not-found', `no such resource: ${req.method} ${req.url.split('?')[0]}`);
-    if (!web.available) return reply.code(404).type('text/plain').send('The web UI is not built: run `npm run build` (or `npm run build:web`).\nThe API is at /api (see /api/docs).\n');
-    const f = web.lookup(req.url);
-    if (!f) return fault(reply, 404, 'not-found', `no such file: ${req.url.split('?')[0]}`);
-    reply.header('cache-control', f.immutable ? 'public, max-age=31536000, immutable' : 'no-cache');
-    return reply.type(f.type).send(f.body);
+    const path = req.url.split('?')[0]!;
+    if (path.startsWith('/api/') || path === '/api' || req.method !== 'GET') return fault(reply, 404, 'not-found', `no such resource: ${req.method} ${path}`);
+    if (!page) return reply.code(404).type('text/plain').send('The web UI is not built: run `npm run build` (or `npm run build:web`).\nThe API is at /api (see /api/docs).\n');
+    // A missing file is a 404; any other path is one of the UI's own routes: the page.
+    if (extname(path)) return fault(reply, 404, 'not-found', `no such file: ${path}`);
+    return reply.header('cache-control', 'no-cache').type('text/html; charset=utf-8').send(page);
   });
 
   await registerDocs(app, svc.version);

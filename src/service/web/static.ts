@@ -1,19 +1,13 @@
-/** Serving the built web UI (dist/web) from the same process: files by exact name, else index.html. */
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, extname, join, normalize, resolve, sep } from 'node:path';
+/**
+ * Serving the built web UI (dist/web) from the same process, with @fastify/static: each built file
+ * by its name (hashed assets cached for good, the page never), and the page itself for the UI's
+ * own routes.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-
-const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.png': 'image/png',
-  '.ico': 'image/x-icon',
-  '.json': 'application/json',
-  '.map': 'application/json',
-  '.woff2': 'font/woff2',
-};
+import type { FastifyInstance } from 'fastify';
+import fastifyStatic from '@fastify/static';
 
 /** dist/web, whether we run from dist/src/service/web (built) or src/service/web (tsx). */
 export function findWebRoot(): string | undefined {
@@ -25,43 +19,17 @@ export function findWebRoot(): string | undefined {
   return undefined;
 }
 
-export interface StaticFile {
-  body: Buffer;
-  type: string;
-  immutable: boolean;
-}
-
-export class StaticFiles {
-  private readonly cache = new Map<string, StaticFile>();
-
-  constructor(private readonly root: string | undefined) {}
-
-  get available(): boolean {
-    return this.root !== undefined;
-  }
-
-  /** The file for a URL path, or index.html for client-side routes; undefined when there is none. */
-  lookup(urlPath: string): StaticFile | undefined {
-    if (!this.root) return undefined;
-    let rel: string;
-    try {
-      rel = decodeURIComponent(urlPath.split('?')[0]!);
-    } catch {
-      rel = '/';
-    }
-    const full = normalize(join(this.root, rel));
-    const inside = full.startsWith(this.root + sep);
-    let target = join(this.root, 'index.html');
-    if (extname(rel)) {
-      // A file name: that file or nothing (a missing asset is a 404, not the page).
-      if (!inside || !existsSync(full) || !statSync(full).isFile()) return undefined;
-      target = full;
-    }
-    let f = this.cache.get(target);
-    if (!f) {
-      f = { body: readFileSync(target), type: TYPES[extname(target)] ?? 'application/octet-stream', immutable: target.includes(`${sep}assets${sep}`) };
-      this.cache.set(target, f);
-    }
-    return f;
-  }
+/** Register the UI's files; returns the page to serve for the UI's own routes, or undefined when the UI is not built. */
+export async function serveWebUi(app: FastifyInstance): Promise<Buffer | undefined> {
+  const root = findWebRoot();
+  if (!root) return undefined;
+  await app.register(fastifyStatic, {
+    root,
+    prefix: '/',
+    // One route per built file, found at start; anything else falls to the not-found handler.
+    wildcard: false,
+    decorateReply: false,
+    setHeaders: (res, path) => res.setHeader('cache-control', path.includes(`${sep}assets${sep}`) ? 'public, max-age=31536000, immutable' : 'no-cache'),
+  });
+  return readFileSync(join(root, 'index.html'));
 }

@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
- * Options: --runs N (default 5), --quick (3 runs, no --compress bench), --only copy|inplace|service|acceptance.
+ * Options: --runs N (default 5), --quick (3 runs, no --compress bench),
+ * --only copy|reflink|analysis|inplace|service|acceptance.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,6 +33,19 @@ async function main(): Promise<void> {
         lines.push(`| ${c.name} | ${ours.toFixed(2)} s | ${ref.toFixed(2)} s (${c.reference.split(' ').slice(0, 4).join(' ')}) | ${(ours / ref).toFixed(2)} | ${mib(c.ourPeakRss)} | ${mib(c.refPeakRss)} | ${sizeRatio} | ${c.target ?? ''} |`);
       }
       for (const s of solos) lines.push(`| ${s.name} | ${median(s.seconds).toFixed(2)} s | | | ${mib(s.peakRss)} | | | ${s.target ?? ''} |`);
+    }
+    if (!only || only === 'reflink') {
+      const { benchReflink } = await import(new URL('./reflink.js', import.meta.url).href) as typeof import('./reflink.js');
+      const r = await benchReflink(work, { runs, log });
+      lines.push('', '| reflink copy on a loop-mounted XFS (raw -> raw, 4 GiB half used) | median | peak RSS | ratio to sparsify | note |', '|---|---|---|---|---|');
+      for (const row of r.rows) lines.push(`| ${row.name} | ${median(row.seconds).toFixed(2)} s | ${mib(row.peakRss)} | ${(median(row.seconds) / median(r.rows[0]!.seconds)).toFixed(1)} | ${row.note ?? ''} |`);
+      if (r.note) lines.push('', r.note);
+    }
+    if (!only || only === 'analysis') {
+      const { benchAnalysis } = await import(new URL('./analysis.js', import.meta.url).href) as typeof import('./analysis.js');
+      const rows = await benchAnalysis(work, { runs, log });
+      lines.push('', '| --analyze on fragmented filesystems | median | peak RSS | free extents | note |', '|---|---|---|---|---|');
+      for (const row of rows) lines.push(`| ${row.name} | ${median(row.seconds).toFixed(2)} s | ${mib(row.peakRss)} | ${row.freeExtents} | ${row.note} |`);
     }
     if (!only || only === 'inplace') {
       try {

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Reads and writes run on libuv's thread pool; give it room for both at once.
-process.env.UV_THREADPOOL_SIZE ??= '8';
+import { availableParallelism } from 'node:os';
+// Reads, writes and compression run on libuv's thread pool: room for I/O plus one compressor per core.
+process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, availableParallelism() + 8));
 // libuv's io_uring path copies page-cache data on the main thread here; the thread pool overlaps it.
 process.env.UV_USE_IO_URING ??= '0';
 // Never a stack trace: anything that escapes is reported as one line, exit 1.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages sparsify's tests use as oracles (mkfs/fsck of each filesystem,
+# Installs the Debian packages sparsify's tests use as oracles (mkfs/fsck of each filesystem, mkfs
+# of filesystems it cannot read, to check they are named as blkid names them and kept whole,
 # partitioning tools, qemu-img, LVM and cryptsetup tools, chromium for the UI test, PostgreSQL for
 # the cluster tests, which start private servers of their own, libvirt and QEMU for the VM tests,
 # which start libvirtd when it is not running, and a C++ toolchain for the native addons npm builds
@@ -7,6 +8,7 @@
 set -euo pipefail
 PACKAGES=(e2fsprogs xfsprogs btrfs-progs ntfs-3g dosfstools exfatprogs mtools qemu-utils gdisk fdisk
           util-linux lvm2 cryptsetup-bin time chromium make g++ postgresql
+          jfsutils reiserfsprogs f2fs-tools nilfs-tools udftools squashfs-tools genisoimage erofs-utils makefs
           libvirt-daemon-system libvirt-clients qemu-system-x86)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,6 +10,7 @@ import { Volume } from '../layout/volume.js';
 import type { ContainerAnalysis, ContainerReader } from '../layout/types.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 import type { FsReader } from '../fs/types.js';
+import { identifyForeign, type ForeignKind } from '../fs/foreign.js';
 import { FILESYSTEMS, PARTITION_TABLES, VOLUME_CONTAINERS } from './registry.js';
 import type { ContentKind, DiskMap, MapNode, VolumeRole } from './diskmap.js';
 import { walk } from './diskmap.js';
@@ -29,6 +30,9 @@ export interface AnalyzeOptions {
 }
 
 const MAX_DEPTH = 8;
+
+const FOREIGN_KIND: Record<ForeignKind, ContentKind> = { filesystem: 'filesystem', encrypted: 'encrypted', member: 'unknown' };
+const FOREIGN_NOUN: Record<ForeignKind, string> = { filesystem: 'filesystem', encrypted: 'volume', member: 'volume member' };
 
 function errorText(e: unknown): string {
   if (e instanceof SparsifyError) return e.message;
@@ -110,7 +114,13 @@ class Analyzer {
     const fs = await probeAll(FILESYSTEMS, vol, node.warnings);
     if (fs) return this.filesystem(node, vol, fs);
     if (!vol.diskExtents().intersect(this.data).isEmpty) {
-      node.warnings.push('no filesystem or volume recognised; kept as it is');
+      const foreign = await identifyForeign(vol).catch(() => undefined);
+      if (foreign) {
+        node.content = foreign.type;
+        node.contentKind = FOREIGN_KIND[foreign.kind];
+        node.unsupported = true;
+        node.warnings.push(`${foreign.type} ${FOREIGN_NOUN[foreign.kind]} is not supported; kept as it is`);
+      } else node.warnings.push('no filesystem or volume recognised; kept as it is');
     } else {
       node.content = 'empty';
       node.contentKind = 'empty';

@@ -22,6 +22,8 @@ export interface MapNode {
   freeBytes?: number;
   /** False when the content's free map is not used (dirty, unknown feature, failed check). */
   trusted: boolean;
+  /** True when the content was named (blkid's type) but sparsify has no reader for it. */
+  unsupported?: boolean;
   /** The disk ranges the volume occupies (one range unless it is a scattered LV). */
   diskRanges: Extents;
   /** Free ranges this node itself contributes, in disk coordinates (children have their own). */

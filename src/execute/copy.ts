@@ -2,10 +2,15 @@
  * Copy executor: read only the kept ranges the image has data for, skip blocks that are all
  * zero, and write the rest through a format writer. Reads run ahead of writes with a bounded
  * number of buffers, so memory stays fixed whatever the image size.
+ *
+ * Where the host allows it, bytes skip user space (see io/transfer.ts):
+ * - clone: kept data that lies as it is in a host file on a reflink filesystem is shared with the
+ *   output, never read (so zero blocks inside kept data are shared too, not made holes);
+ * - copy: data is still read to find the zero blocks, but the kernel copies the others.
  */
 import { Extents, type Range } from '../io/extents.js';
 import { SparsifyError } from '../io/errors.js';
-import type { DiskImage, ImageWriter } from '../formats/types.js';
+import type { DiskImage, HostRun, ImageWriter, TransferSupport } from '../formats/types.js';
 import type { Plan } from '../plan/plan.js';
 import type { ProgressListener } from './progress.js';
 import { nonZeroRuns } from './zero-runs.js';
@@ -13,7 +18,11 @@ import { nonZeroRuns } from './zero-runs.js';
 /** Zero runs at least this long, and aligned to it, become holes (virt-sparsify's 4 KiB). */
 export const HOLE_GRANULARITY = 4096;
 const CHUNK = 4 << 20;
+/** Largest single clone: big enough for few system calls, small enough for progress to move. */
+const CLONE_CHUNK = 256 << 20;
 const READS_IN_FLIGHT = 4;
+/** Shorter runs are written from the buffer they were read into: a kernel copy would cost more. */
+const MIN_KERNEL_COPY = 64 << 10;
 /** Writes left running while the next chunk is examined, for writers that allow it. */
 const WRITES_IN_FLIGHT = 4;
 
@@ -22,19 +31,29 @@ export interface CopyOptions {
   signal?: AbortSignal;
   /** The image's data extents when already known (the analysis has them): saves walking them again. */
   data?: Extents;
+  /** Never clone or copy in the kernel (tests compare both paths). */
+  noTransfer?: boolean;
   /**
    * For an overlay writer (see plan/overlay.ts): copy exactly these ranges, whole clusters, instead
    * of the kept data. Inside them the plan's discard ranges are written as zeros, and zero runs are
    * written too: a range never written would show the backing file.
    */
   overlayClusters?: Extents;
+  /**
+   * Called once before anything is written, with the most bytes the copy will write and whether
+   * they will be shared with the source instead (reflinks take no new space): it throws to refuse.
+   */
+  checkSpace?: (bytes: number, shared: boolean) => Promise<void>;
 }
 
 export interface CopyResult {
   /** Bytes read from the source. */
   bytesRead: number;
-  /** Bytes of data written to the destination. */
+  /** Bytes of data placed in the destination (written, copied or shared). */
   bytesWritten: number;
+  /** Of those, bytes shared with the source (reflinks) and copied by the kernel. */
+  bytesCloned: number;
+  bytesCopied: number;
 }
 
 /** The ranges to read: kept, and allocated as data in the source (zero and unallocated read as zero). */
@@ -46,75 +65,172 @@ export async function rangesToCopy(image: DiskImage, keep: Extents): Promise<Ext
   return new Extents(out);
 }
 
-/** Split ranges into chunks of at most CHUNK bytes that do not cross CHUNK-aligned boundaries. */
-function* chunks(ranges: Extents): Generator<Range> {
-  for (const r of ranges) {
-    let pos = r.start;
-    while (pos < r.end) {
-      const end = Math.min(r.end, (Math.floor(pos / CHUNK) + 1) * CHUNK);
-      yield { start: pos, end };
-      pos = end;
-    }
+/** A piece of the work: bytes to read (and maybe copy in the kernel from `host`), or to clone from `host`. */
+interface Piece extends Range {
+  host?: HostRun;
+  clone: boolean;
+}
+
+/** Split [start, end) into pieces of at most `size` bytes that do not cross `size`-aligned boundaries. */
+function* split(start: number, end: number, size: number, host: HostRun | undefined, clone: boolean): Generator<Piece> {
+  let pos = start;
+  while (pos < end) {
+    const e = Math.min(end, (Math.floor(pos / size) + 1) * size);
+    yield { start: pos, end: e, host, clone };
+    pos = e;
   }
+}
+
+/** The work in ascending order: host runs (when the writer can take them) and the reads around them. */
+async function* pieces(image: DiskImage, ranges: Extents, t: TransferSupport): AsyncGenerator<Piece> {
+  for (const r of ranges) {
+    if (!image.hostRuns || (!t.clone && !t.copy)) {
+      yield* split(r.start, r.end, CHUNK, undefined, false);
+      continue;
+    }
+    let pos = r.start;
+    for await (const h of image.hostRuns(r.start, r.end)) {
+      yield* split(pos, h.start, CHUNK, undefined, false);
+      const a = t.cloneAlignment;
+      const sameAlignment = t.clone && (h.fileOffset - h.start) % a === 0;
+      const body0 = sameAlignment ? Math.ceil(h.start / a) * a : h.end;
+      const body1 = sameAlignment ? Math.max(body0, Math.floor(h.end / a) * a) : h.end;
+      yield* split(h.start, body0, CHUNK, h, false);
+      yield* split(body0, body1, CLONE_CHUNK, h, true);
+      yield* split(body1, h.end, CHUNK, h, false);
+      pos = h.end;
+    }
+    yield* split(pos, r.end, CHUNK, undefined, false);
+  }
+}
+
+/** Where bytes [start, end) of a piece lie in its host file. */
+function fileOffset(host: HostRun, start: number): number {
+  return host.fileOffset + (start - host.start);
 }
 
 export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWriter, opts: CopyOptions = {}): Promise<CopyResult> {
   const overlay = opts.overlayClusters;
   const toCopy = overlay ?? (opts.data ? plan.keep.intersect(opts.data) : await rangesToCopy(image, plan.keep));
   const total = toCopy.total();
+  const result: CopyResult = { bytesRead: 0, bytesWritten: 0, bytesCloned: 0, bytesCopied: 0 };
   let done = 0;
-  let bytesWritten = 0;
   opts.onProgress?.({ done, total });
 
+  const transfer = await transferSupport(image, writer, toCopy, opts);
+  await opts.checkSpace?.(total, transfer.clone);
   const writesInFlight = writer.concurrentWrites ? WRITES_IN_FLIGHT : 0;
   const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));
-  const pending: Array<Promise<{ buf: Buffer; range: Range }>> = [];
+  const pending: Array<Promise<{ piece: Piece; buf?: Buffer }>> = [];
   const writing: Array<Promise<Buffer>> = [];
-  const it = chunks(toCopy);
+  const it = pieces(image, toCopy, transfer);
 
-  const startRead = (): boolean => {
-    const next = it.next();
+  const startNext = async (): Promise<boolean> => {
+    const next = await it.next();
     if (next.done) return false;
-    const range = next.value;
+    const piece = next.value;
+    if (piece.clone) {
+      pending.push(Promise.resolve({ piece }));
+      return true;
+    }
     const buf = pool.pop()!;
-    const view = buf.subarray(0, range.end - range.start);
-    const p = image.read(view, range.start).then(() => ({ buf, range }));
+    const p = image.read(buf.subarray(0, piece.end - piece.start), piece.start).then(() => ({ piece, buf }));
     // Awaited in order later; meanwhile a failure must not count as an unhandled rejection.
     p.catch(() => undefined);
     pending.push(p);
     return true;
   };
 
-  try {
-    for (let i = 0; i < READS_IN_FLIGHT && startRead(); i++);
-    while (pending.length) {
-      const { buf, range } = await pending.shift()!;
-      if (opts.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
-      const view = buf.subarray(0, range.end - range.start);
-      const writes: Array<Promise<void>> = [];
-      if (overlay) for (const d of plan.discard.clip(range.start, range.end)) view.fill(0, d.start - range.start, d.end - range.start);
-      const runs = overlay ? [[0, view.length] as const] : nonZeroRuns(view, range.start, HOLE_GRANULARITY);
-      for (const [s, e] of runs) {
-        const w = writer.write(view.subarray(s, e), range.start + s);
-        if (writesInFlight) writes.push(w);
-        else await w;
-        bytesWritten += e - s;
-      }
+  /** Place the non-zero runs of a piece that was read (all of an overlay's); long ones by kernel copy where possible. */
+  const place = async (piece: Piece, view: Buffer): Promise<Array<Promise<void>>> => {
+    const writes: Array<Promise<void>> = [];
+    if (overlay) for (const d of plan.discard.clip(piece.start, piece.end)) view.fill(0, d.start - piece.start, d.end - piece.start);
+    const runs = overlay ? [[0, view.length] as const] : nonZeroRuns(view, piece.start, HOLE_GRANULARITY);
+    for (const [s, e] of runs) {
+      const at = piece.start + s;
+      const bytes = view.subarray(s, e);
+      let w: Promise<void>;
+      if (piece.host && transfer.copy && bytes.length >= MIN_KERNEL_COPY) {
+        const host = piece.host;
+        // The bytes stay in their buffer until this settles, so a refusal can still write them.
+        w = writer.transfer!(host.file, fileOffset(host, at), at, bytes.length, 'copy').then((ok) => {
+          if (ok) result.bytesCopied += bytes.length;
+          else {
+            transfer.copy = false;
+            return writer.write(bytes, at);
+          }
+        });
+      } else w = writer.write(bytes, at);
       if (writesInFlight) {
-        const w = Promise.all(writes).then(() => buf);
         w.catch(() => undefined);
-        writing.push(w);
-        // Keep a bounded number of chunks being written; their buffers return to the pool after.
-        while (writing.length >= writesInFlight) pool.push(await writing.shift()!);
-      } else pool.push(buf);
-      done += range.end - range.start;
+        writes.push(w);
+      } else await w;
+      result.bytesWritten += bytes.length;
+    }
+    return writes;
+  };
+
+  /** Clone a piece; if the host refuses after all, read and write it instead. */
+  const clone = async (piece: Piece): Promise<void> => {
+    const len = piece.end - piece.start;
+    if (transfer.clone && (await writer.transfer!(piece.host!.file, fileOffset(piece.host!, piece.start), piece.start, len, 'clone'))) {
+      result.bytesCloned += len;
+      result.bytesWritten += len;
+      return;
+    }
+    transfer.clone = false;
+    // Every read in flight holds at most one buffer, so at least one is free here.
+    const buf = pool.pop()!;
+    try {
+      for (const sub of split(piece.start, piece.end, CHUNK, undefined, false)) {
+        const view = buf.subarray(0, sub.end - sub.start);
+        await image.read(view, sub.start);
+        result.bytesRead += view.length;
+        await Promise.all(await place(sub, view));
+      }
+    } finally {
+      pool.push(buf);
+    }
+  };
+
+  try {
+    for (let i = 0; i < READS_IN_FLIGHT && (await startNext()); i++);
+    while (pending.length) {
+      const { piece, buf } = await pending.shift()!;
+      if (opts.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
+      if (!buf) await clone(piece);
+      else {
+        const view = buf.subarray(0, piece.end - piece.start);
+        result.bytesRead += view.length;
+        const writes = await place(piece, view);
+        if (writesInFlight) {
+          const w = Promise.all(writes).then(() => buf);
+          w.catch(() => undefined);
+          writing.push(w);
+          // Keep a bounded number of chunks being written; their buffers return to the pool after.
+          while (writing.length >= writesInFlight) pool.push(await writing.shift()!);
+        } else pool.push(buf);
+      }
+      done += piece.end - piece.start;
       opts.onProgress?.({ done, total });
-      startRead();
+      await startNext();
     }
     while (writing.length) pool.push(await writing.shift()!);
   } finally {
     // Let reads and writes already in flight settle before their buffers go away.
     await Promise.allSettled([...pending, ...writing]);
   }
-  return { bytesRead: total, bytesWritten };
+  return result;
 }
+
+/** What the writer can take straight from the image's host files, probed with the first data run. */
+async function transferSupport(image: DiskImage, writer: ImageWriter, toCopy: Extents, opts: CopyOptions): Promise<TransferSupport> {
+  const none: TransferSupport = { clone: false, cloneAlignment: 1, copy: false };
+  // An overlay's clusters carry the plan's zeros, written from memory.
+  if (opts.noTransfer || opts.overlayClusters || !image.hostRuns || !writer.transferSupport || !writer.transfer || toCopy.isEmpty) return none;
+  for (const r of toCopy) {
+    for await (const h of image.hostRuns(r.start, r.end)) return writer.transferSupport(h.file, h.fileOffset);
+  }
+  return none;
+}
+

@@ -14,7 +14,7 @@ import { Qcow2Image } from '../formats/qcow2/image.js';
 import { BlockMappedImage } from '../formats/common/blockimage.js';
 import { VdiDiscarder } from '../formats/vdi-discard.js';
 import type { ProgressListener } from './progress.js';
-import type { DiscardBackend } from './in-place-types.js';
+import type { DiscardBackend } from '../formats/discard-types.js';
 
 export interface InPlaceOptions {
   onProgress?: ProgressListener;

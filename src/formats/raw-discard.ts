@@ -15,7 +15,7 @@ import {
   type DiscardBackend,
   type DiscardContext,
   type DiscardResult,
-} from '../execute/in-place-types.js';
+} from './discard-types.js';
 
 /** Syscalls between two turns of the event loop (so ^C is seen promptly). */
 const OPS_PER_TURN = 256;

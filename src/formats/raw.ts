@@ -1,7 +1,7 @@
 /** Raw images: the file is the disk. Allocation comes from SEEK_DATA/SEEK_HOLE. */
 import { BlockFile } from '../io/file.js';
 import { SparsifyError, hex } from '../io/errors.js';
-import type { DiskImage, ImageExtent, LayerInfo } from './types.js';
+import type { DiskImage, HostRun, ImageExtent, LayerInfo } from './types.js';
 
 export class RawImage implements DiskImage {
   readonly format = 'raw';
@@ -49,6 +49,11 @@ export class RawImage implements DiskImage {
       yield { start: data, end: hole, kind: 'data' };
       pos = hole;
     }
+  }
+
+  /** The file is the disk: every data extent lies at its own offset. */
+  async *hostRuns(start: number, end: number): AsyncIterable<HostRun> {
+    for await (const e of this.extents(start, end)) if (e.kind === 'data') yield { start: e.start, end: e.end, file: this.file, fileOffset: e.start };
   }
 
   layers(): LayerInfo[] {

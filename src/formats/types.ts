@@ -25,6 +25,14 @@ export interface LayerInfo {
   details?: Record<string, string | number | boolean>;
 }
 
+/** A run of virtual bytes stored as they are (not compressed) in a host file, at `fileOffset`. */
+export interface HostRun {
+  start: number;
+  end: number;
+  file: BlockFile;
+  fileOffset: number;
+}
+
 export interface DiskImage {
   /** Format name as qemu-img names it: raw, qcow2, vdi, vmdk, vpc, vhdx. */
   readonly format: string;
@@ -45,7 +53,23 @@ export interface DiskImage {
   ownExtents?(start: number, end: number): AsyncIterable<ImageExtent>;
   /** The files behind this image, top layer first. */
   layers(): LayerInfo[];
+  /**
+   * Optional: the data in [start, end) that lies as it is in a host file, ascending, so a writer
+   * can share or copy it without reading it. Ranges not listed must be read.
+   */
+  hostRuns?(start: number, end: number): AsyncIterable<HostRun>;
   close(): Promise<void>;
+}
+
+/** Ways a writer can take bytes straight from a host file: share its blocks, or let the kernel copy them. */
+export type TransferMode = 'clone' | 'copy';
+
+export interface TransferSupport {
+  /** Bytes can be cloned in pieces whose virtual offsets, lengths and file offsets are multiples of `cloneAlignment`. */
+  clone: boolean;
+  cloneAlignment: number;
+  /** Bytes can be copied by the kernel at any offsets. */
+  copy: boolean;
 }
 
 /** Writes a new image. Data arrives in ascending, non-overlapping writes; what is never written reads as zero. */
@@ -56,6 +80,17 @@ export interface ImageWriter {
   /** The unit the output allocates in (the qcow2 cluster size), when it has one. */
   readonly allocationUnit?: number;
   write(buf: Buffer, offset: number): Promise<void>;
+  /**
+   * Optional: how this writer can take bytes from `source` without them passing through memory,
+   * probed harmlessly with the data at `sampleOffset` of `source`.
+   */
+  transferSupport?(source: BlockFile, sampleOffset: number): Promise<TransferSupport>;
+  /**
+   * Optional: place `length` bytes at `fileOffset` of `source` at virtual `offset`, as write() would,
+   * by cloning or copying them in the kernel. Resolves false when the host refused (nothing written;
+   * the caller then writes the bytes itself).
+   */
+  transfer?(source: BlockFile, fileOffset: number, offset: number, length: number, mode: TransferMode): Promise<boolean>;
   /** Flush all metadata and data to disk. After this the image is complete. */
   finish(): Promise<void>;
   /** Give up: close and leave the file for the caller to delete. */

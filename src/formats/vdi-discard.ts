@@ -19,7 +19,7 @@ import {
   type DiscardBackend,
   type DiscardContext,
   type DiscardResult,
-} from '../execute/in-place-types.js';
+} from './discard-types.js';
 
 const SIGNATURE = 0xbeda107f;
 const TYPE_DYNAMIC = 1;

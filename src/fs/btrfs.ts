@@ -126,8 +126,9 @@ export const btrfsReader: FsReader = {
     const bgRoot = roots.get(BLOCK_GROUP_TREE);
     if (bgTree && !bgRoot) throw new CorruptError('btrfs: block-group-tree feature set but the root tree lacks it');
 
-    // Used extents (ascending, disjoint) and block groups.
-    const used: Range[] = [];
+    // Used extents (ascending, disjoint; two numbers each, as there may be millions) and block groups.
+    const usedStart: number[] = [];
+    const usedEnd: number[] = [];
     const bgs: BlockGroup[] = [];
     const onBlockGroup = (key: { objectid: bigint; type: number; offset: bigint }, data: Buffer, where: string): void => {
       if (key.type !== KEY.BLOCK_GROUP_ITEM) return;
@@ -138,11 +139,11 @@ export const btrfsReader: FsReader = {
       if (key.type === KEY.EXTENT_ITEM || key.type === KEY.METADATA_ITEM) {
         const start = Number(key.objectid);
         const len = key.type === KEY.METADATA_ITEM ? sb.nodeSize : Number(key.offset);
-        const prev = used[used.length - 1];
-        if (len <= 0 || !Number.isSafeInteger(start + len) || (prev && start < prev.end)) {
+        if (len <= 0 || !Number.isSafeInteger(start + len) || (usedEnd.length && start < usedEnd[usedEnd.length - 1]!)) {
           throw new CorruptError(`${where}: extent ${hex(start)}+${hex(len)} overlaps its predecessor or is malformed`);
         }
-        used.push({ start, end: start + len });
+        usedStart.push(start);
+        usedEnd.push(start + len);
       } else if (!bgTree) {
         onBlockGroup(key, data, where);
       }
@@ -166,7 +167,7 @@ export const btrfsReader: FsReader = {
     // Block groups must match chunks one to one, and their `used` counters the extent items.
     if (bgs.length !== chunks.length) return keep(`${bgs.length} block groups for ${chunks.length} chunks`);
     let ui = 0;
-    const freeRanges: Range[] = [];
+    const freeFlat: number[] = [];
     for (let i = 0; i < chunks.length; i++) {
       const c = chunks[i]!;
       const bg = bgs[i]!;
@@ -174,27 +175,27 @@ export const btrfsReader: FsReader = {
         return keep(`block group at ${hex(bg.start)} does not match chunk at ${hex(c.logical)}`);
       }
       const end = c.logical + c.length;
-      if (ui < used.length && used[ui]!.start < c.logical) return keep(`extent at ${hex(used[ui]!.start)} lies outside every block group`);
+      if (ui < usedStart.length && usedStart[ui]! < c.logical) return keep(`extent at ${hex(usedStart[ui]!)} lies outside every block group`);
       let sum = 0;
       let pos = c.logical;
-      const gaps: Range[] = [];
-      for (; ui < used.length && used[ui]!.start < end; ui++) {
-        const u = used[ui]!;
-        if (u.end > end) return keep(`extent at ${hex(u.start)} crosses the end of its block group`);
-        if (u.start > pos) gaps.push({ start: pos, end: u.start });
-        pos = u.end;
-        sum += u.end - u.start;
+      const gaps: number[] = [];
+      for (; ui < usedStart.length && usedStart[ui]! < end; ui++) {
+        const [us, ue] = [usedStart[ui]!, usedEnd[ui]!];
+        if (ue > end) return keep(`extent at ${hex(us)} crosses the end of its block group`);
+        if (us > pos) gaps.push(pos, us);
+        pos = ue;
+        sum += ue - us;
       }
-      if (pos < end) gaps.push({ start: pos, end });
+      if (pos < end) gaps.push(pos, end);
       if (sum !== bg.used) return keep(`block group at ${hex(bg.start)} has ${sum} bytes of extents but records ${bg.used} used`);
-      for (const s of c.stripes) for (const g of gaps) freeRanges.push({ start: g.start - c.logical + s.offset, end: g.end - c.logical + s.offset });
+      for (const s of c.stripes) for (let g = 0; g < gaps.length; g += 2) freeFlat.push(gaps[g]! - c.logical + s.offset, gaps[g + 1]! - c.logical + s.offset);
     }
-    if (ui < used.length) return keep(`extent at ${hex(used[ui]!.start)} lies outside every block group`);
+    if (ui < usedStart.length) return keep(`extent at ${hex(usedStart[ui]!)} lies outside every block group`);
 
     const unallocated = Extents.of(RESERVED_START, sb.devTotalBytes).subtract(stripes);
     // Superblock copies, and the first MiB (boot loader area; very old mkfs put a chunk there).
     const keepAlways = new Extents([{ start: 0, end: RESERVED_START }, ...SUPER_MIRRORS.map((m) => ({ start: m, end: m + SUPER_SIZE }))]);
-    const free = new Extents(freeRanges).union(unallocated).subtract(keepAlways).clip(0, sb.devTotalBytes);
+    const free = Extents.fromFlat(freeFlat).union(unallocated).subtract(keepAlways).clip(0, sb.devTotalBytes);
     result.free = free;
     result.freeBytes = free.total();
     result.usedBytes = result.size - result.freeBytes;

@@ -12,6 +12,18 @@ const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, i
 const fcntlFn = libc.func('int fcntl(int fd, int cmd, ...)');
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
 const syncFileRangeFn = libc.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
+const copyFileRangeFn = libc.func(
+  'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
+);
+/** struct file_clone_range, the argument of FICLONERANGE. */
+const FileCloneRange = koffi.struct('file_clone_range', {
+  src_fd: 'int64_t',
+  src_offset: 'uint64_t',
+  src_length: 'uint64_t',
+  dest_offset: 'uint64_t',
+});
+// ioctl is variadic; FICLONERANGE always passes one pointer, so a fixed prototype can run on a worker thread.
+const ioctlCloneFn = libc.func('ioctl', 'int', ['int', 'unsigned long', koffi.pointer(FileCloneRange)]);
 const gettidFn = libc.func('int gettid()');
 
 const SEEK_DATA = 3;
@@ -26,6 +38,8 @@ export const F_UNLCK = 2;
 const BLKGETSIZE64 = 0x80081272;
 const BLKDISCARD = 0x1277;
 const BLKSSZGET = 0x1268;
+/** _IOW(0x94, 13, struct file_clone_range) */
+const FICLONERANGE = 0x4020940d;
 
 const errnoNames = new Map<number, string>(
   Object.entries(osConstants.errno).map(([name, num]) => [num as number, name]),
@@ -42,9 +56,12 @@ export class SyscallError extends Error {
   }
 }
 
+function errorFor(syscall: string, e: number): SyscallError {
+  return new SyscallError(syscall, errnoNames.get(e) ?? `errno ${e}`, e);
+}
+
 function fail(syscall: string): never {
-  const e = koffi.errno();
-  throw new SyscallError(syscall, errnoNames.get(e) ?? `errno ${e}`, e);
+  throw errorFor(syscall, koffi.errno());
 }
 
 /** lseek(SEEK_DATA): the next data offset at or after `offset`, or -1 when only a hole remains (ENXIO). */
@@ -134,6 +151,42 @@ export function blockDeviceSectorSize(fd: number): number {
 export function discardBlockDevice(fd: number, offset: number, length: number): void {
   const range = [BigInt(offset), BigInt(length)];
   if (ioctlFn(fd, BLKDISCARD, koffi.pointer('uint64_t'), range) !== 0) fail('ioctl(BLKDISCARD)');
+}
+
+/**
+ * FICLONERANGE: make [destOffset, destOffset+length) of `destFd` share the blocks of
+ * [srcOffset, srcOffset+length) of `srcFd` (a reflink). Offsets and length must be multiples of the
+ * filesystem block (length may end at the source's end of file). Runs on a worker thread.
+ */
+export function cloneRange(srcFd: number, srcOffset: number, destFd: number, destOffset: number, length: number): Promise<void> {
+  const arg = { src_fd: srcFd, src_offset: srcOffset, src_length: length, dest_offset: destOffset };
+  return new Promise((resolve, reject) => {
+    ioctlCloneFn.async(destFd, FICLONERANGE, arg, (err: unknown, r: number) => {
+      if (err) reject(err);
+      else if (r !== 0) reject(errorFor('ioctl(FICLONERANGE)', koffi.errno()));
+      else resolve();
+    });
+  });
+}
+
+/**
+ * copy_file_range: the kernel copies [srcOffset, srcOffset+length) of `srcFd` to `destOffset` of
+ * `destFd` without a trip through user space (and shares blocks where the filesystem can). Runs on
+ * a worker thread; loops over short copies; stopping at the source's end of file is an error.
+ */
+export async function copyFileRange(srcFd: number, srcOffset: number, destFd: number, destOffset: number, length: number): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const n = await new Promise<number>((resolve, reject) => {
+      copyFileRangeFn.async(srcFd, [srcOffset + done], destFd, [destOffset + done], length - done, 0, (err: unknown, r: number | bigint) => {
+        if (err) reject(err);
+        else if (Number(r) < 0) reject(errorFor('copy_file_range', koffi.errno()));
+        else resolve(Number(r));
+      });
+    });
+    if (n === 0) throw errorFor('copy_file_range', osConstants.errno.EINVAL);
+    done += n;
+  }
 }
 
 /** The calling thread's id (for per-thread scheduling priority: background work runs niced). */

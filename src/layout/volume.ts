@@ -110,11 +110,19 @@ export class Volume {
 
   /** Translate ranges in volume coordinates to disk coordinates. */
   toDisk(ranges: Extents): Extents {
+    const inside = ranges.clip(0, this.size);
+    // One segment (a disk, a partition): a shift, with no per-range objects.
+    if (this.segments.length === 1) return inside.shift(this.segments[0]!.diskOffset);
     const out: Range[] = [];
-    for (const r of ranges) {
-      const start = Math.max(0, r.start);
-      const end = Math.min(this.size, r.end);
-      for (const p of this.mapRange(start, end - start)) out.push({ start: p.diskOffset, end: p.diskOffset + p.length });
+    let i = 0;
+    for (const r of inside) {
+      while (i < this.segments.length && this.segments[i]!.volumeOffset + this.segments[i]!.length <= r.start) i++;
+      for (let k = i; k < this.segments.length && this.segments[k]!.volumeOffset < r.end; k++) {
+        const seg = this.segments[k]!;
+        const s = Math.max(r.start, seg.volumeOffset);
+        const e = Math.min(r.end, seg.volumeOffset + seg.length);
+        out.push({ start: seg.diskOffset + (s - seg.volumeOffset), end: seg.diskOffset + (e - seg.volumeOffset) });
+      }
     }
     return new Extents(out);
   }

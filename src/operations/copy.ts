@@ -3,16 +3,18 @@
  * sparse image under a temporary name in the output's folder, renamed into place only when
  * complete and flushed. The source is never written.
  */
-import { stat, rename, unlink, open } from 'node:fs/promises';
+import { stat, statfs, rename, unlink, open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { SparsifyError } from '../io/errors.js';
 import { openImage } from '../formats/open.js';
 import { findDriver, formatDrivers } from '../formats/registry.js';
 import type { ImageWriter } from '../formats/types.js';
 import { analyzeDisk } from '../analyze/analyze.js';
-import { allInfo, allWarnings, type DiskMap } from '../analyze/diskmap.js';
+import { allInfo, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
+import { operationWarnings } from '../plan/warnings.js';
 import { copyImage } from '../execute/copy.js';
+import { humanBytes } from '../analyze/report.js';
 import { overlayClusters } from '../plan/overlay.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { prepareOverlay } from './keep-backing.js';
@@ -20,12 +22,6 @@ import type { OperationEvents } from './events.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
-
-/**
- * Compression worker threads cost about 50 MiB each; two keep peak RSS under 256 MiB on any host,
- * and are enough to beat qemu-img's single-threaded compression several times over.
- */
-const MAX_WORKER_THREADS = 2;
 
 export interface CopyRequest extends OperationEvents {
   input: string;
@@ -39,6 +35,8 @@ export interface CopyRequest extends OperationEvents {
   compress?: boolean;
   ignore?: string[];
   zero?: string[];
+  /** Pass every byte through memory: never share blocks with the input (reflink) nor copy in the kernel. */
+  noTransfer?: boolean;
   /**
    * Keys for LUKS volumes (KeyStore from the CLI's --key options or `loadKeysFile`): a volume
    * with a key is sparsified inside, one without is kept whole. Not disposed here.
@@ -62,6 +60,20 @@ export interface CopyReport {
   outputAllocated: number;
   /** With keepBacking: the backing file the output records. */
   backingFile?: string;
+}
+
+/**
+ * Say up front when the output's folder cannot hold the copy: the most the copy writes is the
+ * kept data, known from the plan, so a full disk is named with its figures, not a bare ENOSPC
+ * halfway. A copy shared by reflinks takes no new space and is not refused.
+ */
+async function checkSpace(dir: string, bytes: number, shared: boolean): Promise<void> {
+  if (shared) return;
+  const st = await statfs(dir);
+  const free = st.bavail * st.bsize;
+  if (free < bytes) {
+    throw new SparsifyError(`not enough space in ${dir} for the output: the copy writes up to ${bytes} bytes (${humanBytes(bytes)}) of data and ${free} bytes (${humanBytes(free)}) are free`);
+  }
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {
@@ -109,13 +121,13 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
 
     req.onVerbose?.(`${req.input}: ${image.format}, virtual size ${image.virtualSize} bytes, ${image.layers().length} layer(s)`);
     const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
-    for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const snapshots = image.layers()[0]?.details?.snapshots;
     if (!overlay && snapshots) req.onInfo?.(`${snapshots} internal snapshot(s) of ${req.input} are not copied, as with virt-sparsify`);
     const advice = overlay ? snapshotAdvice(map) : undefined;
     if (advice) req.onInfo?.(advice);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    for (const w of operationWarnings(map, plan, 'copy')) req.onWarning?.(w);
     req.onVerbose?.(`plan: discard ${plan.discard.total()} bytes in ${plan.discard.count} ranges, keep ${plan.keep.total()} bytes`);
     for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
     for (const s of plan.steps) {
@@ -129,21 +141,24 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     try {
       writer = await driver.createWriter(temp, image.virtualSize, options, {
         compress: req.compress ?? false,
-        threads: Math.max(1, Math.min(MAX_WORKER_THREADS, availableParallelism())),
+        // Compression runs on libuv's thread pool, which bin/sparsify.js sizes to the cores.
+        threads: Math.max(1, availableParallelism()),
         finalPath: req.output,
         ...(overlay ? { backing: overlay.backing } : {}),
       });
       req.onStatus?.('Copy to destination and make sparse');
       if (overlay) req.onVerbose?.(`output: a qcow2 overlay on ${overlay.backing.file}, holding the input's own clusters minus the wholly free ones`);
       const r = await copyImage(image, plan, writer, {
+        checkSpace: (bytes, shared) => checkSpace(dirname(req.output), bytes, shared),
         onProgress: req.onProgress,
         signal: req.signal,
         data: map.data,
+        noTransfer: req.noTransfer,
         ...(overlay ? { overlayClusters: overlayClusters(overlay.own, plan, writer.allocationUnit ?? 1) } : {}),
       });
       await writer.finish();
       writer = undefined;
-      req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat})`);
+      req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat}; ${r.bytesCloned} shared with the input by reflink, ${r.bytesCopied} copied by the kernel)`);
       await rename(temp, req.output);
       await syncDir(dirname(req.output));
       const outputAllocated = (await stat(req.output)).blocks * 512;

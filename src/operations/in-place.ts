@@ -9,8 +9,9 @@ import { openImage } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { RawImage } from '../formats/raw.js';
 import { analyzeDisk } from '../analyze/analyze.js';
-import { allInfo, allWarnings, walk, type DiskMap } from '../analyze/diskmap.js';
+import { allInfo, walk, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
+import { operationWarnings } from '../plan/warnings.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { discardBackendFor, discardInPlace } from '../execute/in-place.js';
 import type { OperationEvents } from './events.js';
@@ -94,11 +95,11 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
     const backend = await discardBackendFor(image);
     const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
-    for (const w of allWarnings(map)) req.onWarning?.(w);
     for (const i of allInfo(map)) req.onInfo?.(i);
     const advice = snapshotAdvice(map);
     if (advice) req.onInfo?.(advice);
     const plan = makePlan(map, { ignore: req.ignore, zero: req.zero });
+    for (const w of operationWarnings(map, plan, 'in-place')) req.onWarning?.(w);
     for (const u of plan.unmatched) req.onWarning?.(`${u}: no such filesystem or volume on the disk; ignored`);
     if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
     announce(map, plan, (t) => req.onStatus?.(t));

@@ -33,6 +33,8 @@ export interface Plan {
   steps: PlanStep[];
   /** Names given with --ignore/--zero that match nothing on the disk. */
   unmatched: string[];
+  /** Devices left alone because they, or a volume holding them, were named with --ignore. */
+  ignored: string[];
 }
 
 export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
@@ -40,6 +42,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
   const zero = opts.zero ?? [];
   const steps: PlanStep[] = [];
   const used = new Set<string>();
+  const ignoredDevices: string[] = [];
   let discard = new Extents();
   let zeroed = new Extents();
 
@@ -58,6 +61,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
       return;
     }
     if (isIgnored) {
+      ignoredDevices.push(node.device);
       if (ig) steps.push({ device: node.device, action: 'ignore', bytes: 0 });
     } else if (!node.free.isEmpty) {
       discard = discard.union(node.free);
@@ -75,6 +79,7 @@ export function makePlan(map: DiskMap, opts: PlanOptions = {}): Plan {
     keep: discard.complement(0, map.virtualSize),
     steps,
     unmatched: [...ignore, ...zero].filter((s) => !used.has(s)),
+    ignored: ignoredDevices,
   };
 }
 

@@ -91,7 +91,7 @@ export class Service {
     this.tokenGenerated = t.generated;
     this.mounts = new Mounts(this.ctx, config.domains);
     // One thread per job slot, and one for the scanner's analyses.
-    this.engine = new EnginePool(config.concurrency + 1, keysFile);
+    this.engine = new EnginePool(config.concurrency + 1, keysFile, (e) => log.error(`an engine thread failed: ${e.message}`));
     this.scanner = new Scanner(this.ctx, this.mounts, (id) => this.isScannerOf(id), this.engine);
     this.queue = store.kind === 'postgres' ? new PgBossQueue(store, (e) => log.warn(`job queue: ${e.message}`)) : new LocalQueue(store);
     this.worker = new JobWorker(this.ctx, this.mounts, this.scanner, this.queue, this.engine);

@@ -15,7 +15,7 @@ function info(path: string): { format: string; 'virtual-size': number; 'format-s
   return JSON.parse(run('qemu-img', ['info', '--output=json', path]));
 }
 
-test('every output format from a 3-layer qcow2 chain equals the raw sparsified copy', async () => {
+test('every output format from a 3-layer qcow2 chain equals the raw sparsified copy', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'disk.img');
@@ -69,7 +69,7 @@ test('every output format from a 3-layer qcow2 chain equals the raw sparsified c
   }
 });
 
-test('-o: an unknown key or bad value is a clear error listing the valid keys; nothing is left behind', async () => {
+test('-o: an unknown key or bad value is a clear error listing the valid keys; nothing is left behind', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'disk.img');
@@ -89,7 +89,7 @@ test('-o: an unknown key or bad value is a clear error listing the valid keys; n
   }
 });
 
-test('with --format raw a qcow2 file is copied as raw bytes and its backing file is never opened', async () => {
+test('with --format raw a qcow2 file is copied as raw bytes and its backing file is never opened', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'evil.qcow2');

@@ -80,7 +80,7 @@ function baseImage(dir: string, name: string, extra: string[] = []): { path: str
   return { path, l1, l2, refTable: Number(h.readBigUInt64BE(48)) };
 }
 
-test('qcow2 corrupt: each malformed image gets a clear error', { skip }, async (t) => {
+test('qcow2 corrupt: each malformed image gets a clear error', { timeout: 300_000, skip }, async (t) => {
   const d = tempDir();
   try {
     const base = baseImage(d.dir, 'base.qcow2');
@@ -160,7 +160,7 @@ test('qcow2 corrupt: each malformed image gets a clear error', { skip }, async (
   }
 });
 
-test('qcow2 corrupt: compressed clusters that do not decompress to one cluster', { skip }, async (t) => {
+test('qcow2 corrupt: compressed clusters that do not decompress to one cluster', { timeout: 300_000, skip }, async (t) => {
   const d = tempDir();
   try {
     for (const type of ['zlib', 'zstd'] as const) {
@@ -195,7 +195,7 @@ test('qcow2 corrupt: compressed clusters that do not decompress to one cluster',
   }
 });
 
-test('qcow2 corrupt: random damage to metadata never crashes', { skip }, async () => {
+test('qcow2 corrupt: random damage to metadata never crashes', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const base = baseImage(d.dir, 'fuzz-base.qcow2', ['-c', '-o', 'cluster_size=4k']);

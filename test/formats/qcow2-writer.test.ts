@@ -71,7 +71,7 @@ const CASES: { name: string; options: Record<string, string>; compress?: boolean
   { name: '--compress, extended_l2=on', options: { extended_l2: 'on', compression_type: 'zstd' }, compress: true, info: { 'extended-l2': true } },
 ];
 
-test('qcow2 writer: qemu-img check, info and compare accept what we write', { skip }, async (t) => {
+test('qcow2 writer: qemu-img check, info and compare accept what we write', { timeout: 300_000, skip }, async (t) => {
   const d = tempDir();
   try {
     const src = join(d.dir, 'src.raw');
@@ -136,7 +136,7 @@ test('qcow2 writer: qemu-img check, info and compare accept what we write', { sk
   }
 });
 
-test('qcow2 writer: compressed output is deterministic whatever the worker timing', { skip }, async () => {
+test('qcow2 writer: compressed output is deterministic whatever the worker timing', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const src = join(d.dir, 'src.raw');
@@ -151,7 +151,7 @@ test('qcow2 writer: compressed output is deterministic whatever the worker timin
   }
 });
 
-test('qcow2 writer: a 1 TiB virtual disk with sparse writes stays small and valid', { skip }, async () => {
+test('qcow2 writer: a 1 TiB virtual disk with sparse writes stays small and valid', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const out = join(d.dir, 'big.qcow2');
@@ -170,7 +170,7 @@ test('qcow2 writer: a 1 TiB virtual disk with sparse writes stays small and vali
   }
 });
 
-test('qcow2 writer: option errors name the valid choices', async () => {
+test('qcow2 writer: option errors name the valid choices', { timeout: 300_000 }, async () => {
   const d = tempDir();
   try {
     const out = join(d.dir, 'x.qcow2');

@@ -149,7 +149,7 @@ const VARIANTS: { name: string; args: string[] }[] = [
   { name: 'preallocation=metadata', args: ['-o', 'preallocation=metadata'] },
 ];
 
-test('qcow2 reader: images made by qemu-img convert read back exactly', { skip }, async (t) => {
+test('qcow2 reader: images made by qemu-img convert read back exactly', { timeout: 300_000, skip }, async (t) => {
   const d = tempDir();
   try {
     const src = join(d.dir, 'src.raw');
@@ -175,7 +175,7 @@ test('qcow2 reader: images made by qemu-img convert read back exactly', { skip }
   }
 });
 
-test('qcow2 reader: extended L2 subclusters (partial allocation, zero subclusters) over a backing file', { skip }, async () => {
+test('qcow2 reader: extended L2 subclusters (partial allocation, zero subclusters) over a backing file', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const base = join(d.dir, 'base.qcow2');
@@ -210,7 +210,7 @@ test('qcow2 reader: extended L2 subclusters (partial allocation, zero subcluster
   }
 });
 
-test('qcow2 reader: 3-layer backing chain with writes, zero writes and discards', { skip }, async () => {
+test('qcow2 reader: 3-layer backing chain with writes, zero writes and discards', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const src = join(d.dir, 'src.raw');
@@ -248,7 +248,7 @@ test('qcow2 reader: 3-layer backing chain with writes, zero writes and discards'
   }
 });
 
-test('qcow2 reader: external data file (raw and not raw)', { skip }, async (t) => {
+test('qcow2 reader: external data file (raw and not raw)', { timeout: 300_000, skip }, async (t) => {
   const d = tempDir();
   try {
     for (const raw of ['on', 'off']) {
@@ -272,7 +272,7 @@ test('qcow2 reader: external data file (raw and not raw)', { skip }, async (t) =
   }
 });
 
-test('qcow2 reader: cost follows metadata on a sparse 4 TiB image', { skip }, async () => {
+test('qcow2 reader: cost follows metadata on a sparse 4 TiB image', { timeout: 300_000, skip }, async () => {
   const d = tempDir();
   try {
     const img = join(d.dir, 'big.qcow2');

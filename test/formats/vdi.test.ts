@@ -12,7 +12,7 @@ import {
 const MiB = 1 << 20;
 const skip = haveTool('qemu-img') ? false : 'qemu-img not installed';
 
-test('vdi: reads qemu-made dynamic and static images', { skip }, async () => {
+test('vdi: reads qemu-made dynamic and static images', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -37,7 +37,7 @@ test('vdi: reads qemu-made dynamic and static images', { skip }, async () => {
   }
 });
 
-test('vdi: writer output passes qemu-img check and compare', { skip }, async () => {
+test('vdi: writer output passes qemu-img check and compare', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -66,7 +66,7 @@ test('vdi: writer output passes qemu-img check and compare', { skip }, async () 
   }
 });
 
-test('vdi: block index past end of file is a clear error', { skip }, async () => {
+test('vdi: block index past end of file is a clear error', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');

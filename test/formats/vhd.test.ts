@@ -17,7 +17,7 @@ const skip = haveTool('qemu-img') ? false : 'qemu-img not installed';
 // 24 MiB + 5 sectors is not a multiple of any CHS geometry: qemu rounds it up unless force_size.
 const SIZE = 24 * MiB + 5 * 512;
 
-test('vpc: reads qemu-made dynamic and fixed images, CHS-rounded and forced sizes', { skip }, async () => {
+test('vpc: reads qemu-made dynamic and fixed images, CHS-rounded and forced sizes', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -43,7 +43,7 @@ test('vpc: reads qemu-made dynamic and fixed images, CHS-rounded and forced size
   }
 });
 
-test('vpc: writer output matches the source per qemu-img (exact and CHS-rounded sizes)', { skip }, async () => {
+test('vpc: writer output matches the source per qemu-img (exact and CHS-rounded sizes)', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -72,7 +72,7 @@ test('vpc: writer output matches the source per qemu-img (exact and CHS-rounded 
   }
 });
 
-test('vpc: bad footer checksum is refused naming the file', { skip }, async () => {
+test('vpc: bad footer checksum is refused naming the file', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const p = join(dir, 'bad.vhd');
@@ -91,7 +91,7 @@ test('vpc: bad footer checksum is refused naming the file', { skip }, async () =
  * qemu cannot create differencing VHDs, so build one by hand from a qemu-made parent: one block
  * allocated, its sector bitmap marking sectors 8..15 and 100 as present in the child.
  */
-test('vpc: differencing disk reads through the parent locator', { skip }, async () => {
+test('vpc: differencing disk reads through the parent locator', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');

@@ -14,7 +14,7 @@ const MiB = 1 << 20;
 const skip = haveTool('qemu-img') ? false : 'qemu-img not installed';
 const SIZE = 40 * MiB + 3 * 512;
 
-test('vhdx: reads qemu-made dynamic and fixed images', { skip }, async () => {
+test('vhdx: reads qemu-made dynamic and fixed images', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -38,7 +38,7 @@ test('vhdx: reads qemu-made dynamic and fixed images', { skip }, async () => {
   }
 });
 
-test('vhdx: writer output passes qemu-img check and compare', { skip }, async () => {
+test('vhdx: writer output passes qemu-img check and compare', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -75,7 +75,7 @@ function assertMatchesQemuMapIfKnown(ext: Parameters<typeof assertMatchesQemuMap
   if (map.some((m) => !m.data)) assertMatchesQemuMap(ext, path, 'vhdx');
 }
 
-test('vhdx: a log that needs replay is refused with a clear message', { skip }, async () => {
+test('vhdx: a log that needs replay is refused with a clear message', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const p = join(dir, 'log.vhdx');

@@ -13,7 +13,7 @@ const MiB = 1 << 20;
 const skip = haveTool('qemu-img') ? false : 'qemu-img not installed';
 const SIZE = 40 * MiB + 3 * 512;
 
-test('vmdk: reads qemu-made images of every subformat', { skip }, async () => {
+test('vmdk: reads qemu-made images of every subformat', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -41,7 +41,7 @@ test('vmdk: reads qemu-made images of every subformat', { skip }, async () => {
   }
 });
 
-test('vmdk: writers produce images qemu-img checks and compares identical', { skip }, async () => {
+test('vmdk: writers produce images qemu-img checks and compares identical', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');
@@ -77,7 +77,7 @@ test('vmdk: writers produce images qemu-img checks and compares identical', { sk
   }
 });
 
-test('vmdk: truncated grain directory is a CorruptError naming file and offset', { skip }, async () => {
+test('vmdk: truncated grain directory is a CorruptError naming file and offset', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const raw = join(dir, 'src.raw');

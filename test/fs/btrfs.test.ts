@@ -120,7 +120,7 @@ for (const [label, extra, files = FILES] of VARIANTS) {
   });
 }
 
-test('btrfs: a log tree, a second device or a RAID profile keeps everything', { skip }, async () => {
+test('btrfs: a log tree, a second device or a RAID profile keeps everything', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = makeBtrfs(dir, []);
@@ -156,7 +156,7 @@ test('btrfs: a log tree, a second device or a RAID profile keeps everything', { 
   }
 });
 
-test('btrfs: corrupt metadata gives CorruptError or an untrusted result, never a crash', { skip }, async () => {
+test('btrfs: corrupt metadata gives CorruptError or an untrusted result, never a crash', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = makeBtrfs(dir, []);

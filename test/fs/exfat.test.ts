@@ -68,7 +68,7 @@ for (const [size, cluster] of [
   });
 }
 
-test('exfat: bad checksum, dirty flag, truncation, looping root chain, absurd geometry', { skip }, async () => {
+test('exfat: bad checksum, dirty flag, truncation, looping root chain, absurd geometry', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'bad.img');

@@ -82,11 +82,11 @@ async function checkRoundTrip(bits: 12 | 16 | 32, size: number, mkfsArgs: string
   }
 }
 
-test('fat12: free clusters match fsck.fat; clobbering them loses nothing', { skip }, () => checkRoundTrip(12, 3 << 20));
-test('fat16: free clusters match fsck.fat; clobbering them loses nothing', { skip }, () => checkRoundTrip(16, 24 << 20));
-test('fat32: free clusters match fsck.fat; clobbering them loses nothing', { skip }, () => checkRoundTrip(32, 40 << 20, ['-s', '1']));
+test('fat12: free clusters match fsck.fat; clobbering them loses nothing', { timeout: 300_000, skip }, () => checkRoundTrip(12, 3 << 20));
+test('fat16: free clusters match fsck.fat; clobbering them loses nothing', { timeout: 300_000, skip }, () => checkRoundTrip(16, 24 << 20));
+test('fat32: free clusters match fsck.fat; clobbering them loses nothing', { timeout: 300_000, skip }, () => checkRoundTrip(32, 40 << 20, ['-s', '1']));
 
-test('fat: corrupt and doubtful volumes', { skip }, async () => {
+test('fat: corrupt and doubtful volumes', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const { img } = buildFat(t.dir, 16, 16 << 20);

@@ -98,7 +98,7 @@ for (const [size, cluster] of [
   });
 }
 
-test('ntfs: hibernated (hiberfil.sys starts with hibr/wake) and dirty volumes are kept whole', { skip }, async () => {
+test('ntfs: hibernated (hiberfil.sys starts with hibr/wake) and dirty volumes are kept whole', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const hib = Buffer.concat([Buffer.from('HIBR'), fileContent('hib', 20000)]);
@@ -141,7 +141,7 @@ test('ntfs: hibernated (hiberfil.sys starts with hibr/wake) and dirty volumes ar
   }
 });
 
-test('ntfs: torn MFT records, absurd geometry, truncation and runs past the end are refused', { skip }, async () => {
+test('ntfs: torn MFT records, absurd geometry, truncation and runs past the end are refused', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const { img } = buildNtfs(t.dir, 24 << 20, 4096);

@@ -10,7 +10,7 @@ const UUID = '0b4c1a38-5ad4-4d7a-9e3c-2f6a0c1e9d11';
 /** Overwrite every free range with garbage (0x5a), as the worst-case executor would. */
 const skip = !haveTool('mkswap') ? 'mkswap not installed' : false;
 
-test('swap: body after the first page is free; label and UUID survive clobbering', { skip }, async () => {
+test('swap: body after the first page is free; label and UUID survive clobbering', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'swap.img');
@@ -42,7 +42,7 @@ test('swap: body after the first page is free; label and UUID survive clobbering
   }
 });
 
-test('swap: 64 KiB page size is recognised', { skip }, async () => {
+test('swap: 64 KiB page size is recognised', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'swap64k.img');
@@ -62,7 +62,7 @@ test('swap: 64 KiB page size is recognised', { skip }, async () => {
   }
 });
 
-test('swap: a hibernation signature keeps the whole area', { skip }, async () => {
+test('swap: a hibernation signature keeps the whole area', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'hib.img');
@@ -86,7 +86,7 @@ test('swap: a hibernation signature keeps the whole area', { skip }, async () =>
   }
 });
 
-test('swap: bad headers are kept whole, garbage is not swap', { skip }, async () => {
+test('swap: bad headers are kept whole, garbage is not swap', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'bad.img');

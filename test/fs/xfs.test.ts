@@ -132,7 +132,7 @@ for (const [label, extra, files = FILES] of VARIANTS) {
   });
 }
 
-test('xfs: dirty and re-cycled logs are judged as xfs_logprint judges them', { skip }, async () => {
+test('xfs: dirty and re-cycled logs are judged as xfs_logprint judges them', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = makeXfs(dir, []);
@@ -161,7 +161,7 @@ test('xfs: dirty and re-cycled logs are judged as xfs_logprint judges them', { s
   }
 });
 
-test('xfs: corrupt metadata gives CorruptError or an untrusted result, never a crash', { skip }, async () => {
+test('xfs: corrupt metadata gives CorruptError or an untrusted result, never a crash', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = makeXfs(dir, []);

@@ -6,6 +6,7 @@
 import { mkdirSync, readdirSync, readFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, runStatus, garbageFile, sha256 } from './fixtures.js';
+import { Extents } from '../../src/io/extents.js';
 
 export interface ExtSpec {
   type: 'ext2' | 'ext3' | 'ext4';
@@ -99,4 +100,28 @@ export function dumpe2fsFree(img: string): { blockSize: number; ranges: Array<[n
     }
   }
   return { blockSize: bs, ranges };
+}
+
+/**
+ * Unused inode-table blocks [start, end) in bytes, as dumpe2fs reports them: for each group, the
+ * blocks of "Inode table at A-B" past those holding its inodes that are not "unused inodes"; with
+ * bigalloc, only the whole clusters among them. Empty without group checksums (dumpe2fs then
+ * prints no unused counts).
+ */
+export function dumpe2fsUnusedItables(img: string): Array<[number, number]> {
+  const text = run('dumpe2fs', [img]);
+  const bs = Number(/Block size:\s+(\d+)/.exec(text)![1]);
+  const ipg = Number(/Inodes per group:\s+(\d+)/.exec(text)![1]);
+  const isz = Number(/Inode size:\s+(\d+)/.exec(text)![1]);
+  const out: Array<[number, number]> = [];
+  for (const g of text.split(/^Group \d+:/m).slice(1)) {
+    const table = /Inode table at (\d+)-(\d+)/.exec(g);
+    const unused = /(\d+) unused inodes/.exec(g);
+    if (!table || !unused) continue;
+    const first = Number(table[1]) + Math.ceil(((ipg - Number(unused[1])) * isz) / bs);
+    const end = Number(table[2]) + 1;
+    if (first < end) out.push([first * bs, end * bs]);
+  }
+  const cluster = Number(/Cluster size:\s+(\d+)/.exec(text)?.[1] ?? bs);
+  return [...new Extents(out.map(([start, end]) => ({ start, end }))).alignInward(cluster)].map((r) => [r.start, r.end]);
 }

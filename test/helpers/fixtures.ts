@@ -131,3 +131,19 @@ export function readBytes(path: string, offset: number, len: number): Buffer {
     closeSync(fd);
   }
 }
+
+/**
+ * Release what a test started, every step whatever the others do (for `after` hooks): a failing
+ * step does not leave the rest running or on disk. The first failure is thrown at the end.
+ */
+export async function releaseAll(...steps: Array<() => unknown>): Promise<void> {
+  let first: unknown;
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (e) {
+      first ??= e;
+    }
+  }
+  if (first !== undefined) throw first;
+}

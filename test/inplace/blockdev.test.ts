@@ -15,7 +15,7 @@ function loopSkip(): string | false {
   return runStatus('losetup', ['-f']).status === 0 ? false : 'no free loop device';
 }
 
-test('in-place on a block device discards free space and keeps every file', { skip: loopSkip() }, async () => {
+test('in-place on a block device discards free space and keeps every file', { timeout: 300_000, skip: loopSkip() }, async () => {
   const { dir, cleanup } = tempDir();
   let loop = '';
   try {

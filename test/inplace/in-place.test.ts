@@ -49,7 +49,7 @@ function assertClean(path: string, format: string): void {
   assert.deepEqual(checkImage(path, format, disk.parts, work.dir), []);
 }
 
-test('raw file: holes punched over free space, size kept, filesystems and files intact', { skip }, async () => {
+test('raw file: holes punched over free space, size kept, filesystems and files intact', { timeout: 300_000, skip }, async () => {
   const img = fresh('raw.img', (r, o) => copyFileSync(r, o));
   const size = statSync(img).size;
   const before = du(img);
@@ -89,7 +89,7 @@ for (const q of QCOW2) {
   });
 }
 
-test('qcow2 v3 with a backing file: discarded clusters become zero clusters, never backing data', { skip }, async () => {
+test('qcow2 v3 with a backing file: discarded clusters become zero clusters, never backing data', { timeout: 300_000, skip }, async () => {
   const base = join(work.dir, 'base-garbage.raw');
   garbageFile(base, statSync(disk.path).size);
   const img = fresh('top-v3.qcow2', (r, o) => {
@@ -106,7 +106,7 @@ test('qcow2 v3 with a backing file: discarded clusters become zero clusters, nev
   assert.ok(zeroTop > 25 << 20, `only ${zeroTop} bytes became zero clusters`);
 });
 
-test('qcow2 v2 with a backing file: clusters kept, and the user is told why', { skip }, async () => {
+test('qcow2 v2 with a backing file: clusters kept, and the user is told why', { timeout: 300_000, skip }, async () => {
   const base = join(work.dir, 'base-garbage2.raw');
   garbageFile(base, statSync(disk.path).size);
   const img = fresh('top-v2.qcow2', (r, o) => {
@@ -118,7 +118,7 @@ test('qcow2 v2 with a backing file: clusters kept, and the user is told why', { 
   assertClean(img, 'qcow2');
 });
 
-test('vdi: free blocks discarded, slots compacted, qemu-img check clean', { skip }, async () => {
+test('vdi: free blocks discarded, slots compacted, qemu-img check clean', { timeout: 300_000, skip }, async () => {
   const img = fresh('d.vdi', (r, o) => run('qemu-img', ['convert', '-f', 'raw', '-O', 'vdi', r, o]));
   const before = du(img);
   await inPlace(img);
@@ -144,7 +144,7 @@ async function refusal(path: string): Promise<SparsifyError> {
   assert.fail('in-place should have refused');
 }
 
-test('qcow2 refusals: dirty, corrupt, extended L2, external data file; nothing changed', { skip }, async () => {
+test('qcow2 refusals: dirty, corrupt, extended L2, external data file; nothing changed', { timeout: 300_000, skip }, async () => {
   const mk = (name: string, opts: string): string => {
     const o = join(work.dir, name);
     run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', opts, disk.path, o]);
@@ -168,7 +168,7 @@ test('qcow2 refusals: dirty, corrupt, extended L2, external data file; nothing c
   assert.match((await refusal(data)).message, /external data file.*not supported yet/);
 });
 
-test('other formats are refused with a pointer to copy mode', { skip }, async () => {
+test('other formats are refused with a pointer to copy mode', { timeout: 300_000, skip }, async () => {
   const vhd = join(work.dir, 'd.vhd');
   run('qemu-img', ['convert', '-f', 'raw', '-O', 'vpc', disk.path, vhd]);
   const e = await refusal(vhd);
@@ -176,7 +176,7 @@ test('other formats are refused with a pointer to copy mode', { skip }, async ()
   assert.match(e.message, /vpc|copy mode/);
 });
 
-test('an image another process holds for writing is refused', { skip }, async () => {
+test('an image another process holds for writing is refused', { timeout: 300_000, skip }, async () => {
   const img = fresh('locked.img', (r, o) => copyFileSync(r, o));
   const holder = await BlockFile.open(img, 'r+');
   try {
@@ -190,7 +190,7 @@ test('an image another process holds for writing is refused', { skip }, async ()
   }
 });
 
-test('--ignore skips a filesystem entirely; --zero discards a whole partition', { skip }, async () => {
+test('--ignore skips a filesystem entirely; --zero discards a whole partition', { timeout: 300_000, skip }, async () => {
   const img = fresh('ignore.img', (r, o) => copyFileSync(r, o));
   const { report } = await inPlace(img, { ignore: ['/dev/sda1'] });
   assert.ok(report.plan.steps.some((s) => s.device === '/dev/sda1' && s.action === 'ignore'));
@@ -213,7 +213,7 @@ test('--ignore skips a filesystem entirely; --zero discards a whole partition', 
   assert.ok(buf.every((x) => x === 0), 'the zeroed partition must read as zeros');
 });
 
-test('abort after the first batch: consistent image, quit message, rerun completes', { skip }, async () => {
+test('abort after the first batch: consistent image, quit message, rerun completes', { timeout: 300_000, skip }, async () => {
   const img = fresh('abort.qcow2', (r, o) => run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=512', r, o]));
   const ac = new AbortController();
   let events = 0;
@@ -228,7 +228,7 @@ test('abort after the first batch: consistent image, quit message, rerun complet
   assertClean(img, 'qcow2');
 });
 
-test('CLI: --machine-readable progress lines, -q silence, exit codes', { skip }, () => {
+test('CLI: --machine-readable progress lines, -q silence, exit codes', { timeout: 300_000, skip }, () => {
   const { cmd, args } = cliCommand();
   const img = fresh('cli.qcow2', (r, o) => run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', r, o]));
   const mr = spawnSync(cmd, [...args, '--machine-readable', '--in-place', img], { encoding: 'utf8' });
@@ -249,7 +249,7 @@ test('CLI: --machine-readable progress lines, -q silence, exit codes', { skip },
   assert.match(conflict.stderr, /you cannot use --in-place and --convert options together/);
 });
 
-test('CLI: SIGINT during the run finishes the current batch, prints the quit message, exits 1', { skip }, async () => {
+test('CLI: SIGINT during the run finishes the current batch, prints the quit message, exits 1', { timeout: 300_000, skip }, async () => {
   const { cmd, args } = cliCommand();
   const img = fresh('sigint.qcow2', (r, o) => run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=512', r, o]));
   const child = spawn(cmd, [...args, '--machine-readable', '--in-place', img], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -32,7 +32,7 @@ function filledFs(dir: string, type: 'ext2' | 'ext4', bytes: number, fillMiB: nu
   return img;
 }
 
-test('upstream case without LVM: 400 MiB GPT, ext2 + ext4, 310 MiB deleted: du drops by more than 300000 KiB', { skip }, async () => {
+test('upstream case without LVM: 400 MiB GPT, ext2 + ext4, 310 MiB deleted: du drops by more than 300000 KiB', { timeout: 300_000, skip }, async () => {
   const { dir, cleanup } = tempDir('sparsify-upstream-');
   try {
     const disk = join(dir, 'upstream.img');
@@ -81,7 +81,7 @@ function upstreamImage(dir: string): string {
 
 const upstreamSkip = skip || (process.env['SPARSIFY_UPSTREAM_IMG'] ? false : canBuildUpstream());
 
-test('upstream case with LVM: in-place, du drops by more than 300000 KiB', { skip: upstreamSkip }, async () => {
+test('upstream case with LVM: in-place, du drops by more than 300000 KiB', { timeout: 300_000, skip: upstreamSkip }, async () => {
   const { dir, cleanup } = tempDir('sparsify-upstream-lvm-');
   try {
     const disk = upstreamImage(dir);
@@ -95,7 +95,7 @@ test('upstream case with LVM: in-place, du drops by more than 300000 KiB', { ski
   }
 });
 
-test('upstream case with LVM: copy to qcow2, input du >= 310000 KiB, output du <= 15000 KiB', { skip: upstreamSkip }, async () => {
+test('upstream case with LVM: copy to qcow2, input du >= 310000 KiB, output du <= 15000 KiB', { timeout: 300_000, skip: upstreamSkip }, async () => {
   const { dir, cleanup } = tempDir('sparsify-upstream-lvm-');
   try {
     const disk = upstreamImage(dir);
@@ -110,7 +110,7 @@ test('upstream case with LVM: copy to qcow2, input du >= 310000 KiB, output du <
   }
 });
 
-test('upstream case with LVM: --ignore VG keeps the LV free space; --zero /dev/VG/LV zeroes exactly the LV', { skip: upstreamSkip }, async () => {
+test('upstream case with LVM: --ignore VG keeps the LV free space; --zero /dev/VG/LV zeroes exactly the LV', { timeout: 300_000, skip: upstreamSkip }, async () => {
   const { dir, cleanup } = tempDir('sparsify-upstream-lvm-');
   try {
     const disk = upstreamImage(dir);

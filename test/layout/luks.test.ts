@@ -19,7 +19,7 @@ function uuidOf(img: string): string {
   return run('cryptsetup', ['luksUUID', img]).trim();
 }
 
-test('luks2: detected, kept whole, details from the header', { skip }, async () => {
+test('luks2: detected, kept whole, details from the header', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'luks2.img');
@@ -63,7 +63,7 @@ test('luks2: detected, kept whole, details from the header', { skip }, async () 
   }
 });
 
-test('luks1: detected with cipher and UUID', { skip }, async () => {
+test('luks1: detected with cipher and UUID', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'luks1.img');
@@ -86,7 +86,7 @@ test('luks1: detected with cipher and UUID', { skip }, async () => {
   }
 });
 
-test('luks: garbage, tiny volumes and a secondary header at the wrong offset are not LUKS', { skip }, async () => {
+test('luks: garbage, tiny volumes and a secondary header at the wrong offset are not LUKS', { timeout: 300_000, skip }, async () => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'junk.img');

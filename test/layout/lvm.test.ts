@@ -127,7 +127,7 @@ function expectLvMapping(lvVolume: Volume, segs: OracleSeg[], ext: number, peSta
   assert.ok(checked > 0);
 }
 
-test('lvmCrc is LVM calc_crc: it reproduces the label, MDA header and text checksums pvck prints', { skip: !havePvck && 'pvck (lvm2) not installed' }, async () => {
+test('lvmCrc is LVM calc_crc: it reproduces the label, MDA header and text checksums pvck prints', { timeout: 300_000, skip: !havePvck && 'pvck (lvm2) not installed' }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     for (const name of ['basic', 'wrap']) {
@@ -205,7 +205,7 @@ for (const name of ['basic', 'wrap', 'special']) {
   });
 }
 
-test('special: snapshot origin/cow and thin pool/thin LVs are named in warnings', async () => {
+test('special: snapshot origin/cow and thin pool/thin LVs are named in warnings', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   const { volume, close } = await openRawVolume(unpack('special', dir));
   try {
@@ -222,7 +222,7 @@ test('special: snapshot origin/cow and thin pool/thin LVs are named in warnings'
   }
 });
 
-test('basic: ext4 inside linear LVs reads back through the LV volumes (e2fsck + debugfs)', { skip: !haveE2 && 'e2fsprogs not installed' }, async () => {
+test('basic: ext4 inside linear LVs reads back through the LV volumes (e2fsck + debugfs)', { timeout: 300_000, skip: !haveE2 && 'e2fsprogs not installed' }, async () => {
   const { dir, cleanup } = tempDir();
   const o = oracle('basic');
   const pv = o.pvs[0]!;
@@ -270,7 +270,7 @@ test('basic: ext4 inside linear LVs reads back through the LV volumes (e2fsck + 
   }
 });
 
-test('multi: a PV of a multi-PV VG is kept whole; with both PVs the striped and spanning LVs map as lvs says', async () => {
+test('multi: a PV of a multi-PV VG is kept whole; with both PVs the striped and spanning LVs map as lvs says', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   const o = oracle('multi');
   try {
@@ -360,7 +360,7 @@ function assertKeptWhole(a: Awaited<ReturnType<typeof analyzeFile>>, why: RegExp
   assert.match(a.warnings.join('\n'), why);
 }
 
-test('damage keeps the PV whole, and LVM agrees the damage is there', async () => {
+test('damage keeps the PV whole, and LVM agrees the damage is there', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const text = unpack('basic', dir);
@@ -411,7 +411,7 @@ test('damage keeps the PV whole, and LVM agrees the damage is there', async () =
   }
 });
 
-test('random damage to checksummed metadata never crashes or hangs', async () => {
+test('random damage to checksummed metadata never crashes or hangs', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const base = unpack('wrap', dir);
@@ -446,7 +446,7 @@ test('random damage to checksummed metadata never crashes or hangs', async () =>
   }
 });
 
-test('metadata text parser: sections, arrays, strings, comments, and bounds', () => {
+test('metadata text parser: sections, arrays, strings, comments, and bounds', { timeout: 300_000 }, () => {
   const t = parseLvmText('a {\n  b = "x \\"q\\" \\\\ y" # c\n  n = -12\n  f = 1.5\n  arr = [ "pv0", 0, "pv1", 33 ]\n  e = []\n  inner { k = 1 }\n}\nversion = 1\n');
   const a = t.section('a')!;
   assert.equal(a.string('b'), 'x "q" \\ y');

@@ -38,7 +38,7 @@ function ourParts(root: MapNode): Map<string, [number, number]> {
   return new Map(root.children.map((c) => [c.device, [c.offset, c.size] as [number, number]]));
 }
 
-test('MBR with extended and logical partitions: same partitions as sfdisk, Linux numbering', async () => {
+test('MBR with extended and logical partitions: same partitions as sfdisk, Linux numbering', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'mbr.img');
@@ -55,7 +55,7 @@ test('MBR with extended and logical partitions: same partitions as sfdisk, Linux
   }
 });
 
-test('GPT: same partitions as sfdisk, numbered by entry slot', async () => {
+test('GPT: same partitions as sfdisk, numbered by entry slot', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'gpt.img');
@@ -71,7 +71,7 @@ test('GPT: same partitions as sfdisk, numbered by entry slot', async () => {
   }
 });
 
-test('GPT with a damaged primary header: the backup is used, with a warning naming the offset', async () => {
+test('GPT with a damaged primary header: the backup is used, with a warning naming the offset', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'gpt.img');
@@ -88,7 +88,7 @@ test('GPT with a damaged primary header: the backup is used, with a warning nami
   }
 });
 
-test('GPT with both headers damaged: kept whole with a warning, no crash', async () => {
+test('GPT with both headers damaged: kept whole with a warning, no crash', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'gpt.img');
@@ -105,7 +105,7 @@ test('GPT with both headers damaged: kept whole with a warning, no crash', async
   }
 });
 
-test('MBR: an extended-partition chain that loops is cut with a warning', async () => {
+test('MBR: an extended-partition chain that loops is cut with a warning', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'loop.img');
@@ -126,7 +126,7 @@ test('MBR: an extended-partition chain that loops is cut with a warning', async 
   }
 });
 
-test('partitions past the end of a truncated disk, and overlapping partitions, are kept whole with warnings', async () => {
+test('partitions past the end of a truncated disk, and overlapping partitions, are kept whole with warnings', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'bad.img');
@@ -150,7 +150,7 @@ test('partitions past the end of a truncated disk, and overlapping partitions, a
   }
 });
 
-test('a filesystem directly on the whole disk, with no partition table', async () => {
+test('a filesystem directly on the whole disk, with no partition table', { timeout: 300_000 }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'whole.img');

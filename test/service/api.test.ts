@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, writeFileSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { tempDir, run, haveTool, sha256 } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, sha256, releaseAll } from '../helpers/fixtures.js';
 import { extract, e2fsck } from '../helpers/ext-fixtures.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
@@ -19,10 +19,7 @@ const tools = ['mke2fs', 'debugfs', 'sgdisk', 'qemu-img', 'qemu-io', 'e2fsck'].f
 const missingTools = tools.length ? `missing tools: ${tools.join(', ')}` : false;
 
 let pg: PgCluster | undefined;
-after(async () => {
-  await stopAllServers();
-  pg?.stop();
-});
+after(() => releaseAll(stopAllServers, () => pg?.stop()));
 
 for (const backend of ['sqlite', 'postgres'] as const) {
   const skip = missingTools || (backend === 'postgres' ? (postgresMissing() ?? false) : false);
@@ -66,11 +63,13 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       disks = await analyzedDisks(server, N);
     });
 
-    after(async () => {
-      holder?.kill('SIGKILL');
-      await server?.stop();
-      tmp?.cleanup();
-    });
+    after(() =>
+      releaseAll(
+        () => holder?.kill('SIGKILL'),
+        () => server?.stop(),
+        () => tmp?.cleanup(),
+      ),
+    );
 
     it('lists every disk with a stable id, format, chain, sizes, allocation and status', async () => {
       for (const d of disks) {
@@ -308,10 +307,12 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       copyFileSync(join(domain, 'c.raw'), join(domain, 'e.raw'));
     });
 
-    after(async () => {
-      await server?.kill();
-      tmp?.cleanup();
-    });
+    after(() =>
+      releaseAll(
+        () => server?.kill(),
+        () => tmp?.cleanup(),
+      ),
+    );
 
     const slow = { SPARSIFY_TEST_JOB_DELAY_MS: '2500' };
     const jobOf = async (s: Server, id: string) => (await http(s, 'GET', `/api/jobs/${id}`)).body.job;

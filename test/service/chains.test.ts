@@ -12,7 +12,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir, run, haveTool, allocatedBytes } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, allocatedBytes, releaseAll } from '../helpers/fixtures.js';
 import { buildChainBase, buildLeaf, changedOutside, fileSha, freeRanges, guestView, type ChainBase } from '../helpers/chain-fixtures.js';
 import { checkRawDisk, qemuCheck } from '../inplace/crash-helpers.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, type Server } from './service-helpers.js';
@@ -46,11 +46,13 @@ describe('the leaf of a qcow2 chain through the service', { skip: tools.length ?
     disks = await analyzedDisks(server, 3);
   });
 
-  after(async () => {
-    await server?.stop().catch(() => undefined);
-    await stopAllServers();
-    work?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => server?.stop(),
+      stopAllServers,
+      () => work?.cleanup(),
+    ),
+  );
 
   /** The guest's view of a leaf reads as before in every used byte; the base is untouched. */
   function assertIntact(leaf: string): void {

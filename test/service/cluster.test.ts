@@ -11,7 +11,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir, run, haveTool, sha256 } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, sha256, releaseAll } from '../helpers/fixtures.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
 import { startServer, stopAllServers, http, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
 
@@ -67,9 +67,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
   after(async () => {
     // A host that died on its own is a failure worth reading about.
     for (const [name, s] of hosts) if (s.proc.exitCode !== null && s.proc.exitCode !== 0) console.error(`host ${name} exited with ${s.proc.exitCode}:\n${s.output().slice(-3000)}`);
-    await stopAllServers();
-    pg?.stop();
-    tmp?.cleanup();
+    await releaseAll(stopAllServers, () => pg?.stop(), () => tmp?.cleanup());
   });
 
   it('lists every host with its domain, and the same disks from each', async () => {

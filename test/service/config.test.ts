@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { loadConfig, ConfigError } from '../../src/service/config.js';
 import { tempDir } from '../helpers/fixtures.js';
 
-it('defaults to localhost, a domain under the data folder, no schedule', () => {
+it('defaults to localhost, a domain under the data folder, no schedule', { timeout: 300_000 }, () => {
   const c = loadConfig({ flags: { dataDir: '/srv/sp' }, env: {} });
   assert.equal(c.host, '127.0.0.1');
   assert.deepEqual(c.domains, ['/srv/sp/images']);
@@ -14,7 +14,7 @@ it('defaults to localhost, a domain under the data folder, no schedule', () => {
   assert.equal(c.defaultMode, 'in-place');
 });
 
-it('layers the config file, the environment and the flags, the later winning', () => {
+it('layers the config file, the environment and the flags, the later winning', { timeout: 300_000 }, () => {
   const t = tempDir();
   try {
     const file = join(t.dir, 'c.json');
@@ -33,7 +33,7 @@ it('layers the config file, the environment and the flags, the later winning', (
   }
 });
 
-it('rejects bad values and unknown keys with a message naming them', () => {
+it('rejects bad values and unknown keys with a message naming them', { timeout: 300_000 }, () => {
   assert.throws(() => loadConfig({ flags: { port: '99999' }, env: {} }), (e: Error) => e instanceof ConfigError && /port/.test(e.message));
   assert.throws(() => loadConfig({ flags: {}, env: { SPARSIFY_DEFAULT_MODE: 'fast' } }), /defaultMode/);
   assert.throws(() => loadConfig({ flags: { token: 'short' }, env: {} }), /token/);

@@ -11,7 +11,7 @@ import { copyFileSync, mkdirSync, readFileSync, readdirSync, renameSync, unlinkS
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import Database from 'better-sqlite3';
-import { tempDir, haveTool, sha256, garbageFile } from '../helpers/fixtures.js';
+import { tempDir, haveTool, sha256, garbageFile, releaseAll } from '../helpers/fixtures.js';
 import { startServer, stopAllServers, http, waitFor, analyzedDisks, diskByName, makeGuestDisk, guestProblem, type Server } from './service-helpers.js';
 
 type Job = { id: string; status: string; error: string | null; attempts: number };
@@ -41,11 +41,13 @@ describe('faults', { skip: missing ? `missing ${missing}` : false, timeout: 300_
     makeGuestDisk(guest, tmp.dir, 'guest');
   });
 
-  after(async () => {
-    await stopAllServers();
-    for (const m of mounts) spawnSync('umount', ['-l', m]);
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      stopAllServers,
+      () => mounts.forEach((m) => spawnSync('umount', ['-l', m])),
+      () => tmp?.cleanup(),
+    ),
+  );
 
   it('no space for the copy: the job says how much it needed, leaves nothing behind, the disk untouched and unlocked', { skip: isRoot ? false : 'needs root to mount a tmpfs' }, async () => {
     const domain = join(tmp.dir, 'small');

@@ -8,7 +8,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir, run, haveTool, fileContent } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, fileContent, releaseAll } from '../helpers/fixtures.js';
 import { makeExtImage, extFileSums, e2fsck } from '../helpers/ext-fixtures.js';
 import { LUKS2_SLACK, encryptLuks2, luksDump, decryptWithCryptsetup, extFreeBytes, writeSecretFile } from '../helpers/luks-fixtures.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor } from './service-helpers.js';
@@ -46,10 +46,7 @@ describe('service with a LUKS keys file', { skip: skip ? `missing ${skip}` : fal
     writeSecretFile(join(data, 'luks-keys'), JSON.stringify({ [uuid]: KEY_A }), 0o644);
   });
 
-  after(async () => {
-    await stopAllServers();
-    tmp?.cleanup();
-  });
+  after(() => releaseAll(stopAllServers, () => tmp?.cleanup()));
 
   it('refuses to start while the keys file can be read by others', async () => {
     await assert.rejects(startServer({ dataDir: data, domains: [domain] }), (e: Error) => /exited \(1\)/.test(e.message) && /mode 0644.*must be mode 0600/.test(e.message) && !e.message.includes(KEY_A));

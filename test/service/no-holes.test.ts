@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { tempDir, run, runStatus, haveTool } from '../helpers/fixtures.js';
+import { tempDir, run, runStatus, haveTool, releaseAll } from '../helpers/fixtures.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
 import { chromiumMissing, ensureWebBuilt, launchBrowser, testOutput } from './browser.js';
 
@@ -42,12 +42,14 @@ describe('a storage domain that cannot punch holes (NTFS through ntfs-3g)', { sk
     disk = diskByName(await analyzedDisks(server, 1), 'win.raw');
   });
 
-  after(async () => {
-    await server?.stop().catch(() => undefined);
-    await stopAllServers();
-    if (mounted && spawnSync('umount', [mnt]).status !== 0) spawnSync('umount', ['-l', mnt]);
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => server?.stop(),
+      stopAllServers,
+      () => mounted && spawnSync('umount', [mnt]).status !== 0 && spawnSync('umount', ['-l', mnt]),
+      () => tmp?.cleanup(),
+    ),
+  );
 
   it('is a filesystem where fallocate --punch-hole really fails', () => {
     const probe = join(mnt, 'probe.bin');

@@ -10,7 +10,7 @@ import { request as httpsRequest } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { tempDir, run, haveTool } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, releaseAll } from '../helpers/fixtures.js';
 import { startServer, stopAllServers, http, TOKEN } from './service-helpers.js';
 
 const METRICS_TOKEN = 'metrics-only-token-42';
@@ -21,10 +21,7 @@ describe('tokens on every call when listening beyond localhost', { timeout: 120_
   before(() => {
     tmp = tempDir('sparsify-security-');
   });
-  after(async () => {
-    await stopAllServers();
-    tmp?.cleanup();
-  });
+  after(() => releaseAll(stopAllServers, () => tmp?.cleanup()));
 
   it('answers nothing but the health check without the token, and nothing with a wrong one', async () => {
     const server = await startServer({ dataDir: join(tmp.dir, 'open'), args: ['--host', '0.0.0.0', '--metrics-token', METRICS_TOKEN] });

@@ -8,7 +8,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { tempDir } from '../helpers/fixtures.js';
+import { tempDir, releaseAll } from '../helpers/fixtures.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
 import { openStore, type Store } from '../../src/service/store/store.js';
 import type { DiskRecord } from '../../src/service/store/records.js';
@@ -45,11 +45,13 @@ for (const backend of backends) {
       assert.deepEqual(opened.migrated, { from: 0, to: SCHEMA_VERSION });
     });
 
-    after(async () => {
-      await store?.close();
-      pg?.stop();
-      tmp?.cleanup();
-    });
+    after(() =>
+      releaseAll(
+        () => store?.close(),
+        () => pg?.stop(),
+        () => tmp?.cleanup(),
+      ),
+    );
 
     it('hands a job to exactly one of many concurrent claimants, and fences out the stale attempt', async () => {
       const d = disk('dom-1', 'a.raw');

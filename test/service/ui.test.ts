@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
-import { tempDir, haveTool } from '../helpers/fixtures.js';
-import { startServer, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
+import { tempDir, haveTool, releaseAll } from '../helpers/fixtures.js';
+import { startServer, stopAllServers, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
 import { chromiumMissing, ensureWebBuilt, launchBrowser, testOutput } from './browser.js';
 
 const missing = chromiumMissing() ?? ['mke2fs', 'sgdisk'].find((t) => !haveTool(t));
@@ -35,11 +35,14 @@ describe('web UI in headless chromium', { skip: missing || false, timeout: 180_0
     mkdirSync(out, { recursive: true });
   });
 
-  after(async () => {
-    await browser?.close();
-    await server?.stop();
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => browser?.close(),
+      () => server?.stop(),
+      stopAllServers,
+      () => tmp?.cleanup(),
+    ),
+  );
 
   it('sparsifies a disk through the dialog and shows 100% and the smaller actual size', async () => {
     const page = await browser.newPage({ viewport: { width: 1400, height: 800 } });

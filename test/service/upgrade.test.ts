@@ -10,7 +10,7 @@ import { gunzipSync } from 'node:zlib';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { tempDir, run, haveTool } from '../helpers/fixtures.js';
+import { tempDir, run, haveTool, releaseAll } from '../helpers/fixtures.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
 import { startServer, stopAllServers, http, waitFor, repoRoot, type Server } from './service-helpers.js';
 import { PgDb } from '../../src/service/store/pg-db.js';
@@ -77,11 +77,7 @@ describe('upgrading a 0.1.0 database', { skip: missing ? `missing ${missing}` : 
     writeFileSync(release, gunzipSync(readFileSync(FIXTURE)));
   });
 
-  after(async () => {
-    await stopAllServers();
-    pg?.stop();
-    tmp?.cleanup();
-  });
+  after(() => releaseAll(stopAllServers, () => pg?.stop(), () => tmp?.cleanup()));
 
   it('on SQLite: the data folder of 0.1.0 works unchanged', async () => {
     const dir = join(tmp.dir, 'sqlite');

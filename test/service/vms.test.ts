@@ -13,7 +13,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Browser, Page } from 'playwright-core';
-import { tempDir, haveTool } from '../helpers/fixtures.js';
+import { tempDir, haveTool, releaseAll } from '../helpers/fixtures.js';
 import { libvirtMissing, ensureLibvirtd, defineVm, LIBVIRT_URI, type TestVm } from '../helpers/libvirt.js';
 import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
 import { chromiumMissing, ensureWebBuilt, launchBrowser, testOutput } from './browser.js';
@@ -53,13 +53,15 @@ describe('VMs from libvirt', { skip: missing || false, timeout: 300_000 }, () =>
     mkdirSync(testOutput, { recursive: true });
   });
 
-  after(async () => {
-    vm?.remove();
-    await browser?.close();
-    await server?.stop().catch(() => undefined);
-    await stopAllServers();
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => vm?.remove(),
+      () => browser?.close(),
+      () => server?.stop(),
+      stopAllServers,
+      () => tmp?.cleanup(),
+    ),
+  );
 
   const vmOf = async () => {
     const r = await http(server, 'GET', '/api/vms');
@@ -210,14 +212,16 @@ describe('VMs of another host of a cluster', { skip: libvirtMissing() ?? postgre
     await analyzedDisks(without, 1);
   });
 
-  after(async () => {
-    vm?.remove();
-    await withLibvirt?.stop().catch(() => undefined);
-    await without?.stop().catch(() => undefined);
-    await stopAllServers();
-    pg?.stop();
-    tmp?.cleanup();
-  });
+  after(() =>
+    releaseAll(
+      () => vm?.remove(),
+      () => withLibvirt?.stop(),
+      () => without?.stop(),
+      stopAllServers,
+      () => pg?.stop(),
+      () => tmp?.cleanup(),
+    ),
+  );
 
   it('refuses on a host without libvirt the disk another host’s running VM uses, and accepts it once that VM is down', async () => {
     const id = diskByName(await analyzedDisks(without, 1), 'shared.raw').id as string;

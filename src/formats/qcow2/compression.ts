@@ -1,8 +1,8 @@
 /**
- * qcow2 cluster compression: raw deflate (qemu calls it "zlib") or zstd. Used by the reader
- * (decompress) and by the writer's worker threads (compress).
+ * qcow2 cluster decompression for the reader: raw deflate (qemu calls it "zlib") or zstd. The
+ * writer's side is compressor.ts.
  */
-import { constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
+import { constants as zc, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
 import type { CompressionType } from './header.js';
 
@@ -55,21 +55,4 @@ function unzstd(src: Buffer, clusterSize: number): Buffer | string {
   }
   if (produced < clusterSize) return `zstd data decompresses to ${produced} bytes instead of ${clusterSize}`;
   return out;
-}
-
-/**
- * Compress one cluster as qemu does. Returns undefined when it does not shrink (qemu then stores
- * the cluster uncompressed).
- */
-export function compressCluster(src: Buffer, type: CompressionType): Buffer | undefined {
-  let out: Buffer;
-  if (type === 'zstd') {
-    const dst = Buffer.allocUnsafe(zstd.compressBound(src.length));
-    const n = zstd.compress(dst, src, 3);
-    out = dst.subarray(0, n);
-  } else {
-    // qemu inflates with a 4 KiB window (windowBits -12), so streams must not reach further back.
-    out = deflateRawSync(src, { windowBits: 12, memLevel: 9, level: zc.Z_DEFAULT_COMPRESSION });
-  }
-  return out.length < src.length ? out : undefined;
 }

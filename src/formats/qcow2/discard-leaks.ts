@@ -9,7 +9,7 @@ import type { BlockFile } from '../../io/file.js';
 import type { Qcow2Header } from './header.js';
 import type { Qcow2Refcounts } from './discard-refcount.js';
 import type { Qcow2Layout } from './discard-layout.js';
-import { yieldToEventLoop, type DiscardContext } from '../../execute/in-place-types.js';
+import { yieldToEventLoop, type DiscardContext } from '../discard-types.js';
 
 /** Above this many host clusters the bitmap would be too large (512-byte clusters, huge files). */
 const MAX_CLUSTERS = 2 ** 30;

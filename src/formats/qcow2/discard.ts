@@ -24,7 +24,7 @@ import {
   type DiscardBackend,
   type DiscardContext,
   type DiscardResult,
-} from '../../execute/in-place-types.js';
+} from '../discard-types.js';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
 import { Qcow2Refcounts } from './discard-refcount.js';
 import { Qcow2Layout } from './discard-layout.js';

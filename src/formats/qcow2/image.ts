@@ -6,7 +6,7 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockFile } from '../../io/file.js';
 import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
-import type { DiskImage, ImageExtent, LayerInfo, OpenContext } from '../types.js';
+import type { DiskImage, HostRun, ImageExtent, LayerInfo, OpenContext } from '../types.js';
 import { decompressCluster } from './compression.js';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, parseHeader, type Qcow2Header } from './header.js';
 import { PromiseLru } from './lru.js';
@@ -160,6 +160,14 @@ export class Qcow2Image implements DiskImage {
       if (out.length) yield* out.splice(0);
     }
     if (pending) yield pending;
+  }
+
+  /** Standard data clusters of this layer (or its data file), host-contiguous runs merged; backing data is not listed. */
+  async *hostRuns(start: number, end: number): AsyncIterable<HostRun> {
+    end = Math.min(end, this.virtualSize);
+    for await (const batch of this.map.walk(start, end)) {
+      for (const s of batch) if (s.kind === 'data') yield { start: s.start, end: s.end, file: this.dataFile, fileOffset: s.host };
+    }
   }
 
   /** This file's clusters alone: data (also compressed), zero, or unallocated (falls through). */

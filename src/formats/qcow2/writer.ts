@@ -1,7 +1,7 @@
 /**
  * Writes a new qcow2 image front to back. Data arrives in ascending writes; each guest cluster is
  * assembled, dropped if all zero (it stays unallocated and reads as zero), optionally compressed on
- * worker threads, and appended. L2 tables are written as soon as writes move past their range;
+ * the thread pool, and appended. L2 tables are written as soon as writes move past their range;
  * L1 table, refcounts and header are written by finish().
  *
  * With a backing file (an overlay), unwritten clusters fall through to it, so a written all-zero
@@ -11,12 +11,13 @@
  * refcount blocks where allocation reaches a new block's range), refcount table last.
  */
 import { writeFile } from 'node:fs/promises';
-import { Piscina } from 'piscina';
 import { BlockFile } from '../../io/file.js';
 import { SparsifyError, hex } from '../../io/errors.js';
-import type { FormatOptions, ImageWriter, WriterContext } from '../types.js';
+import type { FormatOptions, ImageWriter, TransferMode, TransferSupport, WriterContext } from '../types.js';
+import { cloneRange } from '../../io/syscalls.js';
+import { isTransferUnsupported, probeHostTransfer } from '../../io/transfer.js';
 import { HostAllocator } from './allocator.js';
-import type { CompressTask } from './compress-worker.js';
+import { compressClusterAsync } from './compressor.js';
 import { COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
 import { OutputStream } from './output.js';
 import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
@@ -24,17 +25,19 @@ import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 const COPIED = 0x80000000; // bit 63, in the high word
 const COMPRESSED = 0x40000000; // bit 62, in the high word
 
-/** A batch of clusters sent to a compression worker; `raw` keeps them for the ones that do not shrink. */
-interface Batch {
-  clusters: number[];
-  /** Indices (in `clusters`) of all-zero clusters of an overlay: they become zero clusters. */
-  zeros: Set<number>;
+/** A cluster being compressed; `raw` keeps it for when compression does not shrink it. */
+interface Compressing {
+  cluster: number;
+  /** An all-zero cluster of an overlay: it becomes a zero cluster, whatever compression gives. */
+  zero: boolean;
   raw: Buffer;
-  result: Promise<(Uint8Array | null)[]>;
+  result: Promise<Buffer | undefined>;
 }
 
-/** Guest bytes per compression task: amortises the worker round trip, even for 512-byte clusters. */
-const BATCH_BYTES = 1 << 20;
+/** Most 64 KiB clusters being compressed at once, whatever the core count. */
+const MAX_COMPRESSING = 128;
+/** Buffer for copying cloned clusters by hand when the host stops sharing blocks midway. */
+const FALLBACK_COPY_BYTES = 4 << 20;
 
 export class Qcow2Writer implements ImageWriter {
   readonly format = 'qcow2';
@@ -54,16 +57,15 @@ export class Qcow2Writer implements ImageWriter {
   private lastEnd = 0;
   /** preallocation=metadata: clusters below this are allocated. */
   private preallocNext = 0;
-  private readonly queue: Batch[] = [];
-  /** Clusters gathered for the next compression task. */
-  private batch: { clusters: number[]; zeros: Set<number>; raw: Buffer } | undefined;
-  private readonly batchClusters: number;
-  private readonly pool: Piscina | undefined;
+  /** Clusters being compressed, in guest order. */
+  private readonly queue: Compressing[] = [];
+  private readonly compress: boolean;
   private readonly maxInFlight: number;
   private chain: Promise<void> = Promise.resolve();
   private done = false;
 
   private constructor(
+    private readonly path: string,
     private readonly file: BlockFile,
     private readonly out: OutputStream,
     private readonly alloc: HostAllocator,
@@ -80,22 +82,10 @@ export class Qcow2Writer implements ImageWriter {
     this.l1 = Buffer.alloc(Math.max(1, Math.ceil(this.clusters / this.l2Entries)) * 8);
     this.zero = Buffer.alloc(this.cs);
     this.l2 = Buffer.alloc(this.cs);
-    this.maxInFlight = Math.max(2, threads * 2);
-    this.batchClusters = Math.max(1, Math.floor(BATCH_BYTES / this.cs));
-    if (compress) {
-      // Under tsx the sources are .ts; once built they are .js next to this module.
-      const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-      this.pool = new Piscina({
-        filename: new URL(`./compress-worker${ext}`, import.meta.url).href,
-        // A fixed set of workers: starting one costs far more than a task, so none may idle out.
-        minThreads: Math.max(1, threads),
-        maxThreads: Math.max(1, threads),
-        idleTimeout: 60_000,
-        // Each cluster's deflate state is native memory freed only when its JS wrapper is
-        // collected: a small young generation collects often and keeps peak RSS bounded.
-        resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 64 },
-      });
-    }
+    this.compress = compress;
+    // Enough clusters in flight to keep every core busy, few enough to bound memory on any host
+    // (each holds its data and output; only the ones running hold compressor state).
+    this.maxInFlight = Math.min(MAX_COMPRESSING, Math.max(8, threads * 2)) * Math.max(1, Math.floor(65536 / this.cs));
   }
 
   static async create(path: string, virtualSize: number, options: FormatOptions, ctx: WriterContext): Promise<Qcow2Writer> {
@@ -116,7 +106,7 @@ export class Qcow2Writer implements ImageWriter {
     const file = await BlockFile.open(path, 'r+');
     const out = new OutputStream(file, cs);
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
-    const w = new Qcow2Writer(file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
+    const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();
     w.l1Offset = await alloc.allocClusters(Math.ceil(w.l1.length / cs));
     return w;
@@ -133,12 +123,73 @@ export class Qcow2Writer implements ImageWriter {
     return p;
   }
 
-  private async doWrite(buf: Buffer, offset: number): Promise<void> {
+  private checkOrder(offset: number, length: number): void {
     if (this.done) throw new SparsifyError('qcow2: write after finish');
-    const end = offset + buf.length;
     if (offset < this.lastEnd) throw new SparsifyError(`qcow2: write at ${hex(offset)} goes backwards (previous write ended at ${hex(this.lastEnd)})`);
-    if (end > this.virtualSize) throw new SparsifyError(`qcow2: write at ${hex(offset)} (+${buf.length}) past end of disk (${hex(this.virtualSize)})`);
-    this.lastEnd = end;
+    if (offset + length > this.virtualSize) throw new SparsifyError(`qcow2: write at ${hex(offset)} (+${length}) past end of disk (${hex(this.virtualSize)})`);
+    this.lastEnd = offset + length;
+  }
+
+  /** Data clusters start on cluster boundaries, so whole clusters can share blocks with a source on the same host filesystem. */
+  async transferSupport(source: BlockFile, sampleOffset: number): Promise<TransferSupport> {
+    const none = { clone: false, cloneAlignment: this.cs, copy: false };
+    if (this.compress) return none;
+    const host = await probeHostTransfer(source, sampleOffset, this.path);
+    return { ...none, clone: host.clone && this.cs % host.blockSize === 0 };
+  }
+
+  transfer(source: BlockFile, fileOffset: number, offset: number, length: number, mode: TransferMode): Promise<boolean> {
+    const p = this.chain.then(() => this.doTransfer(source, fileOffset, offset, length, mode));
+    this.chain = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  /** Give whole guest clusters host clusters, then clone the source into them, one host-contiguous run at a time. */
+  private async doTransfer(source: BlockFile, fileOffset: number, offset: number, length: number, mode: TransferMode): Promise<boolean> {
+    const cs = this.cs;
+    if (mode !== 'clone' || this.compress || offset % cs !== 0 || length % cs !== 0 || fileOffset % cs !== 0) return false;
+    this.checkOrder(offset, length);
+    await this.flushPartial();
+    const first = offset / cs;
+    if (this.opts.preallocation === 'metadata') await this.preallocate(first);
+    let run = { guest: offset, host: -1, len: 0 };
+    for (let c = first; c < first + length / cs; c++) {
+      const host = await this.placeData(c, undefined);
+      if (run.len && host === run.host + run.len) run.len += cs;
+      else {
+        if (run.len) await this.cloneRun(source, fileOffset + (run.guest - offset), run.host, run.len);
+        run = { guest: c * cs, host, len: cs };
+      }
+    }
+    if (run.len) await this.cloneRun(source, fileOffset + (run.guest - offset), run.host, run.len);
+    if (this.opts.preallocation === 'metadata') this.preallocNext = Math.max(this.preallocNext, first + length / cs);
+    return true;
+  }
+
+  /** The clusters are already mapped: if the host refuses to share blocks after all, copy the bytes by hand. */
+  private async cloneRun(source: BlockFile, from: number, host: number, len: number): Promise<void> {
+    // Staged appends must not zero-fill a gap that covers cloned clusters later.
+    await this.out.drain();
+    try {
+      await cloneRange(source.fd, from, this.file.fd, host, len);
+      return;
+    } catch (e) {
+      if (!isTransferUnsupported(e)) throw e;
+    }
+    const buf = Buffer.allocUnsafe(Math.min(len, FALLBACK_COPY_BYTES));
+    for (let done = 0; done < len; done += buf.length) {
+      const view = buf.subarray(0, Math.min(buf.length, len - done));
+      await source.readZeroPadded(view, from + done);
+      await this.file.write(view, host + done);
+    }
+  }
+
+  private async doWrite(buf: Buffer, offset: number): Promise<void> {
+    this.checkOrder(offset, buf.length);
+    const end = offset + buf.length;
     const cs = this.cs;
     let pos = offset;
     while (pos < end) {
@@ -170,41 +221,26 @@ export class Qcow2Writer implements ImageWriter {
     if (isZero && !this.backing) return;
     const zeroCluster = isZero && this.opts.version === 3;
     if (this.opts.preallocation === 'metadata') await this.preallocate(cluster);
-    if (!this.pool) {
+    if (!this.compress) {
       if (zeroCluster) await this.placeZero(cluster);
       else await this.placeData(cluster, data);
       return;
     }
     // Queued in order with the rest, so L2 tables still fill front to back.
-    if (!this.batch) this.batch = { clusters: [], zeros: new Set(), raw: Buffer.allocUnsafe(this.batchClusters * this.cs) };
-    if (zeroCluster) this.batch.zeros.add(this.batch.clusters.length);
-    data.copy(this.batch.raw, this.batch.clusters.length * this.cs);
-    this.batch.clusters.push(cluster);
-    if (this.batch.clusters.length === this.batchClusters) await this.submitBatch();
-  }
-
-  private async submitBatch(): Promise<void> {
-    const b = this.batch;
-    this.batch = undefined;
-    if (!b) return;
-    const raw = b.raw.subarray(0, b.clusters.length * this.cs);
-    const task: CompressTask = { data: raw, clusterSize: this.cs, type: this.opts.compressionType };
-    const result = this.pool!.run(task) as Promise<(Uint8Array | null)[]>;
+    const raw = Buffer.from(data);
+    const result = zeroCluster ? Promise.resolve(undefined) : compressClusterAsync(raw, this.opts.compressionType);
     result.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-    this.queue.push({ clusters: b.clusters, zeros: b.zeros, raw, result });
+    this.queue.push({ cluster, zero: zeroCluster, raw, result });
     if (this.queue.length >= this.maxInFlight) await this.placeNext();
   }
 
-  /** Place the oldest batch: keeps host layout in guest order, whatever the workers' timing. */
+  /** Place the oldest cluster: keeps host layout in guest order, whatever the threads' timing. */
   private async placeNext(): Promise<void> {
-    const b = this.queue.shift()!;
-    const results = await b.result;
-    for (let i = 0; i < b.clusters.length; i++) {
-      const compressed = results[i];
-      if (b.zeros.has(i)) await this.placeZero(b.clusters[i]!);
-      else if (compressed) await this.placeCompressed(b.clusters[i]!, compressed);
-      else await this.placeData(b.clusters[i]!, b.raw.subarray(i * this.cs, (i + 1) * this.cs));
-    }
+    const c = this.queue.shift()!;
+    const compressed = await c.result;
+    if (c.zero) await this.placeZero(c.cluster);
+    else if (compressed) await this.placeCompressed(c.cluster, compressed);
+    else await this.placeData(c.cluster, c.raw);
   }
 
   /** Make the L2 table covering `cluster` current, writing out the previous one. */
@@ -226,13 +262,14 @@ export class Qcow2Writer implements ImageWriter {
     this.l2Index = -1;
   }
 
-  /** Allocate a standard cluster for `cluster` and, when given, write its data. */
-  private async placeData(cluster: number, data: Uint8Array | undefined): Promise<void> {
+  /** Allocate a standard cluster for `cluster` and, when given, write its data. Returns its host offset. */
+  private async placeData(cluster: number, data: Uint8Array | undefined): Promise<number> {
     const e = await this.useL2(cluster);
     const host = await this.alloc.allocClusters(1);
     setEntry(this.l2, e, host, COPIED);
     if (this.opts.extendedL2) this.l2.writeUInt32BE(0xffffffff, e + 12); // all 32 subclusters allocated
     if (data) await this.out.append(data, host);
+    return host;
   }
 
   /** A zero cluster (v3): reads as zero whatever the backing file holds, and takes no host space. */
@@ -269,7 +306,6 @@ export class Qcow2Writer implements ImageWriter {
     if (this.done) return;
     try {
       await this.flushPartial();
-      if (this.pool) await this.submitBatch();
       while (this.queue.length) await this.placeNext();
       if (this.opts.preallocation === 'metadata') await this.preallocate(this.clusters);
       await this.writeL2();
@@ -340,11 +376,9 @@ export class Qcow2Writer implements ImageWriter {
   private async shutdown(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    try {
-      if (this.pool) await this.pool.destroy();
-    } finally {
-      await this.file.close();
-    }
+    // Compressions still running hold only their own buffers; let them settle before closing.
+    await Promise.allSettled(this.queue.map((c) => c.result));
+    await this.file.close();
   }
 }
 

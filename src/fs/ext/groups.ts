@@ -4,6 +4,7 @@ import { crc16, crc32cRaw } from '../../io/checksums.js';
 import type { Volume } from '../../layout/volume.js';
 import { INCOMPAT, RO_COMPAT, COMPAT, type ExtSuperblock } from './superblock.js';
 
+export const BG_INODE_UNINIT = 0x1;
 export const BG_BLOCK_UNINIT = 0x2;
 
 export interface GroupDesc {
@@ -14,6 +15,9 @@ export interface GroupDesc {
   freeClusters: number;
   flags: number;
   blockBitmapCsum: number;
+  inodeBitmapCsum: number;
+  /** Inodes at the end of the group's table never used (bg_itable_unused; meaningful only with group checksums). */
+  itableUnused: number;
   /** Descriptor checksum problem, if any. */
   csumError?: string;
 }
@@ -114,6 +118,8 @@ export async function readGroupDescs(vol: Volume, s: ExtSuperblock): Promise<Gro
         freeClusters: d.readUInt16LE(0xc) + (is64 ? d.readUInt16LE(0x2c) * 0x10000 : 0),
         flags: d.readUInt16LE(0x12),
         blockBitmapCsum: d.readUInt16LE(0x18) + (is64 && s.descSize >= 0x3c ? d.readUInt16LE(0x38) * 0x10000 : 0),
+        inodeBitmapCsum: d.readUInt16LE(0x1a) + (is64 && s.descSize >= 0x3c ? d.readUInt16LE(0x3a) * 0x10000 : 0),
+        itableUnused: d.readUInt16LE(0x1c) + (is64 ? d.readUInt16LE(0x32) * 0x10000 : 0),
         csumError: descChecksumError(s, k, d),
       });
     }

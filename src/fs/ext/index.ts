@@ -3,17 +3,13 @@
  * descriptors' free counts and checksums, minus every metadata block the layout rules place.
  */
 import { Extents, ExtentsBuilder } from '../../io/extents.js';
-import { CorruptError } from '../../io/errors.js';
-import { crc32cRaw } from '../../io/checksums.js';
 import type { Volume } from '../../layout/volume.js';
 import type { FsAnalysis, FsReader } from '../types.js';
-import { SUPERBLOCK_OFFSET, RO_COMPAT, COMPAT, INCOMPAT, distrustReasons, extTypeName, hasExtMagic, parseSuperblock, type ExtSuperblock } from './superblock.js';
+import { SUPERBLOCK_OFFSET, RO_COMPAT, COMPAT, distrustReasons, extTypeName, hasExtMagic, parseSuperblock, type ExtSuperblock } from './superblock.js';
 import { BG_BLOCK_UNINIT, groupFirstBlock, readGroupDescs, type GroupDesc } from './groups.js';
 import { metadataBlocks, metadataClustersInGroup } from './metadata.js';
-import { freeRuns } from './bitmap.js';
-
-/** Largest single read when fetching runs of adjacent bitmap blocks (flex_bg packs them together). */
-const MAX_BITMAP_READ = 4 << 20;
+import { bitmapChecksumHolds, freeRuns, readGroupBlocks } from './bitmap.js';
+import { unusedInodeTables } from './itable.js';
 
 function uuidString(u: Buffer): string {
   const h = u.toString('hex');
@@ -26,33 +22,9 @@ function clustersInGroup(s: ExtSuperblock, g: number): number {
   return Math.ceil(blocks / s.clusterRatio);
 }
 
-/** Read the block bitmaps of the given groups, coalescing adjacent blocks into large reads. */
-async function* readBitmaps(vol: Volume, s: ExtSuperblock, groups: GroupDesc[]): AsyncGenerator<[GroupDesc, Buffer]> {
-  const sorted = [...groups].sort((a, b) => a.blockBitmap - b.blockBitmap);
-  let i = 0;
-  while (i < sorted.length) {
-    let j = i + 1;
-    while (
-      j < sorted.length &&
-      sorted[j]!.blockBitmap === sorted[j - 1]!.blockBitmap + 1 &&
-      (j - i + 1) * s.blockSize <= MAX_BITMAP_READ
-    ) j++;
-    const first = sorted[i]!.blockBitmap;
-    if (first < s.firstDataBlock || first + (j - i) > s.blocksCount) {
-      throw new CorruptError(`ext: block bitmap of group ${sorted[i]!.index} at block ${first} lies outside the filesystem`);
-    }
-    const buf = await vol.readAt(first * s.blockSize, (j - i) * s.blockSize);
-    for (let k = i; k < j; k++) yield [sorted[k]!, buf.subarray((k - i) * s.blockSize, (k - i + 1) * s.blockSize)];
-    i = j;
-  }
-}
-
 function bitmapChecksumError(s: ExtSuperblock, d: GroupDesc, bitmap: Buffer): string | undefined {
-  if (!(s.roCompat & RO_COMPAT.METADATA_CSUM)) return undefined;
-  const computed = crc32cRaw(s.csumSeed, bitmap.subarray(0, s.clustersPerGroup / 8));
-  const full = s.descSize >= 0x3c && s.incompat & INCOMPAT.BIT64;
-  const ok = full ? computed === d.blockBitmapCsum : (computed & 0xffff) === (d.blockBitmapCsum & 0xffff);
-  return ok ? undefined : `block bitmap of group ${d.index} at block ${d.blockBitmap} fails its checksum`;
+  if (bitmapChecksumHolds(s, bitmap, s.clustersPerGroup / 8, d.blockBitmapCsum)) return undefined;
+  return `block bitmap of group ${d.index} at block ${d.blockBitmap} fails its checksum`;
 }
 
 async function analyzeExt(vol: Volume): Promise<FsAnalysis> {
@@ -112,7 +84,7 @@ async function analyzeExt(vol: Volume): Promise<FsAnalysis> {
     const runs = Extents.of(0, n).subtract(metaInGroup);
     check(d, runs.total(), runs);
   }
-  for await (const [d, bitmap] of readBitmaps(vol, s, initialised)) {
+  for await (const [d, bitmap] of readGroupBlocks(vol, s, initialised, (g) => g.blockBitmap, 'block bitmap')) {
     const csumErr = bitmapChecksumError(s, d, bitmap);
     if (csumErr) {
       problems.push(csumErr);
@@ -130,9 +102,28 @@ async function analyzeExt(vol: Volume): Promise<FsAnalysis> {
       free.add(first + r.start * clusterBytes, Math.min(size, first + r.end * clusterBytes));
     }
   }
-  const freeExtents = free.build();
-  const freeBytes = freeExtents.total();
-  return { ...base, usedBytes: size - freeBytes, freeBytes, free: freeExtents, trusted: true, warnings: [] };
+  const bitmapFree = free.build();
+  const freeBytes = bitmapFree.total();
+
+  // Unused inode tables are used blocks to the bitmap (so not in freeBytes), but provably hold nothing.
+  const itables = await unusedInodeTables(vol, s, groups);
+  const otherMeta = metadataBlocks(s, groups, itables.usedLength);
+  const unusedItable = itables.blocks
+    .subtract(otherMeta)
+    .clip(s.firstDataBlock, s.blocksCount)
+    .alignInward(s.clusterRatio);
+  const unusedItableBytes = new Extents([...unusedItable].map((r) => ({ start: r.start * s.blockSize, end: r.end * s.blockSize })));
+  const p = itables.problems;
+  const warnings = p.length ? [`${p[0]}${p.length > 1 ? ` (and ${p.length - 1} more)` : ''}: unused inode tables there are kept`] : [];
+  return {
+    ...base,
+    details: { ...base.details, unusedInodeTableBytes: unusedItableBytes.total() },
+    usedBytes: size - freeBytes,
+    freeBytes,
+    free: bitmapFree.union(unusedItableBytes),
+    trusted: true,
+    warnings,
+  };
 }
 
 export const extReader: FsReader = {

@@ -29,9 +29,17 @@ function superAndDescBlocks(s: ExtSuperblock, g: number): Array<[number, number]
   return out;
 }
 
-/** Every metadata block of the filesystem, in block numbers. */
-export function metadataBlocks(s: ExtSuperblock, groups: readonly GroupDesc[]): Extents {
-  const itableBlocks = Math.ceil((s.inodesPerGroup * s.inodeSize) / s.blockSize);
+/** Blocks of one group's inode table. */
+export function itableBlocks(s: ExtSuperblock): number {
+  return Math.ceil((s.inodesPerGroup * s.inodeSize) / s.blockSize);
+}
+
+/**
+ * Every metadata block of the filesystem, in block numbers. `itableLength`, when given, says how
+ * many blocks of a group's inode table to count (the rest being provably unused).
+ */
+export function metadataBlocks(s: ExtSuperblock, groups: readonly GroupDesc[], itableLength?: (d: GroupDesc) => number): Extents {
+  const fullTable = itableBlocks(s);
   const ranges: Array<{ start: number; end: number }> = [];
   // Everything before the first group (the boot block of a 1 KiB-block filesystem).
   if (s.firstDataBlock > 0) ranges.push({ start: 0, end: s.firstDataBlock });
@@ -41,7 +49,7 @@ export function metadataBlocks(s: ExtSuperblock, groups: readonly GroupDesc[]): 
   for (const d of groups) {
     ranges.push({ start: d.blockBitmap, end: d.blockBitmap + 1 });
     ranges.push({ start: d.inodeBitmap, end: d.inodeBitmap + 1 });
-    ranges.push({ start: d.inodeTable, end: d.inodeTable + itableBlocks });
+    ranges.push({ start: d.inodeTable, end: d.inodeTable + (itableLength ? itableLength(d) : fullTable) });
   }
   return new Extents(ranges);
 }

@@ -16,6 +16,7 @@ export class EnginePool {
   constructor(
     threads: number,
     private readonly keysFile?: string,
+    onError: (e: Error) => void = () => undefined,
   ) {
     // Under tsx the sources are .ts; once built they are .js next to this module.
     const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
@@ -27,6 +28,8 @@ export class EnginePool {
       idleTimeout: 0,
       concurrentTasksPerWorker: 1,
     });
+    // A thread that dies fails its task (the job fails and says why); it must not take the host down.
+    this.pool.on('error', onError);
   }
 
   private async runTask<T>(task: EngineTask, events: OperationEvents = {}): Promise<T> {

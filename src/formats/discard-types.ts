@@ -1,7 +1,8 @@
 /**
- * What the in-place executor asks of a storage backend (a raw file, a block device, a qcow2 or vdi
- * image): its discard granularity, a harmless check that discard works, and the discard itself,
- * done in units that each leave the image consistent.
+ * The discard contract, kept beside the format drivers that implement it: what the in-place
+ * executor asks of a storage backend (a raw file, a block device, a qcow2 or vdi image): its
+ * discard granularity, a harmless check that discard works, and the discard itself, done in units
+ * that each leave the image consistent.
  */
 import type { Extents } from '../io/extents.js';
 import { SparsifyError } from '../io/errors.js';

@@ -49,7 +49,7 @@ it('rejects bad values and unknown keys with a message naming them', { timeout: 
   }
 });
 
-it('reads VMs from qemu:///system when libvirtd’s socket exists, from the URI given, or not at all with none', async () => {
+it('reads VMs from qemu:///system when libvirtd’s socket exists, from the URI given, or not at all with none', { timeout: 300_000 }, async () => {
   const { existsSync } = await import('node:fs');
   const { LIBVIRT_SOCKET } = await import('../../src/service/config.js');
   assert.equal(loadConfig({ flags: {}, env: {} }).libvirt, existsSync(LIBVIRT_SOCKET) ? 'qemu:///system' : undefined);

@@ -9,6 +9,9 @@ import { Piscina } from 'piscina';
 import type { OperationEvents } from '../../index.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
+/** How long a finished task's last messages are waited for. */
+const DRAIN_MS = 1000;
+
 export class EnginePool {
   private readonly pool: Piscina;
 
@@ -42,9 +45,15 @@ export class EnginePool {
     const abort = () => port1.postMessage({ type: 'abort' } satisfies MainMessage);
     if (events.signal?.aborted) abort();
     events.signal?.addEventListener('abort', abort, { once: true });
+    // The worker closes its end when the task is done; 'close' comes after every message it sent,
+    // which may still be queued when the task's result arrives (the last progress, a warning).
+    const drained = new Promise<void>((r) => port1.once('close', () => r()));
     try {
       return (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
     } finally {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, DRAIN_MS)))]);
+      clearTimeout(timer);
       events.signal?.removeEventListener('abort', abort);
       port1.close();
     }

@@ -5,13 +5,11 @@
  * e2fsck, with its files' checksums equal; and no disk may have had two attempts at once.
  * `npm run soak` (options: --jobs N --disks N --kills N --minutes N).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { run } from '../test/helpers/fixtures.js';
-import { makeGuestDisk, guestProblem } from '../test/service/service-helpers.js';
+import { makeGuestDisk, guestProblem, startServer, stopAllServers, type Server } from '../test/service/service-helpers.js';
 
 const TOKEN = 'soak-token-0123456789';
 const args = process.argv.slice(2);
@@ -24,29 +22,8 @@ const SIZE_MIB = 24;
 
 type Job = { id: string; diskId: string; diskName: string; status: string; attempts: number; error: string | null };
 
-interface Server {
-  url: string;
-  proc: ChildProcess;
-}
-
 async function start(data: string, domain: string): Promise<Server> {
-  const bin = fileURLToPath(new URL('../src/service/bin.js', import.meta.url));
-  const proc = spawn(process.execPath, [bin, '--data-dir', data, '--domain', domain, '--port', '0', '--token', TOKEN, '--concurrency', '2', '--scan-interval', '0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-  const url = await new Promise<string>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
-    proc.stdout!.on('data', (b: Buffer) => {
-      out += b.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
-      if (m) {
-        clearTimeout(t);
-        resolve(m[1]!);
-      }
-    });
-    proc.once('exit', (code) => reject(new Error(`server exited (${code}): ${out}`)));
-  });
-  return { url, proc };
+  return startServer({ dataDir: data, domains: [domain], token: TOKEN, args: ['--concurrency', '2', '--log-level', 'warn'] });
 }
 
 async function api<T>(s: Server, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
@@ -91,9 +68,7 @@ async function main(): Promise<void> {
         await sleep(500 + Math.random() * 2500);
         if (!server) continue;
         restarting = true;
-        const dead = new Promise((r) => server!.proc.once('exit', r));
-        server.proc.kill('SIGKILL');
-        await dead;
+        await server.kill();
         kills++;
         server = await start(data, domain);
         restarting = false;
@@ -180,7 +155,7 @@ async function main(): Promise<void> {
     );
     if (overlaps || locked || bad || jobs.length !== accepted.size) process.exitCode = 1;
   } finally {
-    server?.proc.kill('SIGKILL');
+    await stopAllServers();
     rmSync(work, { recursive: true, force: true });
   }
 }

@@ -71,14 +71,14 @@ export class Bus {
         } catch {
           return;
         }
-        if (m.o !== this.origin) for (const x of m.ms ?? []) this.ee.emit('message', x);
+        if (m.o !== this.origin) for (const x of m.ms ?? []) this.ee.emit('message', x, true);
       },
       () => this.ee.emit('message', { type: 'resync' } satisfies BusMessage),
     );
   }
 
   publish(m: BusMessage): void {
-    this.ee.emit('message', m);
+    this.ee.emit('message', m, false);
     if (!this.transport || m.type === 'resync') return;
     this.outbox.set(batchKey(m) ?? `${m.type}:${this.seq++}`, m);
     this.flushTimer ??= setTimeout(() => void this.flush(), BATCH_MS);
@@ -108,7 +108,8 @@ export class Bus {
     return Promise.allSettled(sent);
   }
 
-  subscribe(fn: (m: BusMessage) => void): () => void {
+  /** `fn` hears every message; `remote` says it came from another host (this host's come at once, in order). */
+  subscribe(fn: (m: BusMessage, remote: boolean) => void): () => void {
     this.ee.on('message', fn);
     return () => this.ee.off('message', fn);
   }

@@ -1,9 +1,11 @@
 /**
  * Every disk's view, kept in memory on each host and brought up to date by the bus: a disk that
- * changed (on any host) is read again on the next request, and only its view (and its backing
+ * changed here is read again on the next request (a client sees its own changes at once), one
+ * that changed on another host within REMOTE_LAG_MS at most; only its view (and its backing
  * disk's, whose derived list may change) is rebuilt. Hosts or the policy changing rebuild every
  * view from the records in memory; a resync, or a minute gone by, reloads everything. So listing
- * 2,000 disks costs one cached string while nothing changes, and little more while jobs run.
+ * 2,000 disks costs one cached string while nothing changes, and little more while jobs run on
+ * every host.
  */
 import type { Bus, BusMessage } from './bus.js';
 import type { Store } from './store/store.js';
@@ -11,6 +13,8 @@ import type { DiskRecord } from './store/records.js';
 import { diskView, derivedIndex, type DiskView, type ViewContext } from './views.js';
 
 const FULL_RELOAD_MS = 60_000;
+/** Changes made by other hosts are read at most this often: a busy cluster changes disks many times a second. */
+const REMOTE_LAG_MS = 200;
 
 type Context = Omit<ViewContext, 'derived'>;
 
@@ -18,7 +22,9 @@ export class DiskCatalog {
   private records = new Map<string, DiskRecord>();
   private readonly views = new Map<string, { view: DiskView; json: string }>();
   private readonly dirty = new Set<string>();
+  private readonly dirtyRemote = new Set<string>();
   private loadedAt = 0;
+  private updatedAt = 0;
   private reload = true;
   private rebuildAll = true;
   private body: string | undefined;
@@ -31,15 +37,13 @@ export class DiskCatalog {
     bus: Bus,
     private readonly context: () => Promise<Context>,
   ) {
-    this.unsubscribe = bus.subscribe((m) => this.onMessage(m));
+    this.unsubscribe = bus.subscribe((m, remote) => this.onMessage(m, remote));
   }
 
-  private onMessage(m: BusMessage): void {
-    if (m.type === 'disk' || m.type === 'disk-removed') this.dirty.add(m.id);
+  private onMessage(m: BusMessage, remote: boolean): void {
+    if (m.type === 'disk' || m.type === 'disk-removed') (remote ? this.dirtyRemote : this.dirty).add(m.id);
     else if (m.type === 'hosts' || m.type === 'policy' || m.type === 'vms') this.rebuildAll = true;
     else if (m.type === 'resync') this.reload = true;
-    else return;
-    this.body = undefined;
   }
 
   /** The views of all present disks, oldest first. */
@@ -62,7 +66,9 @@ export class DiskCatalog {
       await this.refreshing;
       if (!this.again) return;
     }
-    if (!this.reload && !this.rebuildAll && !this.dirty.size && Date.now() - this.loadedAt < FULL_RELOAD_MS) return;
+    const now = Date.now();
+    const remoteDue = this.dirtyRemote.size > 0 && now - this.updatedAt >= REMOTE_LAG_MS;
+    if (!this.reload && !this.rebuildAll && !this.dirty.size && !remoteDue && now - this.loadedAt < FULL_RELOAD_MS) return;
     this.again = false;
     this.refreshing = this.update().finally(() => (this.refreshing = undefined));
     await this.refreshing;
@@ -70,8 +76,10 @@ export class DiskCatalog {
 
   private async update(): Promise<void> {
     const full = this.reload || Date.now() - this.loadedAt >= FULL_RELOAD_MS;
-    const changed = full ? [] : [...this.dirty];
+    const changed = full ? [] : [...new Set([...this.dirty, ...this.dirtyRemote])];
     this.dirty.clear();
+    this.dirtyRemote.clear();
+    this.updatedAt = Date.now();
     let rebuild = this.rebuildAll || full;
     this.reload = false;
     this.rebuildAll = false;

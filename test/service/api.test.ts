@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { tempDir, run, haveTool, sha256, releaseAll } from '../helpers/fixtures.js';
 import { extract, e2fsck } from '../helpers/ext-fixtures.js';
-import { startServer, stopAllServers, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
+import { startServer, stopAllServers, readStream, http, analyzedDisks, diskByName, waitFor, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
 
 const MiB = 1 << 20;
@@ -188,17 +188,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       const a = diskByName(disks, 'a.raw');
       const before = statSync(join(domain, 'a.raw')).blocks * 512;
       // Listen to the live stream during the job.
-      const ctl = new AbortController();
-      const stream = await fetch(server.url + '/api/stream', { signal: ctl.signal });
-      let sse = '';
-      const reading = (async () => {
-        const reader = stream.body!.getReader();
-        for (;;) {
-          const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
-          if (done) return;
-          sse += Buffer.from(value!).toString();
-        }
-      })();
+      const stream = await readStream(server);
 
       const [r1, r2] = await Promise.all([http(server, 'POST', `/api/disks/${a.id}/sparsify`), http(server, 'POST', `/api/disks/${a.id}/sparsify`, null, { raw: '' })]);
       const statuses = [r1.status, r2.status].sort();
@@ -240,8 +230,8 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       assert.ok(events.some((m: string) => m.startsWith('Started to sparsify a.raw on ')), events.join('\n'));
       assert.ok(events.some((m: string) => m.startsWith('a.raw sparsified successfully')), events.join('\n'));
 
-      ctl.abort();
-      await reading;
+      await stream.close();
+      const sse = stream.text();
       assert.match(sse, /event: job\ndata: .*"status":"finished"/);
       assert.match(sse, /event: progress\n/);
       assert.match(sse, /event: event\ndata: .*sparsified successfully/);

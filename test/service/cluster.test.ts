@@ -13,7 +13,7 @@ import { copyFileSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir, run, haveTool, sha256, releaseAll } from '../helpers/fixtures.js';
 import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postgres.js';
-import { startServer, stopAllServers, http, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
+import { startServer, stopAllServers, readStream, http, waitFor, makeGuestDisk, guestProblem, TOKEN, type Server } from './service-helpers.js';
 
 const SIZE_MIB = 12;
 const N = 30;
@@ -91,18 +91,7 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     const targets = (await disks()).filter((d) => d.name.startsWith('disk-'));
     assert.equal(targets.length, N);
     // One host's live stream shows every host's progress.
-    const watcher = hosts.get('alpha')!;
-    const ctl = new AbortController();
-    const stream = await fetch(`${watcher.url}/api/stream`, { signal: ctl.signal });
-    let sse = '';
-    const reading = (async () => {
-      const reader = stream.body!.getReader();
-      for (;;) {
-        const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
-        if (done) return;
-        sse += Buffer.from(value!).toString();
-      }
-    })();
+    const stream = await readStream(hosts.get('alpha')!);
     const before = new Map(targets.map((d) => [d.id, statSync(join(domain, d.name)).blocks * 512]));
     const servers = [...hosts.values()];
     const accepted = await Promise.all(targets.map((d, i) => http(servers[i % 3]!, 'POST', `/api/disks/${d.id}/sparsify`)));
@@ -117,9 +106,8 @@ describe('a cluster of three hosts on PostgreSQL', { skip: missing ?? false, tim
     for (const j of jobs) assert.equal(j.attempts, 1, `${j.diskName} ran once`);
     const ranOn = new Set(jobs.map((j) => j.host));
     assert.ok(ranOn.size > 1, `work spread over more than one host: ${[...ranOn].join(', ')}`);
-    ctl.abort();
-    await reading;
-    const progressOf = new Set([...sse.matchAll(/event: progress\ndata: (.*)\n/g)].map((m) => (JSON.parse(m[1]!) as { jobId: string }).jobId));
+    await stream.close();
+    const progressOf = new Set([...stream.text().matchAll(/event: progress\ndata: (.*)\n/g)].map((m) => (JSON.parse(m[1]!) as { jobId: string }).jobId));
     const elsewhere = jobs.filter((j) => j.host !== 'alpha');
     assert.ok(elsewhere.length > 0);
     for (const j of elsewhere) assert.ok(progressOf.has(j.id), `alpha's stream showed the progress of ${j.diskName} on ${j.host}`);

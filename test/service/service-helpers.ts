@@ -55,10 +55,12 @@ export interface ServerOptions {
   database?: string;
   hostName?: string;
   args?: string[];
+  /** Options for node itself (a profiler, say). */
+  nodeArgs?: string[];
 }
 
 export async function startServer(opts: ServerOptions): Promise<Server> {
-  const args = [...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
+  const args = [...(opts.nodeArgs ?? []), ...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
   for (const d of opts.domains ?? []) args.push('--domain', d);
   if (opts.token !== null) args.push('--token', opts.token ?? TOKEN);
   if (opts.database) args.push('--database', opts.database);
@@ -144,6 +146,28 @@ export async function http<T = Record<string, any>>(s: Server, method: string, p
     // not JSON
   }
   return { status: res.status, body: parsed as T, headers: res.headers };
+}
+
+/** Read a server's live stream (/api/stream) into a string until `close()`. */
+export async function readStream(s: Server): Promise<{ text: () => string; close: () => Promise<void> }> {
+  const ctl = new AbortController();
+  const res = await fetch(`${s.url}/api/stream`, { signal: ctl.signal });
+  let text = '';
+  const reading = (async () => {
+    const reader = res.body!.getReader();
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+      if (done) return;
+      text += Buffer.from(value!).toString();
+    }
+  })();
+  return {
+    text: () => text,
+    close: async () => {
+      ctl.abort();
+      await reading;
+    },
+  };
 }
 
 export async function waitFor<T>(what: string | (() => string), fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {

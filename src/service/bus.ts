@@ -17,6 +17,10 @@ export type BusMessage =
   | { type: 'rescan' }
   | { type: 'hosts' }
   | { type: 'policy' }
+  /** Some host's VMs changed (came, went, changed state or disks). */
+  | { type: 'vms' }
+  /** Every host: read your libvirt now. */
+  | { type: 'vms-refresh' }
   /** Local only: the link to other hosts was down and is back; whatever was missed must be re-read. */
   | { type: 'resync' };
 
@@ -38,7 +42,7 @@ function batchKey(m: BusMessage): string | undefined {
   if (m.type === 'disk' || m.type === 'job' || m.type === 'disk-removed') return `${m.type}:${m.id}`;
   if (m.type === 'progress') return `progress:${m.jobId}`;
   if (m.type === 'queued') return `queued:${m.domainId}`;
-  if (m.type === 'hosts' || m.type === 'policy' || m.type === 'rescan') return m.type;
+  if (m.type === 'hosts' || m.type === 'policy' || m.type === 'rescan' || m.type === 'vms' || m.type === 'vms-refresh') return m.type;
   return undefined;
 }
 

@@ -4,7 +4,7 @@
  * cannot drift apart. Layers: defaults < config file < environment < flags. Bound to localhost
  * and SQLite unless told otherwise; one default domain under the data folder.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { hostname, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { SparsifyMode } from './store/records.js';
@@ -59,6 +59,10 @@ export interface ServiceConfig {
   shutdownTimeoutSeconds: number;
   /** LUKS keys by volume UUID (mode 0600); absent: DATA_DIR/luks-keys when it exists. */
   keysFile?: string;
+  /** libvirt connection to read VMs from; undefined: none (see LIBVIRT_SOCKET). */
+  libvirt?: string;
+  /** Re-read the VMs this often (0: only on demand and before each sparsify request). */
+  libvirtIntervalSeconds: number;
   /** Tests only: pause this long (abortable) before the engine runs, so a test can cancel or kill mid-job. */
   testJobDelayMs: number;
 }
@@ -122,6 +126,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'scheduleEnabled', flag: 'schedule', arg: 'bool', env: 'SPARSIFY_SCHEDULE', kind: { t: 'bool' }, help: 'sparsify the disks that need it periodically (once per interval for the whole cluster)', defaultText: 'false', set: policy('scheduleEnabled') },
   { key: 'scheduleIntervalSeconds', flag: 'schedule-interval', arg: 's', env: 'SPARSIFY_SCHEDULE_INTERVAL', kind: { t: 'int', min: 1, max: 86400 * 30 }, help: 'how often the schedule runs', defaultText: '3600', set: policy('scheduleIntervalSeconds') },
   { key: 'keysFile', flag: 'keys-file', arg: 'file', env: 'SPARSIFY_KEYS_FILE', kind: { t: 'path' }, help: 'LUKS keys by volume UUID, JSON {"UUID": "passphrase"} or UUID:key:... lines; must be mode 0600', defaultText: 'DATA_DIR/luks-keys when it exists', set: field('keysFile') },
+  { key: 'libvirt', flag: 'libvirt', arg: 'uri', env: 'SPARSIFY_LIBVIRT', kind: { t: 'string', min: 1, pattern: /^(none|[a-z][a-z0-9+.-]*:\/\/\S*)$/, what: 'a libvirt URI (qemu:///system) or none' }, help: 'libvirt connection whose VMs this host reads (virsh): a disk a VM uses is sparsified only while that VM is down (none: no VMs)', defaultText: 'qemu:///system when /run/libvirt/libvirt-sock exists, else none', set: field('libvirt') },
+  { key: 'libvirtIntervalSeconds', flag: 'libvirt-interval', arg: 's', env: 'SPARSIFY_LIBVIRT_INTERVAL', kind: { t: 'int', min: 0, max: 86400 }, help: 'read the VMs again this often (0: on demand and before each sparsify request)', defaultText: '10', set: field('libvirtIntervalSeconds') },
   { key: 'testJobDelayMs', env: 'SPARSIFY_TEST_JOB_DELAY_MS', kind: { t: 'int', min: 0, max: 600_000 }, help: 'tests: pause before the engine runs', hidden: true, set: field('testJobDelayMs') },
 ];
 
@@ -142,9 +148,13 @@ export function defaultConfig(dataDir?: string): ServiceConfig {
     shutdownTimeoutSeconds: 10,
     logLevel: 'info',
     policy: { thresholdBytes: 1 << 30, thresholdPercent: 10, scheduleEnabled: false, scheduleIntervalSeconds: 3600 },
+    libvirtIntervalSeconds: 10,
     testJobDelayMs: 0,
   };
 }
+
+/** libvirtd's socket: where it exists, the host has a libvirt whose VMs it should know by default. */
+export const LIBVIRT_SOCKET = '/run/libvirt/libvirt-sock';
 
 /** Check and convert one value; `name` says where it came from. Never echoes a secret. */
 function convert(s: Setting, v: unknown, name: string): unknown {
@@ -219,5 +229,7 @@ export function loadConfig(src: ConfigSources): ServiceConfig {
   if (!c.tlsCert !== !c.tlsKey) throw new ConfigError('--tls-cert and --tls-key go together: give both, or neither');
   // No domain given anywhere: one under the data folder, so it works out of the box.
   if (!c.domains.length) c.domains = [join(c.dataDir, 'images')];
+  if (c.libvirt === undefined && existsSync(LIBVIRT_SOCKET)) c.libvirt = 'qemu:///system';
+  if (c.libvirt === 'none') c.libvirt = undefined;
   return c;
 }

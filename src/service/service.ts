@@ -33,6 +33,15 @@ import { ClusterState } from './cluster-state.js';
 import { Metrics } from './metrics.js';
 import { diskView, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
+import { VmInventory } from './vms/inventory.js';
+import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
+import { vmViews, type VmListView } from './vms/views.js';
+import { historySeries, type HistoryView } from './history/series.js';
+
+/** A sparsify request waits this long at most for this host's libvirt to be read again. */
+const VM_REFRESH_WAIT_MS = 5000;
+/** The schedule submits many disks at once: a read this recent will do for it (a person's request always reads again). */
+const VM_READ_MAX_AGE_SCHEDULE_MS = 10_000;
 
 /**
  * The LUKS keys file: the configured one (it must exist), or DATA_DIR/luks-keys when present. It
@@ -59,6 +68,9 @@ export class Service {
   readonly catalog: DiskCatalog;
   readonly engine: EnginePool;
   readonly cluster: ClusterState;
+  /** This host's VMs (its libvirt), and every host's as the disks see them. */
+  readonly vmInventory: VmInventory;
+  readonly vms: VmAttachments;
   readonly token: string;
   readonly tokenGenerated: boolean;
   private timers: NodeJS.Timeout[] = [];
@@ -88,7 +100,9 @@ export class Service {
     this.cluster = new ClusterState(store, bus, () => this.policy.get());
     this.registry = new HostRegistry(this.ctx, this.mounts, VERSION);
     this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await this.cluster.domainStates()).values()].filter((d) => d.reachable).map((d) => d.id)));
-    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode }));
+    this.vmInventory = new VmInventory(this.ctx, this.mounts, config.libvirt, config.libvirtIntervalSeconds, (id) => this.scanner.refreshDisk(id));
+    this.vms = new VmAttachments(store, bus);
+    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() }));
   }
 
   /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
@@ -160,8 +174,10 @@ export class Service {
     this.registry.afterBeat(() => this.monitor.tick());
     this.registry.start();
     this.policy.start();
+    await this.vmInventory.start();
     this.bus.subscribe((m) => {
       if (m.type === 'rescan') this.rescan();
+      if (m.type === 'vms-refresh') void this.vmInventory.refresh();
     });
     this.rescan();
     if (this.config.scanIntervalSeconds > 0) this.timers.push(setInterval(() => this.rescan(), this.config.scanIntervalSeconds * 1000));
@@ -184,6 +200,8 @@ export class Service {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     this.policy.stop();
+    this.vmInventory.stop();
+    this.vms.close();
     this.dispatcher.stop();
     this.scanner.close();
     this.catalog.close();
@@ -208,8 +226,8 @@ export class Service {
   async getDiskView(id: string): Promise<(DiskView & { map: unknown; layers: unknown }) | undefined> {
     const d = await this.store.disks.get(id);
     if (!d || !d.present) return undefined;
-    const [policy, domains, derived, map] = await Promise.all([this.cluster.policy(), this.cluster.domainStates(), this.store.disks.derivedOf(id), this.store.disks.map(id)]);
-    const view = diskView(d, { policy, domains, derived: new Map([[id, derived]]), defaultMode: this.config.defaultMode });
+    const [policy, domains, derived, map, vms] = await Promise.all([this.cluster.policy(), this.cluster.domainStates(), this.store.disks.derivedOf(id), this.store.disks.map(id), this.vms.index()]);
+    const view = diskView(d, { policy, domains, derived: new Map([[id, derived]]), defaultMode: this.config.defaultMode, vms });
     return { ...view, map: map?.root ?? null, layers: map?.layers ?? null };
   }
 
@@ -234,12 +252,43 @@ export class Service {
         scanner: this.scanner,
         queue: this.queue,
         domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false },
+        vmsOf: (d) => this.freshVmsOf(d, origin === 'schedule' ? VM_READ_MAX_AGE_SCHEDULE_MS : 0),
       },
       diskId,
       options,
       origin,
     );
     return 'job' in r ? { job: jobView(r.job) } : r;
+  }
+
+  /** The VMs that use a disk, after reading this host's libvirt again (bounded: a slow libvirtd leaves the last read). */
+  private async freshVmsOf(d: { domainId: string; rel: string }, maxAgeMs: number): Promise<VmRef[]> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.vmInventory.refreshIfOlder(maxAgeMs), new Promise((r) => (timer = setTimeout(r, VM_REFRESH_WAIT_MS)))]);
+    clearTimeout(timer);
+    return vmsOf(await this.vms.index(), d);
+  }
+
+  // ---- history
+
+  /** Finished jobs since `since` as chart series (space given back, each domain's actual size). */
+  async history(since: number): Promise<HistoryView> {
+    const [jobs, disks, domains] = await Promise.all([this.store.jobs.list({ status: ['finished'], limit: 10_000 }), this.store.disks.list(), this.store.hosts.domains()]);
+    return historySeries(jobs, disks, domains, since);
+  }
+
+  // ---- virtual machines
+
+  async listVms(): Promise<VmListView> {
+    const [vms, inventories, disks] = await Promise.all([this.store.vms.list(), this.store.vms.inventories(), this.store.disks.list()]);
+    return vmViews(vms, inventories, disks);
+  }
+
+  /** Read this host's libvirt now, and ask every other host to (on the bus). */
+  async refreshVms(): Promise<void> {
+    // Heard here too, at once: this host's read starts with the publish.
+    this.bus.publish({ type: 'vms-refresh' });
+    await this.vmInventory.settled();
   }
 
   async cancel(jobId: string): Promise<{ job: JobView } | { refusal: Refusal }> {
@@ -269,7 +318,10 @@ export class Service {
 
   async retireHost(name: string): Promise<'removed' | 'up' | 'unknown'> {
     const r = await this.store.hosts.remove(name);
-    if (r === 'removed') this.bus.publish({ type: 'hosts' });
+    if (r === 'removed') {
+      if (await this.store.vms.forgetHost(name)) this.bus.publish({ type: 'vms' });
+      this.bus.publish({ type: 'hosts' });
+    }
     return r;
   }
 

@@ -8,6 +8,7 @@ import type { DiskRecord, DomainRecord, HostDomain, HostRecord, JobRecord, Spars
 import type { Store } from './store/store.js';
 import { validateSparsify, allocationOf } from './jobs/validate.js';
 import { needsSparsify } from './policy.js';
+import { vmsOf, type VmIndex, type VmRef } from './vms/attachments.js';
 import { recordKey } from './domains/stat-key.js';
 
 export interface DomainState {
@@ -57,13 +58,20 @@ export interface DiskView {
     state: 'pending' | 'done' | 'failed';
     analyzedAt: number | null;
     dataBytes: number | null;
+    /** Free in the guest and held by the disk's own file: what sparsify gives back. */
     reclaimableBytes: number | null;
+    /** Free in the guest but held only by its backing files (earlier snapshots): not reclaimable before a merge. */
+    snapshotOnlyBytes: number | null;
+    /** The advice to merge the snapshots first, when they hold free space. */
+    snapshotAdvice: string | null;
     warnings: string[];
     error: string | null;
     /** LUKS volumes: opened with a key from the keys file, or kept whole (no key). */
     encrypted: { opened: number; keptWhole: number } | null;
   };
   reclaimableBytes: number | null;
+  /** The VMs that use it (every host's libvirt), with their state. */
+  vms: VmRef[];
   needsSparsify: boolean;
   /** Would POST /sparsify (default mode) be accepted now? If not, why. */
   sparsify: { allowed: boolean; mode: SparsifyMode; status?: number; code?: string; reason?: string };
@@ -75,6 +83,8 @@ export interface ViewContext {
   /** Disk id -> disks whose backing file it is. */
   derived: Map<string, DiskRecord[]>;
   defaultMode: SparsifyMode;
+  /** Which VMs use which disk (every host's libvirt). */
+  vms: VmIndex;
 }
 
 export function derivedIndex(all: readonly DiskRecord[]): Map<string, DiskRecord[]> {
@@ -91,9 +101,10 @@ export function derivedIndex(all: readonly DiskRecord[]): Map<string, DiskRecord
 export function diskView(d: DiskRecord, v: ViewContext): DiskView {
   const derived = v.derived.get(d.id) ?? [];
   const dom = v.domains.get(d.domainId);
-  const refusal = validateSparsify(d, { heldForWriting: d.inUse, derived, reachable: dom?.reachable ?? false, canDiscard: dom?.canDiscard ?? false, mode: v.defaultMode });
+  const vms = vmsOf(v.vms, d);
+  const refusal = validateSparsify(d, { heldForWriting: d.inUse, derived, reachable: dom?.reachable ?? false, canDiscard: dom?.canDiscard ?? false, mode: v.defaultMode, vms });
   const a = d.analysis;
-  const status: DiskStatus = d.lockedBy ? 'locked' : !dom?.reachable ? 'unreachable' : d.inUse ? 'in-use' : d.health === 'illegal' ? 'illegal' : 'ok';
+  const status: DiskStatus = d.lockedBy ? 'locked' : !dom?.reachable ? 'unreachable' : d.inUse || refusal?.code === 'vm-not-down' ? 'in-use' : d.health === 'illegal' ? 'illegal' : 'ok';
   return {
     id: d.id,
     href: `/api/disks/${d.id}`,
@@ -116,11 +127,14 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
       analyzedAt: d.analyzedAt,
       dataBytes: a?.dataBytes ?? null,
       reclaimableBytes: a?.reclaimableBytes ?? null,
+      snapshotOnlyBytes: a ? (a.snapshotOnlyBytes ?? 0) : null,
+      snapshotAdvice: a?.snapshotAdvice ?? null,
       warnings: a?.warnings ?? [],
       error: d.analysisError ?? (d.health === 'illegal' ? d.error : null),
       encrypted: a?.encrypted ?? null,
     },
     reclaimableBytes: a?.reclaimableBytes ?? null,
+    vms,
     needsSparsify: needsSparsify(d, v.policy),
     sparsify: refusal ? { allowed: false, mode: v.defaultMode, status: refusal.status, code: refusal.code, reason: refusal.detail } : { allowed: true, mode: v.defaultMode },
   };

@@ -48,3 +48,13 @@ it('rejects bad values and unknown keys with a message naming them', { timeout: 
     t.cleanup();
   }
 });
+
+it('reads VMs from qemu:///system when libvirtd’s socket exists, from the URI given, or not at all with none', { timeout: 300_000 }, async () => {
+  const { existsSync } = await import('node:fs');
+  const { LIBVIRT_SOCKET } = await import('../../src/service/config.js');
+  assert.equal(loadConfig({ flags: {}, env: {} }).libvirt, existsSync(LIBVIRT_SOCKET) ? 'qemu:///system' : undefined);
+  assert.equal(loadConfig({ flags: { libvirt: 'qemu+ssh://hv1/system' }, env: {} }).libvirt, 'qemu+ssh://hv1/system');
+  assert.equal(loadConfig({ flags: {}, env: { SPARSIFY_LIBVIRT: 'none' } }).libvirt, undefined);
+  assert.equal(loadConfig({ flags: {}, env: {} }).libvirtIntervalSeconds, 10);
+  assert.throws(() => loadConfig({ flags: { libvirt: 'not a uri' }, env: {} }), /libvirt/);
+});

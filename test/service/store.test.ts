@@ -124,5 +124,25 @@ for (const backend of backends) {
       assert.deepEqual(await store.hosts.sweep(-1), ['alpha'], 'a host past its timeout becomes non-responsive');
       assert.equal((await store.hosts.get('alpha'))!.status, 'non-responsive');
     });
+
+    it('keeps each host’s VMs apart: a read replaces that host’s, a failed read keeps them, a retired host’s go', async () => {
+      const vm = (host: string, uuid: string, state: 'running' | 'shut-off') => ({
+        host, uuid, name: `vm-${uuid.slice(0, 4)}`, state, reason: null,
+        disks: [{ target: 'vda', device: 'disk', type: 'file', source: '/srv/a.raw', domainId: 'dom-1', rel: 'a.raw' }],
+      });
+      const u1 = randomUUID();
+      const u2 = randomUUID();
+      await store.vms.replace('h1', 'qemu:///system', [vm('h1', u1, 'running'), vm('h1', u2, 'shut-off')]);
+      await store.vms.replace('h2', 'qemu:///system', [vm('h2', u1, 'shut-off')]);
+      assert.equal((await store.vms.list()).length, 3);
+      await store.vms.replace('h1', 'qemu:///system', [vm('h1', u1, 'shut-off')]);
+      assert.deepEqual((await store.vms.list()).map((v) => `${v.host}:${v.uuid === u1}:${v.state}`).sort(), ['h1:true:shut-off', 'h2:true:shut-off']);
+      assert.deepEqual((await store.vms.list())[0]!.disks[0], vm('h1', u1, 'running').disks[0]);
+      await store.vms.touch('h2', 'qemu:///system', 'libvirtd is down');
+      assert.equal((await store.vms.list()).length, 2, 'a failed read keeps the VMs');
+      assert.equal((await store.vms.inventories()).find((i) => i.host === 'h2')!.error, 'libvirtd is down');
+      assert.equal(await store.vms.forgetHost('h2'), 1);
+      assert.deepEqual((await store.vms.inventories()).map((i) => i.host), ['h1']);
+    });
   });
 }

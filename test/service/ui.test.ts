@@ -6,25 +6,24 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type Browser } from 'playwright-core';
-import { tempDir, haveTool, run, releaseAll } from '../helpers/fixtures.js';
-import { startServer, stopAllServers, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, repoRoot, type Server } from './service-helpers.js';
+import type { Browser } from 'playwright-core';
+import { tempDir, haveTool, releaseAll } from '../helpers/fixtures.js';
+import { startServer, stopAllServers, analyzedDisks, diskByName, makeGuestDisk, makePreallocated, TOKEN, type Server } from './service-helpers.js';
+import { chromiumMissing, ensureWebBuilt, launchBrowser, testOutput } from './browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const webBuilt = () => existsSync(join(repoRoot, 'dist', 'web', 'index.html'));
-const missing = !existsSync(CHROMIUM) ? `no chromium at ${CHROMIUM} (apt-get install chromium)` : ['mke2fs', 'sgdisk'].find((t) => !haveTool(t));
+const missing = chromiumMissing() ?? ['mke2fs', 'sgdisk'].find((t) => !haveTool(t));
 
 describe('web UI in headless chromium', { skip: missing || false, timeout: 180_000 }, () => {
   let tmp: { dir: string; cleanup: () => void };
   let server: Server;
   let browser: Browser;
-  const out = join(repoRoot, 'test-output');
+  const out = testOutput;
 
   before(async () => {
     // The UI is served from dist/web: build it when a test run from sources finds none.
-    if (!webBuilt()) run('npm', ['run', 'build:web'], { cwd: repoRoot });
+    ensureWebBuilt();
     tmp = tempDir('sparsify-ui-');
     const domain = join(tmp.dir, 'images');
     mkdirSync(domain, { recursive: true });
@@ -32,11 +31,7 @@ describe('web UI in headless chromium', { skip: missing || false, timeout: 180_0
     makePreallocated(join(domain, 'thick.raw'), 8 << 20);
     server = await startServer({ dataDir: join(tmp.dir, 'data'), domains: [domain], env: { SPARSIFY_THRESHOLD_BYTES: String(4 << 20) } });
     await analyzedDisks(server, 2);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-    });
+    browser = await launchBrowser();
     mkdirSync(out, { recursive: true });
   });
 

@@ -4,6 +4,12 @@ import { DisksTable, type SortKey } from './DisksTable';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
 import { HostsPanel } from './HostsPanel';
+import { VmsView } from './VmsView';
+import { HistoryView } from './HistoryView';
+import { PolicyPanel } from './PolicyPanel';
+import { DiskDetails } from './DiskDetails';
+
+type View = 'disks' | 'vms' | 'history';
 
 const STATUS_ORDER: Record<Disk['status'], number> = { ok: 0, locked: 1, 'in-use': 2, illegal: 3, unreachable: 4 };
 /** Heartbeat ages move on their own: the hosts panel is re-read this often. */
@@ -30,6 +36,8 @@ export function App() {
   const [connected, setConnected] = useState(false);
   const [message, setMessage] = useState<string | null>(null);
   const [hasToken, setHasToken] = useState(!!getToken());
+  const [view, setView] = useState<View>('disks');
+  const [openDisk, setOpenDisk] = useState<string | null>(null);
 
   useEffect(() => {
     const load = async () => {
@@ -98,6 +106,9 @@ export function App() {
     }
     return m;
   }, [jobs]);
+
+  /** Changes whenever a job ends: the history and a disk's job list are read again. */
+  const jobsVersion = useMemo(() => [...jobs.values()].filter((j) => j.endedAt).length, [jobs]);
 
   const selectedDisks = visible.filter((d) => selected.has(d.id) && d.sparsify.allowed);
   const totals = useMemo(() => {
@@ -169,7 +180,23 @@ export function App() {
           {message} <button className="link" onClick={() => setMessage(null)}>dismiss</button>
         </div>
       )}
-      <div className="toolbar">
+      <nav className="views" role="tablist">
+        {(['disks', 'vms', 'history'] as const).map((v) => (
+          <button key={v} role="tab" aria-selected={view === v} className={view === v ? 'active' : ''} onClick={() => setView(v)} data-testid={`view-${v}`}>
+            {v === 'disks' ? 'Disks' : v === 'vms' ? 'Virtual machines' : 'History'}
+          </button>
+        ))}
+      </nav>
+      {view === 'vms' && <VmsView disks={disks} activeJobs={activeJobs} onSparsify={(d) => setDialog([d])} onOpenDisk={(d) => setOpenDisk(d.id)} onError={setMessage} />}
+      {view === 'history' && (
+        <main>
+          <HistoryView version={jobsVersion} />
+          <aside>
+            <PolicyPanel onError={setMessage} />
+          </aside>
+        </main>
+      )}
+      <div className="toolbar" hidden={view !== 'disks'}>
         <input type="search" placeholder="Filter by name" value={filter} onChange={(e) => setFilter(e.target.value)} aria-label="filter" />
         <select value={statusFilter} onChange={(e) => setStatusFilter(e.target.value as '' | Disk['status'])} aria-label="status filter">
           <option value="">any status</option>
@@ -186,7 +213,7 @@ export function App() {
         </button>
         <button onClick={() => void api.rescan().catch((e: Error) => setMessage(e.message))}>Rescan</button>
       </div>
-      <main>
+      <main hidden={view !== 'disks'}>
         <DisksTable
           disks={visible}
           activeJobs={activeJobs}
@@ -203,6 +230,7 @@ export function App() {
           }
           onToggleAll={(ids) => setSelected(new Set(ids))}
           onSparsify={(d) => setDialog([d])}
+          onOpen={(d) => setOpenDisk(d.id)}
         />
         <aside>
           <HostsPanel hosts={hosts} />
@@ -210,6 +238,7 @@ export function App() {
           <EventsPanel events={events} />
         </aside>
       </main>
+      {openDisk && disks.get(openDisk) && <DiskDetails disk={disks.get(openDisk)!} version={jobsVersion} onClose={() => setOpenDisk(null)} />}
       {dialog && <SparsifyDialog disks={dialog} info={info} onCancel={() => setDialog(null)} onConfirm={onConfirm} />}
       <footer className="muted small">
         sparsify {info?.version} · host {info?.host} · {info?.database === 'postgres' ? 'cluster on PostgreSQL' : 'single host on SQLite'} · domains: {info?.domains.map((d) => `${d.name} (${d.path})`).join(', ')} · <a href="/api/docs">API</a>

@@ -37,6 +37,8 @@ export function DisksTable(props: {
   onToggle: (id: string) => void;
   onToggleAll: (ids: string[]) => void;
   onSparsify: (d: Disk) => void;
+  /** Show the disk's details and job history. */
+  onOpen?: (d: Disk) => void;
 }) {
   const selectable = props.disks.filter((d) => d.sparsify.allowed).map((d) => d.id);
   const allSelected = selectable.length > 0 && selectable.every((id) => props.selected.has(id));
@@ -75,7 +77,11 @@ export function DisksTable(props: {
                 <input type="checkbox" aria-label={`select ${d.name}`} checked={props.selected.has(d.id)} disabled={!d.sparsify.allowed} title={reason} onChange={() => props.onToggle(d.id)} />
               </td>
               <td>
-                <div className="name">{d.name}</div>
+                <div className="name">
+                  <button className="link name" onClick={() => props.onOpen?.(d)} data-testid="disk-name">
+                    {d.name}
+                  </button>
+                </div>
                 <div className="muted small">
                   {d.domain}
                   {d.path !== d.name ? `: ${d.path}` : ''}
@@ -83,6 +89,16 @@ export function DisksTable(props: {
                 {d.chain.depth > 1 && <div className="muted small">backing chain of {d.chain.depth}</div>}
                 {d.chain.derivedIds.length > 0 && <div className="muted small">{d.chain.derivedIds.length} derived disk(s)</div>}
                 {d.analysis.encrypted && <Encrypted {...d.analysis.encrypted} />}
+                {d.vms.map((v) => (
+                  <div key={`${v.host}/${v.id}`} className="small" data-testid="disk-vm" data-vm-state={v.state}>
+                    VM <b>{v.name}</b> <span className={`badge vm-${v.state === 'shut-off' ? 'down' : 'up'}`}>{v.state === 'shut-off' ? 'down' : v.state}</span>
+                  </div>
+                ))}
+                {!!d.analysis.snapshotOnlyBytes && (
+                  <div className="muted small" title={d.analysis.snapshotAdvice ?? undefined} data-testid="snapshot-only">
+                    {bytes(d.analysis.snapshotOnlyBytes)} free only in earlier snapshots: merge them first
+                  </div>
+                )}
               </td>
               <td>
                 {d.format ?? '—'}

@@ -48,6 +48,11 @@ export function SparsifyDialog(props: {
             </tr>
           </tfoot>
         </table>
+        {props.disks.some((d) => d.analysis.snapshotAdvice) && (
+          <p className="advice small" data-testid="dialog-snapshot-advice">
+            Free space held only by earlier snapshots is not given back: {props.disks.filter((d) => d.analysis.snapshotOnlyBytes).map((d) => `${d.name} ${bytes(d.analysis.snapshotOnlyBytes)}`).join(', ')}. To sparsify effectively, merge the snapshots first.
+          </p>
+        )}
         <label className="mode">
           Mode{' '}
           <select value={mode} onChange={(e) => setMode(e.target.value)} data-testid="mode-select">

@@ -19,13 +19,19 @@ export interface Disk {
   analysis: {
     state: 'pending' | 'done' | 'failed';
     dataBytes: number | null;
+    /** Free in the guest and held by the disk's own file: what sparsify gives back. */
     reclaimableBytes: number | null;
+    /** Free in the guest but held only by earlier snapshots (backing files): not reclaimable before a merge. */
+    snapshotOnlyBytes: number | null;
+    snapshotAdvice: string | null;
     warnings: string[];
     error: string | null;
     /** LUKS volumes: opened with a key from the service's keys file, or kept whole for want of one. */
     encrypted: { opened: number; keptWhole: number } | null;
   };
   reclaimableBytes: number | null;
+  /** The VMs that use it, with their state (every host's libvirt). */
+  vms: Array<{ id: string; name: string; host: string; state: string; target: string }>;
   needsSparsify: boolean;
   sparsify: { allowed: boolean; mode: string; status?: number; code?: string; reason?: string };
 }
@@ -121,7 +127,7 @@ function authHeaders(): Record<string, string> {
   return token ? { authorization: `Bearer ${token}` } : {};
 }
 
-async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
+export async function call<T>(method: string, url: string, body?: unknown): Promise<T> {
   // Every call carries the token: a service that listens beyond localhost wants it for reads too.
   const headers: Record<string, string> = authHeaders();
   if (body !== undefined) headers['content-type'] = 'application/json';

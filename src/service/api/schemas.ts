@@ -77,3 +77,27 @@ export const hostParams = {
   additionalProperties: false,
   properties: { name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$', description: 'A host name' } },
 } as const;
+
+export const vmsQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$', description: 'Only the VMs of this host' },
+    up: { type: 'string', enum: ['true', 'false'], description: 'Only VMs that are up (not shut off), or only those that are down' },
+  },
+} as const;
+
+export const vmParams = {
+  type: 'object',
+  required: ['id'],
+  additionalProperties: false,
+  properties: { id: { type: 'string', pattern: UUID_PATTERN, description: "A VM's libvirt UUID" } },
+} as const;
+
+export const historyQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    days: { type: 'string', pattern: '^[0-9]{1,3}$', description: 'How far back, in days (1 to 366; default 30)' },
+  },
+} as const;

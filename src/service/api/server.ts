@@ -18,6 +18,8 @@ import { registerDocs } from './docs.js';
 import { diskRoutes } from './routes/disks.js';
 import { jobRoutes } from './routes/jobs.js';
 import { clusterRoutes } from './routes/cluster.js';
+import { vmRoutes } from './routes/vms.js';
+import { historyRoutes } from './routes/history.js';
 
 export interface ApiServer {
   app: FastifyInstance;
@@ -86,6 +88,8 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
   diskRoutes(app, svc, auth);
   jobRoutes(app, svc, auth);
   clusterRoutes(app, svc, auth);
+  vmRoutes(app, svc, auth);
+  historyRoutes(app, svc);
 
   app.get('/api/stream', { schema: { tags: ['cluster'], summary: 'Server-sent events: disk, job, progress, event and hosts messages of every host' } }, (_req: FastifyRequest, reply) => {
     reply.hijack();

@@ -35,7 +35,15 @@ export function summarize(map: DiskMapJson): AnalysisSummary {
     n.children.forEach(walk);
   };
   walk(map.root);
-  return { dataBytes: map.dataBytes, reclaimableBytes: map.reclaimableBytes, warnings: map.warnings, ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}) };
+  return {
+    dataBytes: map.dataBytes,
+    reclaimableBytes: map.reclaimableBytes,
+    ownDataBytes: map.ownDataBytes,
+    snapshotOnlyBytes: map.snapshotOnlyBytes,
+    ...(map.snapshotAdvice ? { snapshotAdvice: map.snapshotAdvice } : {}),
+    warnings: map.warnings,
+    ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}),
+  };
 }
 
 export class Scanner {

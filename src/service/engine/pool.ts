@@ -9,6 +9,9 @@ import { Piscina } from 'piscina';
 import type { OperationEvents } from '../../index.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
+/** How long a finished task's last messages are waited for. */
+const DRAIN_MS = 1000;
+
 export class EnginePool {
   private readonly pool: Piscina;
 
@@ -34,27 +37,23 @@ export class EnginePool {
 
   private async runTask<T>(task: EngineTask, events: OperationEvents = {}): Promise<T> {
     const { port1, port2 } = new MessageChannel();
-    // The task's result and its messages travel apart: the last progress may come after the result.
-    let ended!: () => void;
-    const allHeard = new Promise<void>((r) => (ended = r));
     port1.on('message', (m: WorkerMessage) => {
       if (m.type === 'progress') events.onProgress?.({ done: m.done, total: m.total });
       else if (m.type === 'warning') events.onWarning?.(m.text);
-      else if (m.type === 'status') events.onStatus?.(m.text);
-      else ended();
+      else events.onStatus?.(m.text);
     });
-    port1.on('close', () => ended());
     const abort = () => port1.postMessage({ type: 'abort' } satisfies MainMessage);
     if (events.signal?.aborted) abort();
     events.signal?.addEventListener('abort', abort, { once: true });
+    // The worker closes its end when the task is done; 'close' comes after every message it sent,
+    // which may still be queued when the task's result arrives (the last progress, a warning).
+    const drained = new Promise<void>((r) => port1.once('close', () => r()));
     try {
-      const result = (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
-      // A thread that died sends no end: do not wait for it long.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([allHeard, new Promise((r) => (timer = setTimeout(r, 2000)))]);
-      clearTimeout(timer);
-      return result;
+      return (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
     } finally {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, DRAIN_MS)))]);
+      clearTimeout(timer);
       events.signal?.removeEventListener('abort', abort);
       port1.close();
     }

@@ -4,7 +4,8 @@ import type { DiskMapJson } from '../../index.js';
 /** Every task may name the service's LUKS keys file; the worker reads it itself, so keys never travel between threads. */
 export type EngineTask = (
   | { op: 'in-place'; path: string; format: string; ignore: string[]; zero: string[] }
-  | { op: 'copy'; input: string; output: string; format: string; convert: string; ignore: string[]; zero: string[] }
+  /** keepBacking: the output is a qcow2 overlay on the input's backing file (copy-and-replace of a chain's leaf). */
+  | { op: 'copy'; input: string; output: string; format: string; convert: string; ignore: string[]; zero: string[]; keepBacking?: boolean }
   | { op: 'analyze'; path: string; format?: string }
 ) & { keysFile?: string };
 
@@ -14,12 +15,7 @@ export interface AnalyzeResult {
 }
 
 /** Worker -> main thread, on the task's port. */
-export type WorkerMessage =
-  | { type: 'progress'; done: number; total: number }
-  | { type: 'warning'; text: string }
-  | { type: 'status'; text: string }
-  /** The last message of a task: everything it said before has arrived. */
-  | { type: 'end' };
+export type WorkerMessage = { type: 'progress'; done: number; total: number } | { type: 'warning'; text: string } | { type: 'status'; text: string };
 
 /** Main thread -> worker. */
 export type MainMessage = { type: 'abort' };

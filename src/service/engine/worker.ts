@@ -54,7 +54,7 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
         await sparsifyInPlace({ path: task.path, format: task.format, ignore: task.ignore, zero: task.zero, keys: k, ...events });
         return undefined;
       case 'copy':
-        await sparsifyCopy({ input: task.input, output: task.output, format: task.format, convert: task.convert, ignore: task.ignore, zero: task.zero, keys: k, ...events });
+        await sparsifyCopy({ input: task.input, output: task.output, format: task.format, convert: task.convert, ignore: task.ignore, zero: task.zero, keepBacking: task.keepBacking, keys: k, ...events });
         return undefined;
       case 'analyze': {
         const warnings: string[] = [];
@@ -67,7 +67,6 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
       }
     }
   } finally {
-    send({ type: 'end' });
     port.close();
   }
 }

@@ -3,7 +3,8 @@
  * refuses writers is held on the original all along, so no VM starts writing to data we are about
  * to replace. The copy is named after the job and the attempt, so a host that takes the job over
  * can remove what an earlier attempt left, and never anything of a later one. The rename happens
- * only after the fence check (`beforeRename`).
+ * only after the fence check (`beforeRename`). The leaf of a backing chain is copied keeping its
+ * backing file: only its own clusters, minus the wholly free ones.
  */
 import { statSync, statfsSync, fstatSync, openSync, closeSync, readdirSync, unlinkSync, chmodSync, chownSync, renameSync, fsyncSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -43,7 +44,10 @@ export function removeTemps(diskPath: string, jobId: string, which: { below?: nu
  * the format's own tables. From the stored analysis; without one, the disk's actual size.
  */
 export function copyNeeds(d: DiskRecord): number {
-  const keep = d.analysis ? Math.max(0, d.analysis.dataBytes - d.analysis.reclaimableBytes) : d.actualSize;
+  // The leaf of a chain is copied keeping its backing file: only its own data goes into the copy.
+  const a = d.analysis;
+  const data = a ? (d.chain.length > 1 ? a.ownDataBytes : a.dataBytes) : undefined;
+  const keep = a && data !== undefined ? Math.max(0, data - a.reclaimableBytes) : d.actualSize;
   return Math.ceil(keep * 1.01) + (1 << 20);
 }
 
@@ -67,8 +71,10 @@ export async function copyAndReplace(engine: EnginePool, job: JobRecord, d: Disk
     const noSpace = () => new Error(`not enough free space beside ${d.name} for its sparse copy: it needs about ${humanBytes(needs)} (${needs} bytes), ${humanBytes(free)} (${free} bytes) were free; free some space or use mode in-place`);
     if (free < needs) throw noSpace();
     try {
+      // The leaf of a chain is copied as a new overlay on the same backing file, beside it, so the backing name means the same file.
+      const keepBacking = d.chain.length > 1;
       try {
-        await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero }, events);
+        await engine.copy({ input: path, output: temp, format: d.format!, convert: d.format!, ignore: job.options.ignore, zero: job.options.zero, keepBacking }, events);
       } catch (e) {
         if (/ENOSPC|no space left/i.test((e as Error).message)) throw noSpace();
         throw e;

@@ -9,6 +9,7 @@ import type { Mounts } from '../domains/mounts.js';
 import type { Scanner } from '../domains/scanner.js';
 import { validateSparsify, type Refusal } from './validate.js';
 import * as lifecycle from './lifecycle.js';
+import type { VmRef } from '../vms/attachments.js';
 
 export interface RequestDeps {
   ctx: ServiceContext;
@@ -17,6 +18,8 @@ export interface RequestDeps {
   queue: JobQueue;
   /** What the up hosts say of a domain: reachable from one of them, and able to punch holes. */
   domainState(domainId: string): Promise<{ reachable: boolean; canDiscard: boolean }>;
+  /** The VMs that use the disk, every host's, read fresh from this host's libvirt first. */
+  vmsOf(d: { domainId: string; rel: string }): Promise<VmRef[]>;
 }
 
 export type JobOrRefusal = { job: JobRecord } | { refusal: Refusal };
@@ -27,11 +30,11 @@ export async function submit(deps: RequestDeps, diskId: string, options: JobOpti
   if (!known || !known.present) return { refusal: { status: 404, code: 'disk-not-found', detail: 'no such disk' } };
   // Fresh facts where this host reaches the disk: its stat, format, chain, and QEMU's write lock.
   if (!known.lockedBy && deps.mounts.get(known.domainId)?.reachable) await deps.scanner.refreshDisk(diskId);
-  const domain = await deps.domainState(known.domainId);
+  const [domain, vms] = await Promise.all([deps.domainState(known.domainId), deps.vmsOf(known)]);
   const r = await store.transaction(async (tx): Promise<JobOrRefusal> => {
     const d = await tx.disks.getForUpdate(diskId);
     const derived = d ? await tx.disks.derivedOf(diskId) : [];
-    const refusal = validateSparsify(d, { heldForWriting: d?.inUse ?? false, derived, reachable: domain.reachable, canDiscard: domain.canDiscard, mode: options.mode });
+    const refusal = validateSparsify(d, { heldForWriting: d?.inUse ?? false, derived, reachable: domain.reachable, canDiscard: domain.canDiscard, mode: options.mode, vms });
     if (refusal) return { refusal };
     const job = lifecycle.newJob(d!, options, origin);
     if (!(await lifecycle.create(tx, deps.queue, job))) return { refusal: { status: 409, code: 'disk-locked', detail: `${d!.name} is locked by another job` } };

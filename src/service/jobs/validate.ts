@@ -2,17 +2,20 @@
  * Can this disk be sparsified? oVirt's checks, first failure wins, with its status codes:
  *   1. the disk exists                                   404
  *      and an up host reaches its storage domain          409
- *   2. no running VM has it open for writing             409  (QEMU's write lock)
+ *   2. no VM that uses it is up (libvirt, every host's)  409  (oVirt: "if the disk is attached to a VM, it must be down")
+ *      and no other process has it open for writing      409  (QEMU's write lock: the second guard)
  *   3. it is readable (not ILLEGAL)                      409  (moved up: later checks need the image)
  *   4. its format and storage can give space back        400
  *   5. it is not preallocated                            400
- *   6. it is a single volume: no backing chain, no internal snapshots   400
+ *   6. of a backing chain, only a qcow2 leaf (its own clusters are sparsified, the
+ *      backing files only read); no internal snapshots  400
  *   7. it is not locked by another job                   409
  *   8. no other disk is derived from it (a backing file) 409
  * The UI calls the same function to disable the button with the same reason.
  */
 import { formatDrivers } from '../../index.js';
 import type { Allocation, DiskRecord, SparsifyMode } from '../store/records.js';
+import { activeVms, type VmRef } from '../vms/attachments.js';
 
 export interface Refusal {
   status: 400 | 404 | 409;
@@ -29,7 +32,12 @@ export interface ValidationContext {
   /** The disk's storage domain can punch holes. */
   canDiscard: boolean;
   mode: SparsifyMode;
+  /** The VMs that use the disk, as their hosts last reported them. */
+  vms: readonly VmRef[];
 }
+
+/** Chains are sparsified layer by layer only in qcow2: in place, or a copy that keeps the backing file. */
+export const CHAIN_FORMATS = ['qcow2'];
 
 /** Formats whose driver can discard in place (the in-place operation's contract). */
 export const IN_PLACE_FORMATS = ['raw', 'qcow2', 'vdi'];
@@ -53,6 +61,11 @@ export function validateSparsify(d: DiskRecord | undefined, ctx: ValidationConte
   if (!d || !d.present) return { status: 404, code: 'disk-not-found', detail: 'no such disk' };
   const name = d.name;
   if (!ctx.reachable) return { status: 409, code: 'domain-unreachable', detail: `${name}: no host that is up reaches its storage domain now` };
+  const up = activeVms(ctx.vms);
+  if (up.length) {
+    const which = up.map((v) => `${v.name} (${v.state} on ${v.host})`).join(', ');
+    return { status: 409, code: 'vm-not-down', detail: `${name} is attached to VM ${which}; shut the VM down first` };
+  }
   if (ctx.heldForWriting && !d.lockedBy) {
     return { status: 409, code: 'disk-in-use', detail: `${name} is in use: another process (a running VM?) has it open for writing` };
   }
@@ -71,8 +84,8 @@ export function validateSparsify(d: DiskRecord | undefined, ctx: ValidationConte
   if (allocationOf(d) === 'preallocated') {
     return { status: 400, code: 'disk-preallocated', detail: `${name} is preallocated: sparsifying it would undo the reason it was preallocated (mark it thin with PATCH allocation=sparse to allow it)` };
   }
-  if (d.chain.length > 1) {
-    return { status: 400, code: 'disk-has-snapshots', detail: `${name} is not a single volume: it has a backing chain of ${d.chain.length} volumes (snapshots); merge them first` };
+  if (d.chain.length > 1 && !CHAIN_FORMATS.includes(d.format)) {
+    return { status: 400, code: 'disk-has-snapshots', detail: `${name} has a backing chain of ${d.chain.length} volumes (snapshots), and only the leaf of a qcow2 chain can be sparsified; merge them first` };
   }
   if (d.snapshots > 0) {
     return { status: 400, code: 'disk-has-snapshots', detail: `${name} has ${d.snapshots} internal snapshot(s); delete or merge them first` };

@@ -15,6 +15,7 @@ import type { Dispatch, JobQueue } from '../queue/types.js';
 import type { Mounts } from '../domains/mounts.js';
 import type { Scanner } from '../domains/scanner.js';
 import { heldForWriting } from '../domains/host-probe.js';
+import { upVmsOf } from '../vms/attachments.js';
 import { isUnavailable } from '../store/db.js';
 import { FencedOut, assertCurrent, fenceOf, fencedWrite, type Fence } from './fence.js';
 import * as lifecycle from './lifecycle.js';
@@ -178,6 +179,8 @@ export class JobWorker {
       if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');
       const path = this.mounts.pathOf(d);
       if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
+      const vms = await untilAvailable(() => upVmsOf(store, d), { onWait: () => undefined });
+      if (vms.length) throw new Error(`${d.name} is attached to VM ${vms.map((v) => `${v.name} (${v.state} on ${v.host})`).join(', ')}; shut the VM down first`);
       watch = setInterval(() => void this.watch(e, d.domainId, path, d.ino), WATCH_MS);
       await this.waitUntilFree(e, path, d.name);
       if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);

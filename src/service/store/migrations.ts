@@ -98,7 +98,26 @@ const v2: Migration = {
   },
 };
 
-export const MIGRATIONS: readonly Migration[] = [v1, v2];
+const v3: Migration = {
+  version: 3,
+  name: 'virtual machines as each host reads them from libvirt; overlay analyses made again (truthful reclaimable)',
+  async up(db) {
+    await db.exec(`
+      CREATE TABLE vms (host TEXT NOT NULL, uuid TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+        disks TEXT NOT NULL, PRIMARY KEY (host, uuid));
+      CREATE TABLE vm_inventories (host TEXT PRIMARY KEY, uri TEXT NOT NULL, error TEXT, refreshed_at BIGINT NOT NULL, changed_at BIGINT NOT NULL);
+    `);
+    // Analyses of overlays counted the backing files' free space as reclaimable: make them again.
+    for (const r of await db.all<{ id: string; data: string; analysis: string | null }>('SELECT id, data, analysis FROM disks WHERE analysis IS NOT NULL')) {
+      const chain = (JSON.parse(r.data) as { chain?: unknown[] }).chain ?? [];
+      if (chain.length < 2) continue;
+      const a = JSON.parse(r.analysis!) as Record<string, unknown>;
+      await db.run('UPDATE disks SET analysis = ? WHERE id = ?', [JSON.stringify({ ...a, key: null }), r.id]);
+    }
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2, v3];
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 async function tableExists(db: Db, name: string): Promise<boolean> {

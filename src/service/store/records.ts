@@ -45,7 +45,14 @@ export interface HostDomain {
 /** What the analysis found, small enough to list 2,000 disks quickly (the full map is kept apart). */
 export interface AnalysisSummary {
   dataBytes: number;
+  /** Free in the guest and held by the disk's own file (the top of its chain): what sparsify gives back. */
   reclaimableBytes: number;
+  /** Bytes the disk's own file holds as data (dataBytes counts the whole chain); absent in analyses older than schema 3. */
+  ownDataBytes?: number;
+  /** Free in the guest but held only by backing files (earlier snapshots); absent in analyses older than schema 3. */
+  snapshotOnlyBytes?: number;
+  /** The advice to merge the snapshots first, when snapshotOnlyBytes > 0. */
+  snapshotAdvice?: string;
   warnings: string[];
   /** LUKS volumes found: opened with a key from the keys file (sparsified inside), or kept whole. */
   encrypted?: { opened: number; keptWhole: number };

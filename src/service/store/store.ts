@@ -15,6 +15,7 @@ import { Jobs } from './jobs.js';
 import { Hosts } from './hosts.js';
 import { Events } from './events.js';
 import { Settings } from './settings.js';
+import { Vms } from './vms.js';
 
 export class Store {
   readonly disks: Disks;
@@ -22,6 +23,7 @@ export class Store {
   readonly hosts: Hosts;
   readonly events: Events;
   readonly settings: Settings;
+  readonly vms: Vms;
 
   constructor(readonly db: Db) {
     this.disks = new Disks(db);
@@ -29,6 +31,7 @@ export class Store {
     this.hosts = new Hosts(db);
     this.events = new Events(db);
     this.settings = new Settings(db);
+    this.vms = new Vms(db);
   }
 
   get kind(): Db['dialect'] {

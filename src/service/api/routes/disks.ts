@@ -52,8 +52,9 @@ export function diskRoutes(app: FastifyInstance, svc: Service, auth: preHandlerH
         tags,
         summary: 'Sparsify the disk in a job',
         description:
-          'Checked in order, first failure wins: 404 unknown disk; 409 no up host reaches its domain; 409 in use by a running VM (QEMU write lock); 409 illegal (unreadable); ' +
-          '400 format or storage cannot discard; 400 preallocated; 400 not a single volume (backing chain or internal snapshots); 409 locked by another job; 409 has derived disks. ' +
+          'Checked in order, first failure wins: 404 unknown disk; 409 no up host reaches its domain; 409 attached to a VM that is not down (vm-not-down, naming it; every host\'s libvirt); ' +
+          '409 in use (QEMU write lock); 409 illegal (unreadable); 400 format or storage cannot discard; 400 preallocated; 400 a backing chain that is not qcow2, or internal snapshots; ' +
+          '409 locked by another job; 409 has derived disks. The leaf of a qcow2 chain is sparsified keeping its backing file (only its own clusters are given back). ' +
           'Then 202 with the job; the disk stays locked until the job ends.',
         security: secured,
         params: idParams,

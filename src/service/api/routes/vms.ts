@@ -1,0 +1,53 @@
+/** /api/vms: every host's VMs (from its libvirt) with their state and disks; a refresh on demand. */
+import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fastify';
+import type { Service } from '../../service.js';
+import { vmParams, vmsQuery } from '../schemas.js';
+import { fault as faultBody, secured } from '../docs.js';
+import { fault } from '../faults.js';
+
+const tags = ['vms'];
+const open = (description: string, properties: Record<string, object> = {}) => ({ type: 'object', description, additionalProperties: true, properties });
+const Vm = open('A VM as the host whose libvirt knows it reports it', {
+  id: { type: 'string', description: "libvirt's UUID" },
+  name: { type: 'string' },
+  host: { type: 'string', description: 'The host whose libvirt runs or defines it' },
+  state: { type: 'string', description: 'running, paused, migrating, shutting-down, shut-off, crashed, suspended, blocked, idle, unknown' },
+  reason: { type: 'string', nullable: true, description: "libvirt's reason for the state" },
+  up: { type: 'boolean', description: 'Not shut off: its disks are not sparsified' },
+  disks: { type: 'array', items: open('target, device, type, source; diskId, domainId and path when the file is a disk of a storage domain') },
+});
+const vmList = open('{"vms": [Vm], "sources": [...]}', {
+  vms: { type: 'array', items: Vm },
+  sources: { type: 'array', items: open("A host's libvirt connection: host, uri, error (why the last read failed), refreshedAt, changedAt") },
+});
+
+export function vmRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHookHandler): void {
+  app.get(
+    '/api/vms',
+    { schema: { tags, summary: "Every host's VMs (read from its libvirt) with their state and disks", querystring: vmsQuery, response: { 200: vmList, 400: faultBody } } },
+    async (req: FastifyRequest<{ Querystring: { host?: string; up?: string } }>) => {
+      const { host, up } = req.query;
+      const all = await svc.listVms();
+      return { vms: all.vms.filter((v) => (!host || v.host === host) && (!up || v.up === (up === 'true'))), sources: all.sources };
+    },
+  );
+
+  app.get(
+    '/api/vms/:id',
+    { schema: { tags, summary: 'One VM by its libvirt UUID, as each host that knows it reports it', params: vmParams, response: { 200: open('{"vms": [Vm]}', { vms: { type: 'array', items: Vm } }), 400: faultBody, 404: faultBody } } },
+    async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
+      const found = (await svc.listVms()).vms.filter((v) => v.id === req.params.id.toLowerCase());
+      // One VM may be known to several hosts' libvirt (defined on each): all of them are shown.
+      return found.length ? { vms: found } : fault(reply, 404, 'vm-not-found', 'no VM with this UUID is known to any host');
+    },
+  );
+
+  app.post(
+    '/api/vms/refresh',
+    { schema: { tags, summary: 'Read the VMs from libvirt now, on every host; answers with what this host then knows', security: secured, response: { 200: vmList, 401: faultBody } }, preHandler: auth },
+    async () => {
+      await svc.refreshVms();
+      return svc.listVms();
+    },
+  );
+}

@@ -67,7 +67,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   if (opts.hostName) args.push('--host-name', opts.hostName);
   args.push(...(opts.args ?? []));
   const proc = spawn(process.execPath, args, {
-    env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', ...opts.env },
+    // No VMs from this machine's libvirt unless a test asks: tests never depend on what runs here.
+    env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', SPARSIFY_LIBVIRT: 'none', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   live.add(proc);

@@ -9,7 +9,7 @@ import { Piscina } from 'piscina';
 import type { OperationEvents } from '../../index.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
-/** How long a finished task's last messages are waited for. */
+/** How long a finished task's last messages are waited for (only if its thread died before saying 'end'). */
 const DRAIN_MS = 1000;
 
 export class EnginePool {
@@ -37,17 +37,20 @@ export class EnginePool {
 
   private async runTask<T>(task: EngineTask, events: OperationEvents = {}): Promise<T> {
     const { port1, port2 } = new MessageChannel();
+    // The result comes back on piscina's own channel, so it may overtake the task's last messages
+    // (the final progress, a warning); the task's 'end' on this port says they have all arrived.
+    let ended: () => void = () => undefined;
+    const drained = new Promise<void>((r) => (ended = r));
     port1.on('message', (m: WorkerMessage) => {
       if (m.type === 'progress') events.onProgress?.({ done: m.done, total: m.total });
       else if (m.type === 'warning') events.onWarning?.(m.text);
-      else events.onStatus?.(m.text);
+      else if (m.type === 'status') events.onStatus?.(m.text);
+      else ended();
     });
+    port1.once('close', () => ended());
     const abort = () => port1.postMessage({ type: 'abort' } satisfies MainMessage);
     if (events.signal?.aborted) abort();
     events.signal?.addEventListener('abort', abort, { once: true });
-    // The worker closes its end when the task is done; 'close' comes after every message it sent,
-    // which may still be queued when the task's result arrives (the last progress, a warning).
-    const drained = new Promise<void>((r) => port1.once('close', () => r()));
     try {
       return (await this.pool.run({ task: { ...task, keysFile: this.keysFile }, port: port2 }, { transferList: [port2] })) as T;
     } finally {

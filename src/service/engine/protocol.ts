@@ -14,8 +14,12 @@ export interface AnalyzeResult {
   warnings: string[];
 }
 
-/** Worker -> main thread, on the task's port. */
-export type WorkerMessage = { type: 'progress'; done: number; total: number } | { type: 'warning'; text: string } | { type: 'status'; text: string };
+/** Worker -> main thread, on the task's port. 'end' is the task's last message: everything it sent came before. */
+export type WorkerMessage =
+  | { type: 'progress'; done: number; total: number }
+  | { type: 'warning'; text: string }
+  | { type: 'status'; text: string }
+  | { type: 'end' };
 
 /** Main thread -> worker. */
 export type MainMessage = { type: 'abort' };

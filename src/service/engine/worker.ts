@@ -67,6 +67,7 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
       }
     }
   } finally {
+    send({ type: 'end' });
     port.close();
   }
 }

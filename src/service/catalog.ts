@@ -27,7 +27,8 @@ export class DiskCatalog {
   private updatedAt = 0;
   private reload = true;
   private rebuildAll = true;
-  private body: string | undefined;
+  /** Encoded once: a 1.5 MB string would be converted to UTF-8 again on every response. */
+  private body: Buffer | undefined;
   private refreshing: Promise<void> | undefined;
   private again = false;
   private readonly unsubscribe: () => void;
@@ -53,28 +54,46 @@ export class DiskCatalog {
   }
 
   /** `{"disks": [...]}` of all present disks, serialized once per change. */
-  async listJson(): Promise<string> {
+  async listJson(): Promise<Buffer> {
     await this.refresh();
-    this.body ??= `{"disks":[${[...this.views.values()].map((v) => v.json).join(',')}]}`;
+    this.body ??= Buffer.from(`{"disks":[${[...this.views.values()].map((v) => v.json).join(',')}]}`);
     return this.body;
   }
 
-  /** One refresh at a time; callers arriving meanwhile wait for the next one, which sees their changes. */
+  /**
+   * One refresh at a time; callers arriving meanwhile wait for the next one, which sees their
+   * changes. Other hosts' changes may be seen up to REMOTE_LAG_MS late anyway, so a request that
+   * has only those to wait for is answered from what is kept while they are read.
+   */
   private async refresh(): Promise<void> {
+    const localDue = () => this.reload || this.rebuildAll || this.dirty.size > 0 || Date.now() - this.loadedAt >= FULL_RELOAD_MS;
     if (this.refreshing) {
+      if (!localDue()) return;
       this.again = true;
-      await this.refreshing;
+      await this.refreshing.catch(() => undefined);
       if (!this.again) return;
     }
-    const now = Date.now();
-    const remoteDue = this.dirtyRemote.size > 0 && now - this.updatedAt >= REMOTE_LAG_MS;
-    if (!this.reload && !this.rebuildAll && !this.dirty.size && !remoteDue && now - this.loadedAt < FULL_RELOAD_MS) return;
+    const remoteDue = this.dirtyRemote.size > 0 && Date.now() - this.updatedAt >= REMOTE_LAG_MS;
+    const local = localDue();
+    if (!local && !remoteDue) return;
     this.again = false;
     this.refreshing = this.update().finally(() => (this.refreshing = undefined));
-    await this.refreshing;
+    if (local) return this.refreshing;
+    // Read in the background; a failure (the database away) is met again by the next request.
+    this.refreshing.catch(() => undefined);
   }
 
   private async update(): Promise<void> {
+    try {
+      await this.apply();
+    } catch (e) {
+      // The changes it took are not applied: read everything again next time.
+      this.reload = true;
+      throw e;
+    }
+  }
+
+  private async apply(): Promise<void> {
     const full = this.reload || Date.now() - this.loadedAt >= FULL_RELOAD_MS;
     const changed = full ? [] : [...new Set([...this.dirty, ...this.dirtyRemote])];
     this.dirty.clear();

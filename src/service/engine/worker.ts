@@ -11,8 +11,11 @@ import { sparsifyInPlace, sparsifyCopy, openImage, analyzeDisk, toJson, loadKeys
 import { gettid } from '../../io/syscalls.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
-/** nice 10: background work yields the CPU to the API and to other hosts' requests. */
-const NICE = 10;
+/**
+ * nice 19, as oVirt's vdsm runs qemu-img: background work yields the CPU to the API, to the
+ * database and to other hosts' requests, and still uses every idle cycle.
+ */
+const NICE = 19;
 
 try {
   setPriority(gettid(), NICE);

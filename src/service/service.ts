@@ -163,6 +163,7 @@ export class Service {
    * left, then take jobs and scan in the background (the API answers meanwhile).
    */
   async start(): Promise<void> {
+    await this.engine.ready();
     await this.mounts.attach();
     await this.registry.register(null);
     this.started = true;

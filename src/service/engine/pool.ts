@@ -9,6 +9,9 @@ import { Piscina } from 'piscina';
 import type { OperationEvents } from '../../index.js';
 import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
 
+/** How long the threads may take to load the engine at start. */
+const READY_MS = 30_000;
+
 /** How long a finished task's last messages are waited for (only if its thread died before saying 'end'). */
 const DRAIN_MS = 1000;
 
@@ -16,11 +19,14 @@ export class EnginePool {
   private readonly pool: Piscina;
 
   /** `keysFile`: LUKS keys for every task (checked by the service at start). */
+  private readonly threads: number;
+
   constructor(
     threads: number,
     private readonly keysFile?: string,
     onError: (e: Error) => void = () => undefined,
   ) {
+    this.threads = threads;
     // Under tsx the sources are .ts; once built they are .js next to this module.
     const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
     this.pool = new Piscina({
@@ -59,6 +65,27 @@ export class EnginePool {
       clearTimeout(timer);
       events.signal?.removeEventListener('abort', abort);
       port1.close();
+    }
+  }
+
+  /**
+   * Every thread loads the engine and answers, or this throws saying why. A thread that cannot
+   * load it (a missing native library, a broken install) would otherwise leave every task waiting.
+   */
+  async ready(timeoutMs = READY_MS): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    let onError: ((e: Error) => void) | undefined;
+    const failed = new Promise<never>((_, reject) => {
+      onError = (e) => reject(new Error(`the engine's threads could not start: ${e.message}`));
+      this.pool.once('error', onError);
+      timer = setTimeout(() => reject(new Error(`the engine's threads did not start within ${timeoutMs / 1000} s`)), timeoutMs);
+    });
+    try {
+      const pings = Promise.all(Array.from({ length: this.threads }, () => this.runTask({ op: 'ping' })));
+      await Promise.race([pings.catch((e: Error) => Promise.reject(new Error(`the engine's threads could not start: ${e.message}`))), failed]);
+    } finally {
+      clearTimeout(timer);
+      if (onError) this.pool.off('error', onError);
     }
   }
 

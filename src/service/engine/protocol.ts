@@ -7,6 +7,8 @@ export type EngineTask = (
   /** keepBacking: the output is a qcow2 overlay on the input's backing file (copy-and-replace of a chain's leaf). */
   | { op: 'copy'; input: string; output: string; format: string; convert: string; ignore: string[]; zero: string[]; keepBacking?: boolean }
   | { op: 'analyze'; path: string; format?: string }
+  /** Answers at once: the threads loaded the engine. */
+  | { op: 'ping' }
 ) & { keysFile?: string };
 
 export interface AnalyzeResult {

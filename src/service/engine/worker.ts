@@ -51,6 +51,7 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
     onStatus: (text) => send({ type: 'status', text }),
   };
   try {
+    if (task.op === 'ping') return undefined;
     const k = await keysOf(task.keysFile);
     switch (task.op) {
       case 'in-place':

@@ -11,6 +11,7 @@ import type { Bus, BusMessage } from './bus.js';
 import type { Store } from './store/store.js';
 import type { DiskRecord } from './store/records.js';
 import { diskView, derivedIndex, type DiskView, type ViewContext } from './views.js';
+import { BlockedJson, type EncodedBody } from './list-body.js';
 
 const FULL_RELOAD_MS = 60_000;
 /** Changes made by other hosts are read at most this often: a busy cluster changes disks many times a second. */
@@ -27,8 +28,7 @@ export class DiskCatalog {
   private updatedAt = 0;
   private reload = true;
   private rebuildAll = true;
-  /** Encoded once: a 1.5 MB string would be converted to UTF-8 again on every response. */
-  private body: Buffer | undefined;
+  private readonly body = new BlockedJson('{"disks":[', ']}');
   private refreshing: Promise<void> | undefined;
   private again = false;
   private readonly unsubscribe: () => void;
@@ -53,11 +53,10 @@ export class DiskCatalog {
     return [...this.views.values()].map((v) => v.view);
   }
 
-  /** `{"disks": [...]}` of all present disks, serialized once per change. */
-  async listJson(): Promise<Buffer> {
+  /** `{"disks": [...]}` of all present disks, encoded once per change (only the changed disks' blocks). */
+  async listJson(): Promise<EncodedBody> {
     await this.refresh();
-    this.body ??= Buffer.from(`{"disks":[${[...this.views.values()].map((v) => v.json).join(',')}]}`);
-    return this.body;
+    return this.body.encode((id) => this.views.get(id)!.json);
   }
 
   /**
@@ -124,6 +123,7 @@ export class DiskCatalog {
       if ([...fresh.values()].some((d) => d.present && !this.views.has(d.id))) rebuild = true;
     }
     const v: ViewContext = { ...ctx, derived: derivedIndex([...this.records.values()]) };
+    let members = rebuild;
     if (rebuild) {
       const sorted = [...this.records.values()].sort((a, b) => a.firstSeen - b.firstSeen || (a.id < b.id ? -1 : 1));
       this.views.clear();
@@ -133,9 +133,10 @@ export class DiskCatalog {
     for (const id of touched) {
       const d = this.records.get(id);
       if (d) this.put(d, v);
-      else this.views.delete(id);
+      else members = this.views.delete(id) || members;
     }
-    this.body = undefined;
+    if (members) this.body.reset([...this.views.keys()]);
+    else for (const id of touched) this.body.touch(id);
   }
 
   private put(d: DiskRecord, v: ViewContext): void {

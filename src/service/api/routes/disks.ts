@@ -1,4 +1,5 @@
 /** /api/disks: the disks of every domain, one disk with its map, its allocation, and the sparsify action. */
+import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fastify';
 import type { Service } from '../../service.js';
 import type { SparsifyMode } from '../../config.js';
@@ -14,8 +15,11 @@ export function diskRoutes(app: FastifyInstance, svc: Service, auth: preHandlerH
     { schema: { tags, summary: 'List the disks of every storage domain', querystring: disksQuery, response: { 200: listOf('disks', 'Disk', '{"disks": [Disk]}'), 400: faultBody } } },
     async (req: FastifyRequest<{ Querystring: { status?: string; needsSparsify?: string; q?: string } }>, reply) => {
       const { status, needsSparsify, q } = req.query;
-      // The whole list is served as kept, serialized once per change.
-      if (!status && !needsSparsify && !q) return reply.type('application/json; charset=utf-8').send(await svc.catalog.listJson());
+      // The whole list is served as kept, encoded once per change.
+      if (!status && !needsSparsify && !q) {
+        const body = await svc.catalog.listJson();
+        return reply.type('application/json; charset=utf-8').header('content-length', body.length).send(Readable.from(body.chunks, { objectMode: false }));
+      }
       let disks = await svc.listDiskViews();
       if (status) disks = disks.filter((d) => d.status === status);
       if (needsSparsify) disks = disks.filter((d) => d.needsSparsify === (needsSparsify === 'true'));

@@ -132,11 +132,12 @@ export class DiskCatalog {
     }
     for (const id of touched) {
       const d = this.records.get(id);
-      if (d) this.put(d, v);
-      else members = this.views.delete(id) || members;
+      if (d) {
+        this.put(d, v);
+        this.body.touch(id);
+      } else members = this.views.delete(id) || members;
     }
     if (members) this.body.reset([...this.views.keys()]);
-    else for (const id of touched) this.body.touch(id);
   }
 
   private put(d: DiskRecord, v: ViewContext): void {

@@ -19,14 +19,11 @@ export class EnginePool {
   private readonly pool: Piscina;
 
   /** `keysFile`: LUKS keys for every task (checked by the service at start). */
-  private readonly threads: number;
-
   constructor(
-    threads: number,
+    private readonly threads: number,
     private readonly keysFile?: string,
     onError: (e: Error) => void = () => undefined,
   ) {
-    this.threads = threads;
     // Under tsx the sources are .ts; once built they are .js next to this module.
     const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
     this.pool = new Piscina({
@@ -73,16 +70,18 @@ export class EnginePool {
    * load it (a missing native library, a broken install) would otherwise leave every task waiting.
    */
   async ready(timeoutMs = READY_MS): Promise<void> {
+    const cannotStart = (e: Error) => new Error(`the engine's threads could not start: ${e.message}`);
     let timer: NodeJS.Timeout | undefined;
     let onError: ((e: Error) => void) | undefined;
+    // A thread that fails to load may reject its task or only emit 'error': either ends the wait.
     const failed = new Promise<never>((_, reject) => {
-      onError = (e) => reject(new Error(`the engine's threads could not start: ${e.message}`));
+      onError = (e) => reject(cannotStart(e));
       this.pool.once('error', onError);
       timer = setTimeout(() => reject(new Error(`the engine's threads did not start within ${timeoutMs / 1000} s`)), timeoutMs);
     });
     try {
       const pings = Promise.all(Array.from({ length: this.threads }, () => this.runTask({ op: 'ping' })));
-      await Promise.race([pings.catch((e: Error) => Promise.reject(new Error(`the engine's threads could not start: ${e.message}`))), failed]);
+      await Promise.race([pings.catch((e: Error) => Promise.reject(cannotStart(e))), failed]);
     } finally {
       clearTimeout(timer);
       if (onError) this.pool.off('error', onError);

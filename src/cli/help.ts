@@ -12,6 +12,10 @@ Options (virt-sparsify compatible; long options also work with one dash and as u
   --json                    With --analyze: print it as JSON
   --check-tmpdir MODE       ignore|continue|warn|fail (copy mode needs no temporary space: always passes)
   --colors, --colours       Colour the messages
+  --compact                 With --in-place: also move the kept data down into the freed space and
+                              shorten the image (qcow2, vdi, vmdk, vpc, vhdx), so its length shrinks
+                              too; works where holes cannot be punched. On a block device the new
+                              image end is printed, to reduce the volume to
   --compress                Compress the output (qcow2, streamOptimized vmdk)
   --convert FMT             Output format (default: the input's)
   --format FMT              Input format (default: detected; give 'raw' for untrusted raw images)

@@ -2,7 +2,6 @@
  * The sparsify command line: virt-sparsify's options, messages and exit codes, over the library.
  */
 import { basename } from 'node:path';
-import { statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
@@ -11,7 +10,7 @@ import { helpText } from './help.js';
 import { checkTmpOption } from './tmp-option.js';
 import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
-import { sparsifyInPlace } from '../operations/in-place.js';
+import { sparsifyInPlace, type InPlaceReport } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
 import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
@@ -32,7 +31,7 @@ function packageVersion(): string {
 }
 
 /** What --machine-readable prints with no disk: only capabilities that really work. */
-export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs'];
+export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs', 'compact'];
 
 function progName(): string {
   const b = basename(process.argv[1] ?? 'sparsify').replace(/\.(m?js|ts)$/, '');
@@ -48,6 +47,43 @@ function checkInPlaceConflicts(o: CliOptions): void {
   if (o.outputOptions !== undefined) bad.push('-o');
   if (o.tmp !== undefined) bad.push('--tmp');
   if (bad.length) throw new SparsifyError(`you cannot use --in-place and ${bad[0]} options together`);
+}
+
+/** The lines after an in-place run: what was given back, and how (holes, a shorter image). */
+function inPlaceSummary(out: Output, report: InPlaceReport): void {
+  const freed = Math.max(0, report.allocatedBefore - report.allocatedAfter);
+  const discarded = `${humanSize(report.bytesDiscarded)} of free space discarded`;
+  if (report.isBlockDevice) {
+    // A block device's allocation is the storage's business: only what we did is known.
+    out.info(report.released ? `${discarded} on the device` : `${discarded} (the device cannot discard)`);
+  } else {
+    out.info(
+      `${discarded}; ${humanSize(freed)} given back to the host ` +
+        `(the image used ${humanSize(report.allocatedBefore)}, now ${humanSize(report.allocatedAfter)})`,
+    );
+  }
+  if (report.compacted) {
+    const shorter = Math.max(0, report.endBefore - report.endAfter);
+    if (report.isBlockDevice) {
+      out.info(
+        `compacted: ${humanSize(report.bytesMoved)} moved; the image now ends at byte ${report.endAfter} (it ended at ${report.endBefore}): ` +
+          `the volume can be reduced to that plus headroom`,
+      );
+      out.machineLine(`image-end-offset: ${report.endAfter}`);
+    } else {
+      out.info(
+        `compacted: ${humanSize(report.bytesMoved)} moved, the image is ${humanSize(shorter)} shorter ` +
+          `(${report.endBefore} -> ${report.endAfter} bytes; ${humanSize(report.releasedByTruncation)} of it given back by truncation)`,
+      );
+    }
+  } else if (report.compactableEnd !== undefined && report.compactableEnd < report.endAfter) {
+    const gain = report.endAfter - report.compactableEnd;
+    out.info(
+      `--compact would make the image ${humanSize(gain)} shorter (${report.endAfter} -> about ${report.compactableEnd} bytes)` +
+        (report.isBlockDevice ? '; the volume could then be reduced' : ''),
+    );
+  }
+  if (report.isBlockDevice && !report.compacted) out.machineLine(`image-end-offset: ${report.endAfter}`);
 }
 
 /** The operation events, printed the virt-sparsify way. */
@@ -109,19 +145,12 @@ async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal, keys:
     ignore: o.ignore,
     zero: o.zero,
     keys,
+    compact: o.compact,
     ...eventsFor(out, signal),
   });
   out.endProgress();
   out.status('Sparsify in-place operation completed with no errors');
-  const freed = Math.max(0, report.allocatedBefore - report.allocatedAfter);
-  // A block device's allocation is the storage's business: only the discarded bytes are known.
-  const isDevice = statSync(o.operands[0]!).isBlockDevice();
-  out.info(
-    isDevice
-      ? `${humanSize(report.bytesDiscarded)} of free space discarded on the device`
-      : `${humanSize(report.bytesDiscarded)} of free space discarded; ${humanSize(freed)} given back to the host ` +
-          `(the image used ${humanSize(report.allocatedBefore)}, now ${humanSize(report.allocatedAfter)})`,
-  );
+  inPlaceSummary(out, report);
   return 0;
 }
 
@@ -178,6 +207,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     if (o.inPlace) checkInPlaceConflicts(o);
+    else if (o.compact) throw new SparsifyError('--compact is only for --in-place mode (a copy is always written compact)');
     keys = await keyStoreFromOptions(o);
     if (o.analyze) return await runAnalyze(o, out, keys);
     return o.inPlace ? await runInPlace(o, out, controller.signal, keys) : await runCopy(o, out, controller.signal, keys);

@@ -5,6 +5,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { long: 'analyze', arg: 'none' },
   { long: 'check-tmpdir', arg: 'required' },
   { long: 'colors', aliases: ['colours'], arg: 'none' },
+  { long: 'compact', arg: 'none' },
   { long: 'compress', arg: 'none' },
   { long: 'convert', arg: 'required' },
   { long: 'debug-gc', arg: 'none' },
@@ -38,6 +39,8 @@ export interface CliOptions {
   /** True when --check-tmpdir was given at all (in-place rejects a non-default one). */
   checkTmpdirGiven: boolean;
   colors: boolean;
+  /** In place: move the kept data down and shorten the image. */
+  compact: boolean;
   compress: boolean;
   convert?: string;
   debugGc: boolean;
@@ -81,7 +84,7 @@ export function parseCommandLine(argv: readonly string[]): CliOptions {
     throw e;
   }
   const o: CliOptions = {
-    analyze: false, json: false, checkTmpdir: 'warn', checkTmpdirGiven: false, colors: false, compress: false,
+    analyze: false, json: false, checkTmpdir: 'warn', checkTmpdirGiven: false, colors: false, compact: false, compress: false,
     debugGc: false, echoKeys: false, help: false, ignore: [], inPlace: false, keys: [], keysFromStdin: false,
     longOptions: false, quiet: false, shortOptions: false, verbose: false, version: false, wrap: false,
     trace: false, zero: [], operands: parsed.operands,
@@ -98,6 +101,7 @@ export function parseCommandLine(argv: readonly string[]): CliOptions {
         break;
       }
       case 'colors': o.colors = true; break;
+      case 'compact': o.compact = true; break;
       case 'compress': o.compress = true; break;
       case 'convert': o.convert = value; break;
       case 'debug-gc': o.debugGc = true; break;

@@ -1,7 +1,8 @@
 /**
- * In-place executor: pick the discard backend for the opened image (raw file, block device, qcow2,
- * vdi), align the plan's discard ranges to what it can really discard, check that discarding works
- * before changing anything, then discard with progress, stopping cleanly on the abort signal.
+ * In-place executor: pick the discard backend for the opened image (raw file, block device, an
+ * image format), align the plan's discard ranges to what it can really discard, check how freed
+ * space can go back to the host before changing anything, discard with progress, then compact
+ * where asked (or where the format needs it), stopping cleanly on the abort signal.
  */
 import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
@@ -14,7 +15,10 @@ import { Qcow2Image } from '../formats/qcow2/image.js';
 import { BlockMappedImage } from '../formats/common/blockimage.js';
 import { VdiDiscarder } from '../formats/vdi-discard.js';
 import type { ProgressListener } from './progress.js';
-import type { DiscardBackend } from '../formats/discard-types.js';
+import { discardUnsupported, type CompactResult, type DiscardBackend } from '../formats/discard-types.js';
+
+/** Compact after discarding: always, never, or 'auto': only where the storage cannot release space. */
+export type CompactMode = boolean | 'auto';
 
 export interface InPlaceOptions {
   onProgress?: ProgressListener;
@@ -23,6 +27,10 @@ export interface InPlaceOptions {
   signal?: AbortSignal;
   /** Ranges of --zero devices: they must read as zero afterwards, edges included. */
   zero?: Extents;
+  /** Default false: as virt-sparsify, only release (punch, discard) what the guest does not use. */
+  compact?: CompactMode;
+  /** The image's path, for messages. */
+  path?: string;
 }
 
 export interface InPlaceResult {
@@ -31,6 +39,12 @@ export interface InPlaceResult {
   discarded: number;
   kept: number;
   aborted: boolean;
+  /** Freed space was released to the host (holes, BLKDISCARD). */
+  released: boolean;
+  /** The compaction that ran. */
+  compaction?: CompactResult;
+  /** Where compaction would end the image, when the format can compact and it did not run. */
+  compactableEnd?: number;
 }
 
 function hasBackingLayer(image: DiskImage): boolean {
@@ -61,22 +75,46 @@ export async function discardBackendFor(image: DiskImage): Promise<DiscardBacken
 export async function discardInPlace(backend: DiscardBackend, discard: Extents, opts: InPlaceOptions = {}): Promise<InPlaceResult> {
   const ranges = backend.align(discard);
   const planned = ranges.total();
-  opts.onTrace?.(`in-place: ${backend.description}; ${ranges.count} ranges, ${planned} bytes`);
-  await backend.probe();
+  const compactor = backend.compactor;
+  const canRelease = await backend.canRelease();
+  const compact = compactor !== undefined && (compactor.required === true || opts.compact === true || (opts.compact === 'auto' && !canRelease));
+  opts.onTrace?.(
+    `in-place: ${backend.description}; ${ranges.count} ranges, ${planned} bytes; ` +
+      `release ${canRelease ? 'yes' : 'no'}, compact ${compact ? 'yes' : compactor ? 'no' : 'not possible'}`,
+  );
+  if (!canRelease && !compact) {
+    const where = opts.path ? `${opts.path}: ` : '';
+    throw discardUnsupported(
+      `${where}the storage cannot punch holes or discard` +
+        (compactor ? '; --compact gives the space back by moving the kept data down and shortening the image' : ''),
+    );
+  }
   opts.onProgress?.({ done: 0, total: planned });
   const r = await backend.discard(ranges, {
     onProgress: (done) => opts.onProgress?.({ done: Math.min(done, planned), total: planned }),
     signal: opts.signal,
     warn: (m) => opts.onWarning?.(m),
     zero: opts.zero,
+    release: canRelease && !compact,
   });
-  if (!r.aborted) {
-    const edges = opts.zero ? opts.zero.subtract(ranges) : undefined;
-    if (edges && !edges.isEmpty) {
-      if (backend.writeZeros) await backend.writeZeros(edges);
-      else opts.onWarning?.(`${edges.total()} bytes at the unaligned edges of --zero devices were left as they were`);
-    }
-    opts.onProgress?.({ done: planned, total: planned });
+  const result: InPlaceResult = { planned, discarded: r.discarded, kept: r.kept, aborted: r.aborted, released: canRelease };
+  if (r.aborted) return result;
+  const edges = opts.zero ? opts.zero.subtract(ranges) : undefined;
+  if (edges && !edges.isEmpty) {
+    if (backend.writeZeros) await backend.writeZeros(edges);
+    else opts.onWarning?.(`${edges.total()} bytes at the unaligned edges of --zero devices were left as they were`);
   }
-  return { planned, discarded: r.discarded, kept: r.kept, aborted: r.aborted };
+  opts.onProgress?.({ done: planned, total: planned });
+  if (compact) {
+    result.compaction = await compactor.compact({
+      signal: opts.signal,
+      warn: (m) => opts.onWarning?.(m),
+      release: canRelease,
+      zero: opts.zero,
+    });
+    result.aborted = result.compaction.aborted;
+  } else if (compactor) {
+    result.compactableEnd = await compactor.plannedEnd();
+  }
+  return result;
 }

@@ -4,8 +4,8 @@
  * allocation and not its size; BLKDISCARD on a block device, aligned to its discard granularity.
  */
 import { statfs } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import type { BlockFile } from '../io/file.js';
+import { deviceDiscardInfo } from '../io/device-info.js';
 import { Extents } from '../io/extents.js';
 import * as sys from '../io/syscalls.js';
 import {
@@ -47,18 +47,8 @@ export class RawFileDiscarder implements DiscardBackend {
     return ranges.clip(0, this.file.size).alignInward(this.blockSize);
   }
 
-  /** Punch just past the end of file: nothing lives there, but a filesystem without punching says so. */
-  async probe(): Promise<void> {
-    const at = Math.ceil(this.file.size / this.blockSize) * this.blockSize;
-    try {
-      this.file.punchHole(at, this.blockSize);
-    } catch (e) {
-      const code = errnoOf(e);
-      if (code && UNSUPPORTED_ERRNOS.has(code)) {
-        throw discardUnsupported(`${this.file.path}: the host filesystem cannot punch holes (fallocate: ${code})`);
-      }
-      throw e;
-    }
+  canRelease(): Promise<boolean> {
+    return this.file.canRelease();
   }
 
   async writeZeros(ranges: Extents): Promise<void> {
@@ -69,9 +59,17 @@ export class RawFileDiscarder implements DiscardBackend {
         pos += n;
       }
     }
+    await this.file.sync();
   }
 
+  /** Punch, then make the holes durable: "completed" must still be true after a power cut. */
   async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
+    const r = await this.punch(ranges, ctx);
+    await this.file.sync();
+    return r;
+  }
+
+  private async punch(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
     let done = 0;
     let ops = 0;
     for (const r of ranges) {
@@ -98,21 +96,6 @@ export class RawFileDiscarder implements DiscardBackend {
   }
 }
 
-/** The /sys/dev/block/MAJ:MIN/queue folder of a device (a partition's queue is its disk's). */
-function readQueue(rdev: number, name: string): number | undefined {
-  const major = Math.floor(rdev / 256) & 0xfff;
-  const minor = (rdev & 0xff) | ((Math.floor(rdev / 2 ** 20) & 0xfff) << 8);
-  for (const dir of [`/sys/dev/block/${major}:${minor}/queue`, `/sys/dev/block/${major}:${minor}/../queue`]) {
-    try {
-      const v = Number(readFileSync(`${dir}/${name}`, 'utf8').trim());
-      if (Number.isFinite(v)) return v;
-    } catch {
-      // try the next place
-    }
-  }
-  return undefined;
-}
-
 export class BlockDeviceDiscarder implements DiscardBackend {
   private constructor(
     private readonly file: BlockFile,
@@ -127,10 +110,8 @@ export class BlockDeviceDiscarder implements DiscardBackend {
     } catch {
       // keep 512
     }
-    const gran = readQueue(rdev, 'discard_granularity') ?? 0;
-    const max = readQueue(rdev, 'discard_max_bytes');
-    const g = Math.max(sector, gran);
-    return new BlockDeviceDiscarder(file, g, max);
+    const info = deviceDiscardInfo(rdev);
+    return new BlockDeviceDiscarder(file, Math.max(sector, info.granularity ?? 0), info.maxBytes);
   }
 
   get description(): string {
@@ -141,11 +122,18 @@ export class BlockDeviceDiscarder implements DiscardBackend {
     return ranges.clip(0, this.file.size).alignInward(this.granularity);
   }
 
-  async probe(): Promise<void> {
-    if (this.maxBytes === 0) throw discardUnsupported(`${this.file.path}: the device does not support discard (discard_max_bytes is 0)`);
+  /** The first discard doubles as the probe where sysfs does not say (it then fails changing nothing). */
+  async canRelease(): Promise<boolean> {
+    return this.maxBytes !== 0;
   }
 
   async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
+    const r = await this.discardPieces(ranges, ctx);
+    await this.file.sync();
+    return r;
+  }
+
+  private async discardPieces(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
     let done = 0;
     let first = true;
     for (const r of ranges) {

@@ -1,20 +1,39 @@
 /**
  * A file or block device opened for positional I/O, with the extra operations sparsify needs:
- * data/hole queries, hole punching, discard and exact reads that fail loudly on short input.
+ * data/hole queries, hole punching, discard, copies inside the file, and exact reads that fail
+ * loudly on short input. Every change made through a writable BlockFile (write, punch, discard,
+ * truncate, sync) is reported to the I/O observers, so a test can record an in-place run and
+ * replay the states a power cut could leave (io/observer.ts).
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { SparsifyError, hex } from './errors.js';
 import * as sys from './syscalls.js';
+import { notifyIo, observing } from './observer.js';
+import { deviceDiscardInfo } from './device-info.js';
+
+/** errno names of a copy_file_range the host cannot do here (the copy then goes through memory). */
+const COPY_UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL', 'EXDEV', 'EBADF']);
+const COPY_CHUNK = 1 << 20;
 
 export class BlockFile {
   private constructor(
     readonly path: string,
     private readonly handle: FileHandle,
-    readonly size: number,
+    private length: number,
     readonly isBlockDevice: boolean,
     readonly writable: boolean,
+    /** Device number of a block device (0 for a file). */
+    private readonly rdev: number,
   ) {}
+
+  /** The unit `release` works in on a block device, and whether it can discard at all (undefined: not probed yet). */
+  private deviceRelease: { unit: number; can: boolean } | undefined;
+
+  /** Bytes in the file (a block device's capacity); follows truncate(). */
+  get size(): number {
+    return this.length;
+  }
 
   static async open(path: string, mode: 'r' | 'r+' = 'r'): Promise<BlockFile> {
     let handle: FileHandle;
@@ -28,7 +47,7 @@ export class BlockFile {
       if (st.isDirectory()) throw new SparsifyError(`${path}: is a directory`);
       const isBlock = st.isBlockDevice();
       const size = isBlock ? sys.blockDeviceSize(handle.fd) : st.size;
-      return new BlockFile(path, handle, size, isBlock, mode === 'r+');
+      return new BlockFile(path, handle, size, isBlock, mode === 'r+', isBlock ? st.rdev : 0);
     } catch (e) {
       await handle.close();
       throw e;
@@ -62,6 +81,7 @@ export class BlockFile {
   }
 
   async write(buf: Buffer, offset: number): Promise<void> {
+    if (observing()) notifyIo(this.path, { kind: 'write', offset, data: Buffer.from(buf) });
     let done = 0;
     while (done < buf.length) {
       const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
@@ -82,10 +102,83 @@ export class BlockFile {
 
   punchHole(offset: number, length: number): void {
     sys.punchHole(this.fd, offset, length);
+    if (observing()) notifyIo(this.path, { kind: 'punch', offset, length });
   }
 
   discard(offset: number, length: number): void {
     sys.discardBlockDevice(this.fd, offset, length);
+    if (observing()) notifyIo(this.path, { kind: 'discard', offset, length });
+  }
+
+  private deviceReleaseInfo(): { unit: number; can: boolean } {
+    if (!this.deviceRelease) {
+      let sector = 512;
+      try {
+        sector = sys.blockDeviceSectorSize(this.fd);
+      } catch {
+        // keep 512
+      }
+      const info = deviceDiscardInfo(this.rdev);
+      this.deviceRelease = { unit: Math.max(sector, info.granularity ?? 0), can: info.maxBytes !== 0 };
+    }
+    return this.deviceRelease;
+  }
+
+  /**
+   * Can `release` give space back here? A file: punching a hole just past its end (which changes
+   * nothing) works. A device: sysfs does not say discard_max_bytes is 0.
+   */
+  async canRelease(): Promise<boolean> {
+    if (this.isBlockDevice) return this.deviceReleaseInfo().can;
+    const at = Math.ceil(this.size / 4096) * 4096;
+    try {
+      sys.punchHole(this.fd, at, 4096);
+      return true;
+    } catch (e) {
+      if (e instanceof sys.SyscallError && ['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'ENOTTY', 'EINVAL'].includes(e.code)) return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Give [offset, offset+length) back to the host; what it reads afterwards is undefined (zeros in
+   * a file). A file gets a hole; a device gets BLKDISCARD over the whole discard units inside.
+   */
+  release(offset: number, length: number): void {
+    if (length <= 0) return;
+    if (!this.isBlockDevice) {
+      this.punchHole(offset, length);
+      return;
+    }
+    const { unit } = this.deviceReleaseInfo();
+    const start = Math.ceil(offset / unit) * unit;
+    const end = Math.floor(Math.min(offset + length, this.size) / unit) * unit;
+    if (end > start) this.discard(start, end - start);
+  }
+
+  /**
+   * Copy [from, from+length) to [to, to+length) inside this file (the ranges must not overlap):
+   * in the kernel where it can (copy_file_range, which shares blocks on reflink filesystems),
+   * otherwise through memory.
+   */
+  async copyWithin(from: number, to: number, length: number): Promise<void> {
+    if (from < to ? from + length > to : to + length > from) throw new Error(`${this.path}: copyWithin of overlapping ranges`);
+    if (!observing()) {
+      try {
+        await sys.copyFileRange(this.fd, from, this.fd, to, length);
+        return;
+      } catch (e) {
+        if (!(e instanceof sys.SyscallError) || !COPY_UNSUPPORTED.has(e.code)) throw e;
+      }
+    }
+    // Through memory: also the path a recorded run takes, so its log holds the bytes written.
+    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, length));
+    for (let done = 0; done < length; ) {
+      const n = Math.min(buf.length, length - done);
+      await this.readExact(buf.subarray(0, n), from + done, 'data to move');
+      await this.write(buf.subarray(0, n), to + done);
+      done += n;
+    }
   }
 
   async allocatedBytes(): Promise<number> {
@@ -96,10 +189,15 @@ export class BlockFile {
 
   async sync(): Promise<void> {
     await this.handle.datasync();
+    if (observing()) notifyIo(this.path, { kind: 'sync' });
   }
 
+  /** Shorten (or extend) a regular file; a block device cannot change its size. */
   async truncate(size: number): Promise<void> {
+    if (this.isBlockDevice) throw new Error(`${this.path}: a block device cannot be truncated`);
     await this.handle.truncate(size);
+    this.length = size;
+    if (observing()) notifyIo(this.path, { kind: 'truncate', size });
   }
 
   async close(): Promise<void> {

@@ -1,10 +1,12 @@
 /**
  * In-place mode end to end: open the image for writing under QEMU write locks, analyze, plan,
- * and discard the planned ranges through the format's discard backend (hole punching, BLKDISCARD,
- * qcow2/vdi metadata updates), in an order that survives a crash at any instant.
+ * discard the planned ranges through the format's discard backend (hole punching, BLKDISCARD,
+ * metadata updates) and, where asked or needed, compact the image (move the kept data down and
+ * shorten it), in an order that survives a power cut at any instant.
  */
 import { stat } from 'node:fs/promises';
 import { SparsifyError } from '../io/errors.js';
+import { BlockFile } from '../io/file.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { RawImage } from '../formats/raw.js';
@@ -13,7 +15,7 @@ import { allInfo, walk, type DiskMap } from '../analyze/diskmap.js';
 import { makePlan, type Plan } from '../plan/plan.js';
 import { operationWarnings } from '../plan/warnings.js';
 import { snapshotAdvice } from '../analyze/report.js';
-import { discardBackendFor, discardInPlace } from '../execute/in-place.js';
+import { discardBackendFor, discardInPlace, type CompactMode } from '../execute/in-place.js';
 import type { OperationEvents } from './events.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 
@@ -28,6 +30,11 @@ export interface InPlaceRequest extends OperationEvents {
    * with a key is sparsified inside, one without is kept whole. Not disposed here.
    */
   keys?: KeyProvider;
+  /**
+   * Compact after the discard: true (--compact), false (the default: as virt-sparsify), or 'auto':
+   * only where the storage cannot release space. Formats that must compact (vdi) always do.
+   */
+  compact?: CompactMode;
 }
 
 export interface InPlaceReport {
@@ -43,6 +50,23 @@ export interface InPlaceReport {
   bytesPlanned?: number;
   /** Bytes of the plan left in place (reasons were warned). */
   bytesKept?: number;
+  /** Freed space was released to the host (holes, BLKDISCARD); false on storage that cannot. */
+  released: boolean;
+  /** Compaction ran. */
+  compacted: boolean;
+  /**
+   * Where the image ends, before and after: the file's length; on a block device, the end of the
+   * image's last used byte when compaction ran, else the device's size.
+   */
+  endBefore: number;
+  endAfter: number;
+  /** Bytes compaction moved. */
+  bytesMoved: number;
+  /** Host bytes the truncation released (measured around it); the rest of the drop came from holes. */
+  releasedByTruncation: number;
+  /** When the format can compact and compaction did not run: where it would end the image. */
+  compactableEnd?: number;
+  isBlockDevice: boolean;
 }
 
 /** Image formats we know by magic: a file carrying one of these is never sparsified as raw by guess. */
@@ -72,6 +96,25 @@ async function allocated(path: string): Promise<number> {
   return st.isBlockDevice() ? 0 : st.blocks * 512;
 }
 
+/** A file's length, or a block device's size. */
+async function fileEnd(path: string): Promise<number> {
+  const st = await stat(path);
+  if (!st.isBlockDevice()) return st.size;
+  const f = await BlockFile.open(path);
+  try {
+    return f.size;
+  } finally {
+    await f.close();
+  }
+}
+
+/** What the image has to say when --compact is asked of a format with nothing to compact. */
+function noCompaction(format: string, isDevice: boolean): string {
+  return format === 'raw'
+    ? `a raw ${isDevice ? 'device' : 'image'} maps the guest's bytes one to one: there is nothing to compact (--compact ignored)`
+    : `${format} images cannot be compacted (--compact ignored)`;
+}
+
 /** virt-sparsify's step messages: "Trimming /dev/sda1", "Zeroing ...", swap and volume groups. */
 function announce(map: DiskMap, plan: Plan, status: (t: string) => void): void {
   const nodes = new Map([...walk(map.root)].map((n) => [n.device, n]));
@@ -89,11 +132,13 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
   const allocatedBefore = await allocated(req.path).catch(() => 0);
   req.onStatus?.('Examine disk');
   const image = await openImage(req.path, { format: req.format, lock: 'write', writable: true, warn: req.onWarning });
-  let report: Omit<InPlaceReport, 'allocatedAfter'>;
+  let report: Omit<InPlaceReport, 'allocatedAfter' | 'endAfter'> & { endAfter?: number };
   try {
     await refuseDisguisedFormat(image, req.format);
     // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
     const backend = await discardBackendFor(image);
+    const isBlockDevice = (await stat(req.path)).isBlockDevice();
+    if (req.compact === true && !backend.compactor) req.onInfo?.(noCompaction(image.format, isBlockDevice));
     const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const i of allInfo(map)) req.onInfo?.(i);
     const advice = snapshotAdvice(map);
@@ -104,14 +149,18 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
     announce(map, plan, (t) => req.onStatus?.(t));
 
+    const endBefore = await fileEnd(req.path);
     const r = await discardInPlace(backend, plan.discard, {
       zero: plan.zero,
       onProgress: req.onProgress,
       onWarning: req.onWarning,
       onTrace: req.onTrace,
       signal: req.signal,
+      compact: req.compact ?? false,
+      path: req.path,
     });
     if (r.aborted) throw new SparsifyError('quit (^C) at user request');
+    const c = r.compaction;
     report = {
       map,
       plan,
@@ -120,9 +169,21 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
       allocatedBefore,
       bytesPlanned: r.planned,
       bytesKept: r.kept,
+      released: r.released,
+      compacted: c !== undefined,
+      endBefore: c ? c.endBefore : endBefore,
+      endAfter: c?.endAfter,
+      bytesMoved: c?.moved ?? 0,
+      releasedByTruncation: c?.releasedByTruncation ?? 0,
+      compactableEnd: r.compactableEnd,
+      isBlockDevice,
     };
   } finally {
     await image.close();
   }
-  return { ...report, allocatedAfter: await allocated(req.path).catch(() => 0) };
+  return {
+    ...report,
+    endAfter: report.endAfter ?? (await fileEnd(req.path)),
+    allocatedAfter: await allocated(req.path).catch(() => 0),
+  };
 }

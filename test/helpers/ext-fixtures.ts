@@ -3,7 +3,7 @@
  * files deleted with debugfs so their old data lies in free blocks. And reading them back with
  * e2fsprogs as the oracle: e2fsck, dumpe2fs free-block lists, debugfs dumps of every file.
  */
-import { mkdirSync, readdirSync, readFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, rmSync, readdirSync, readFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, runStatus, garbageFile, sha256 } from './fixtures.js';
 import { Extents } from '../../src/io/extents.js';
@@ -66,8 +66,12 @@ export function e2fsck(img: string): { status: number; output: string } {
 export function extFileSums(img: string, workDir: string): Map<string, string> {
   const out = join(workDir, `dump-${Math.random().toString(36).slice(2)}`);
   mkdirSync(out, { recursive: true });
-  run('debugfs', ['-R', `rdump / ${out}`, img]);
-  return treeSums(out);
+  try {
+    run('debugfs', ['-R', `rdump / ${out}`, img]);
+    return treeSums(out);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 }
 
 /** sha256 of every regular file under a folder, by relative path. */

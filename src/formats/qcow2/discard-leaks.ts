@@ -75,8 +75,12 @@ export async function reclaimLeaks(file: BlockFile, h: Qcow2Header, layout: Qcow
     return { leaked, punched: 0 };
   }
 
-  // Punch unreferenced clusters (refcount 0 now) where the file holds data.
+  // Release unreferenced clusters (refcount 0 now) where the file holds data.
   let punched = 0;
+  if (!ctx.release) {
+    refcounts.dropCache();
+    return { leaked, punched };
+  }
   let pos = cs; // the header cluster is always referenced
   while (pos < file.size) {
     const data = file.seekData(pos);
@@ -92,7 +96,7 @@ export async function reclaimLeaks(file: BlockFile, h: Qcow2Header, layout: Qcow
       }
       let d = c + 1;
       while (d < last && !isSet(d) && (await refcounts.get(d)) === 0) d++;
-      file.punchHole(c * cs, (d - c) * cs);
+      file.release(c * cs, (d - c) * cs);
       punched += (d - c) * cs;
       c = d;
     }

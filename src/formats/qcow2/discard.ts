@@ -16,10 +16,7 @@
 import type { BlockFile } from '../../io/file.js';
 import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
-import * as sys from '../../io/syscalls.js';
 import {
-  discardUnsupported,
-  UNSUPPORTED_ERRNOS,
   yieldToEventLoop,
   type DiscardBackend,
   type DiscardContext,
@@ -112,17 +109,8 @@ export class Qcow2Discarder implements DiscardBackend {
     return inward;
   }
 
-  async probe(): Promise<void> {
-    const at = Math.ceil(this.file.size / this.cs) * this.cs;
-    try {
-      this.file.punchHole(at, this.cs);
-    } catch (e) {
-      const code = e instanceof sys.SyscallError ? e.code : undefined;
-      if (code && UNSUPPORTED_ERRNOS.has(code)) {
-        throw discardUnsupported(`${this.file.path}: the host filesystem cannot punch holes (fallocate: ${code})`);
-      }
-      throw e;
-    }
+  canRelease(): Promise<boolean> {
+    return this.file.canRelease();
   }
 
   async discard(ranges: Extents, ctx: DiscardContext): Promise<DiscardResult> {
@@ -132,7 +120,7 @@ export class Qcow2Discarder implements DiscardBackend {
     let kept = 0;
     let batch = newBatch();
     const commit = async (): Promise<void> => {
-      await this.commit(batch);
+      await this.commit(batch, ctx.release);
       done += batch.covered;
       discarded += batch.discarded;
       kept += batch.kept;
@@ -262,7 +250,7 @@ export class Qcow2Discarder implements DiscardBackend {
   }
 
   /** Make a batch durable in the safe order, then punch what it freed. */
-  private async commit(b: Batch): Promise<void> {
+  private async commit(b: Batch, release: boolean): Promise<void> {
     if (b.tables.size === 0) return;
     // Check every decrement first: a refcount going below zero means the image was already corrupt.
     const count = new Map<number, number>();
@@ -291,13 +279,14 @@ export class Qcow2Discarder implements DiscardBackend {
     for (const [c, v] of after) await this.refcounts.set(c, v);
     await this.refcounts.flush();
     this.refcounts.dropCache();
-    // 3. Punch the clusters nobody references any more.
+    // 3. Release the clusters nobody references any more.
+    if (!release) return;
     const free = [...after].filter(([, v]) => v === 0).map(([c]) => c).sort((a, b) => a - b);
     let i = 0;
     while (i < free.length) {
       let j = i + 1;
       while (j < free.length && free[j] === free[j - 1]! + 1) j++;
-      this.file.punchHole(free[i]! * this.cs, (j - i) * this.cs);
+      this.file.release(free[i]! * this.cs, (j - i) * this.cs);
       i = j;
     }
   }

@@ -14,6 +14,9 @@ import { Qcow2Discarder } from '../formats/qcow2/discard.js';
 import { Qcow2Image } from '../formats/qcow2/image.js';
 import { BlockMappedImage } from '../formats/common/blockimage.js';
 import { VdiDiscarder } from '../formats/vdi-discard.js';
+import { openVmdkDiscarder } from '../formats/vmdk/discard.js';
+import { openVhdDiscarder } from '../formats/vhd-discard.js';
+import { openVhdxDiscarder } from '../formats/vhdx/discard.js';
 import type { ProgressListener } from './progress.js';
 import { discardUnsupported, type CompactResult, type DiscardBackend } from '../formats/discard-types.js';
 
@@ -65,9 +68,15 @@ export async function discardBackendFor(image: DiskImage): Promise<DiscardBacken
     case 'vdi':
       if (!(image instanceof BlockMappedImage)) throw new Error('vdi image is not block-mapped');
       return VdiDiscarder.open(image.file);
+    case 'vmdk':
+      return openVmdkDiscarder(image);
+    case 'vpc':
+      return openVhdDiscarder(image);
+    case 'vhdx':
+      return openVhdxDiscarder(image);
     default:
       throw new SparsifyError(
-        `${image.path}: --in-place is not supported for ${image.format} images (only raw, qcow2 and vdi); use copy mode: sparsify ${image.path} OUTPUT`,
+        `${image.path}: --in-place is not supported for ${image.format} images; use copy mode: sparsify ${image.path} OUTPUT`,
       );
   }
 }

@@ -91,6 +91,12 @@ export interface Scenario {
   rerunEvery: number;
   /** Extra check of each state (bitmaps, ...); returns problems. */
   extra?: (state: string) => string[];
+  /**
+   * The image the oracle (qemu-img check, the guest checks) reads for a state, when it is not the
+   * state itself: VHDX states with a log to replay are copied and replayed first, as qemu and
+   * Hyper-V replay on open. The rerun still runs on the state as the crash left it.
+   */
+  readable?: (state: string, scratch: string) => string;
 }
 
 export interface ScenarioStats {
@@ -135,14 +141,16 @@ export async function runScenario(s: Scenario): Promise<ScenarioStats> {
       builder.build(cs, state);
       stats.states++;
       const where = `${s.name}, ${cs.label}`;
-      const c = qemuCheck(state, s.format);
+      const seenBy = s.readable ? s.readable(state, scratch) : state;
+      const c = qemuCheck(seenBy, s.format);
       if (c?.status === 3) stats.leaks++;
       else if (c?.status === 2) {
         stats.corrupt++;
         badEpochs.add(cs.epoch);
       } else if (c && c.status !== 0) stats.problems.push(`${where}: qemu-img check ${c.status}: ${c.output}`);
-      for (const p of guestProblems(state, s.format, s.guest, scratch, seen)) stats.problems.push(`${where}: ${p}`);
-      for (const p of s.extra?.(state) ?? []) stats.problems.push(`${where}: ${p}`);
+      for (const p of guestProblems(seenBy, s.format, s.guest, scratch, seen)) stats.problems.push(`${where}: ${p}`);
+      for (const p of s.extra?.(seenBy) ?? []) stats.problems.push(`${where}: ${p}`);
+      if (seenBy !== state) rmSync(seenBy, { force: true });
       if ((c && c.status !== 0) || i % s.rerunEvery === 0) {
         stats.reruns++;
         try {

@@ -4,10 +4,12 @@
  * 1 undefined, 2 zero, 3 unmapped (these read as zero, as in qemu), 6 fully present.
  */
 import type { BlockFile } from '../../io/file.js';
-import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
+import { CorruptError, hex } from '../../io/errors.js';
 import { BlockMappedImage, type BlockState } from '../common/blockimage.js';
 import type { DiskImage, OpenContext } from '../types.js';
-import { MiB, SIGNATURE, batEntries, chunkRatio, readHeaders, readMetadata, readRegions } from './structures.js';
+import { MiB } from './structures.js';
+import { loadVhdx } from './layout.js';
+import type { LogOverlay } from './log-replay.js';
 
 export const PAYLOAD_NOT_PRESENT = 0;
 export const PAYLOAD_UNDEFINED = 1;
@@ -25,6 +27,8 @@ class VhdxImage extends BlockMappedImage {
     private readonly states: Uint8Array,
     private readonly mib: Uint32Array,
     details: Record<string, number | string>,
+    /** A pending log replayed in memory (in-place mode): blocks it touches are read through it. */
+    private readonly overlay?: LogOverlay,
   ) {
     super({ format: 'vhdx', file, virtualSize, blockSize, details });
   }
@@ -42,8 +46,13 @@ class VhdxImage extends BlockMappedImage {
       case PAYLOAD_FULLY_PRESENT: {
         const host = this.mib[e]! * MiB;
         const len = Math.min(this.blockSize, this.virtualSize - index * this.blockSize);
-        if (host < MiB || host + len > this.file.size) {
-          throw new CorruptError(`vhdx: ${this.path}: BAT entry ${e} (block ${index}) points to ${hex(host)}, outside the file (size ${hex(this.file.size)})`);
+        const size = this.overlay?.size ?? this.file.size;
+        if (host < MiB || host + len > size) {
+          throw new CorruptError(`vhdx: ${this.path}: BAT entry ${e} (block ${index}) points to ${hex(host)}, outside the file (size ${hex(size)})`);
+        }
+        const overlay = this.overlay;
+        if (overlay && (host + len > this.file.size || overlay.touches(host, host + len))) {
+          return { kind: 'fetch', load: async () => { const b = Buffer.alloc(this.blockSize); await overlay.read(this.file, b, host); return b; } };
         }
         return { kind: 'data', host };
       }
@@ -56,23 +65,9 @@ class VhdxImage extends BlockMappedImage {
 }
 
 export async function openVhdx(file: BlockFile, _ctx: OpenContext): Promise<DiskImage> {
-  const sig = Buffer.alloc(8);
-  await file.readExact(sig, 0, 'vhdx file identifier');
-  if (sig.toString('latin1') !== SIGNATURE) throw new CorruptError(`vhdx: ${file.path}: no 'vhdxfile' identifier at 0x0`);
-  await readHeaders(file);
-  const regions = await readRegions(file);
-  const md = await readMetadata(file, regions.metadata);
-  if (md.hasParent) {
-    throw new SparsifyError(`vhdx: ${file.path}: differencing VHDX images (with a parent) are not supported yet`);
-  }
-  const ratio = chunkRatio(md);
-  const blocks = Math.ceil(md.virtualSize / md.blockSize);
-  const entries = blocks === 0 ? 0 : batEntries(blocks, ratio, false);
-  if (entries * 8 > regions.bat.length) {
-    throw new CorruptError(`vhdx: ${file.path}: BAT region at ${hex(regions.bat.offset)} (${regions.bat.length} bytes) is too small for ${entries} entries`);
-  }
-  const raw = Buffer.alloc(entries * 8);
-  await file.readExact(raw, regions.bat.offset, 'vhdx BAT');
+  // Opened for writing (in place): a pending log is replayed in memory here, on disk by the updater.
+  const l = await loadVhdx(file, { replayInMemory: file.writable });
+  const { entries, bat: raw } = l;
   const states = new Uint8Array(entries);
   const mib = new Uint32Array(entries);
   for (let i = 0; i < entries; i++) {
@@ -81,13 +76,13 @@ export async function openVhdx(file: BlockFile, _ctx: OpenContext): Promise<Disk
     states[i] = lo & 7;
     // Offset in MiB is bits 20..63: 12 bits from the low word, 32 from the high word.
     const m = (lo >>> 20) + hi * 4096;
-    if (m > 0xffffffff) throw new CorruptError(`vhdx: ${file.path}: BAT entry ${i} at ${hex(regions.bat.offset + i * 8)} has an out-of-range offset`);
+    if (m > 0xffffffff) throw new CorruptError(`vhdx: ${file.path}: BAT entry ${i} at ${hex(l.regions.bat.offset + i * 8)} has an out-of-range offset`);
     mib[i] = m;
   }
-  const img = new VhdxImage(file, md.virtualSize, md.blockSize, ratio, states, mib, {
-    block_size: md.blockSize,
-    logical_sector_size: md.logicalSectorSize,
-  });
+  const img = new VhdxImage(file, l.md.virtualSize, l.md.blockSize, l.ratio, states, mib, {
+    block_size: l.md.blockSize,
+    logical_sector_size: l.md.logicalSectorSize,
+  }, l.pending?.overlay);
   img.allocated = await file.allocatedBytes();
   return img;
 }

@@ -49,6 +49,12 @@ export interface VhdxHeader {
   version: number;
   logLength: number;
   logOffset: number;
+  /** The log GUID as stored (16 bytes); all zero when no log is in use. */
+  logGuid: Buffer;
+  logVersion: number;
+  /** Where this header lies (0x10000 or 0x20000) and its whole 4 KiB, for header updates. */
+  at: number;
+  raw: Buffer;
 }
 
 function parseHeader(b: Buffer, path: string, at: number): VhdxHeader | undefined {
@@ -60,21 +66,31 @@ function parseHeader(b: Buffer, path: string, at: number): VhdxHeader | undefine
     version: b.readUInt16LE(66),
     logLength: b.readUInt32LE(68),
     logOffset: u64le(b, 72, `vhdx: ${path}: header at ${hex(at)} log offset`),
+    logGuid: Buffer.from(b.subarray(48, 64)),
+    logVersion: b.readUInt16LE(64),
+    at,
+    raw: b,
   };
+}
+
+/** Both header slots (undefined where invalid) and the current header, log or no log. */
+export async function readHeaderPair(file: BlockFile): Promise<{ current: VhdxHeader; slots: Array<VhdxHeader | undefined> }> {
+  const slots: Array<VhdxHeader | undefined> = [];
+  for (const at of [HEADER1_AT, HEADER2_AT]) {
+    const b = Buffer.alloc(HEADER_SIZE);
+    await file.readExact(b, at, 'vhdx header');
+    slots.push(parseHeader(b, file.path, at));
+  }
+  const found = slots.filter((h): h is VhdxHeader => h !== undefined);
+  if (found.length === 0) throw new CorruptError(`vhdx: ${file.path}: neither header (at 0x10000, 0x20000) has a valid signature and CRC-32C`);
+  const current = found.reduce((a, b) => (b.sequence > a.sequence ? b : a));
+  if (current.version !== 1) throw new SparsifyError(`vhdx: ${file.path}: unsupported header version ${current.version}`);
+  return { current, slots };
 }
 
 /** The current header: the valid one with the higher sequence number. */
 export async function readHeaders(file: BlockFile): Promise<VhdxHeader> {
-  const found: VhdxHeader[] = [];
-  for (const at of [HEADER1_AT, HEADER2_AT]) {
-    const b = Buffer.alloc(HEADER_SIZE);
-    await file.readExact(b, at, 'vhdx header');
-    const h = parseHeader(b, file.path, at);
-    if (h) found.push(h);
-  }
-  if (found.length === 0) throw new CorruptError(`vhdx: ${file.path}: neither header (at 0x10000, 0x20000) has a valid signature and CRC-32C`);
-  const h = found.reduce((a, b) => (b.sequence > a.sequence ? b : a));
-  if (h.version !== 1) throw new SparsifyError(`vhdx: ${file.path}: unsupported header version ${h.version}`);
+  const h = (await readHeaderPair(file)).current;
   if (!h.logGuidZero) {
     throw new SparsifyError(
       `vhdx: ${file.path}: the log has entries that must be replayed first (non-zero log GUID); ` +
@@ -89,11 +105,27 @@ export interface Region {
   length: number;
 }
 
-export async function readRegions(file: BlockFile): Promise<{ bat: Region; metadata: Region }> {
+/**
+ * Where the structures are read from: the file itself, or the file as replaying a pending log
+ * would leave it (log-replay.ts), with the size it would then have.
+ */
+export interface StructSource {
+  readonly size: number;
+  read(buf: Buffer, offset: number, what: string): Promise<void>;
+}
+
+export function fileSource(file: BlockFile): StructSource {
+  return { size: file.size, read: (buf, offset, what) => file.readExact(buf, offset, what) };
+}
+
+export async function readRegions(
+  file: BlockFile,
+  src: StructSource = fileSource(file),
+): Promise<{ bat: Region; metadata: Region; others: Region[] }> {
   let lastErr = '';
   for (const at of [REGION1_AT, REGION2_AT]) {
     const b = Buffer.alloc(REGION_SIZE);
-    await file.readExact(b, at, 'vhdx region table');
+    await src.read(b, at, 'vhdx region table');
     if (b.toString('latin1', 0, 4) !== 'regi' || b.readUInt32LE(4) !== vhdxCrc(b, 4)) {
       lastErr = `region table at ${hex(at)} has a bad signature or CRC-32C`;
       continue;
@@ -102,20 +134,22 @@ export async function readRegions(file: BlockFile): Promise<{ bat: Region; metad
     if (count > 2047) throw new CorruptError(`vhdx: ${file.path}: region table at ${hex(at)} has ${count} entries`);
     let bat: Region | undefined;
     let metadata: Region | undefined;
+    const others: Region[] = [];
     for (let i = 0; i < count; i++) {
       const e = 16 + i * 32;
       const id = b.subarray(e, e + 16);
       const r: Region = { offset: u64le(b, e + 16, `vhdx: ${file.path}: region ${i} offset`), length: b.readUInt32LE(e + 24) };
       const required = b.readUInt32LE(e + 28) & 1;
-      if (r.offset % MiB !== 0 || r.offset < MiB || r.offset + r.length > file.size) {
+      if (r.offset % MiB !== 0 || r.offset < MiB || r.offset + r.length > src.size) {
         throw new CorruptError(`vhdx: ${file.path}: region ${i} in table at ${hex(at)} (${hex(r.offset)}+${hex(r.length)}) is misaligned or beyond end of file`);
       }
       if (id.equals(BAT_GUID)) bat = r;
       else if (id.equals(METADATA_GUID)) metadata = r;
       else if (required) throw new SparsifyError(`vhdx: ${file.path}: unknown required region in table at ${hex(at)}`);
+      else others.push(r);
     }
     if (!bat || !metadata) throw new CorruptError(`vhdx: ${file.path}: region table at ${hex(at)} lacks the BAT or metadata region`);
-    return { bat, metadata };
+    return { bat, metadata, others };
   }
   throw new CorruptError(`vhdx: ${file.path}: ${lastErr} (both copies)`);
 }
@@ -128,10 +162,10 @@ export interface VhdxMetadata {
   physicalSectorSize: number;
 }
 
-export async function readMetadata(file: BlockFile, region: Region): Promise<VhdxMetadata> {
+export async function readMetadata(file: BlockFile, region: Region, src: StructSource = fileSource(file)): Promise<VhdxMetadata> {
   const len = Math.min(region.length, 4 * MiB);
   const b = Buffer.alloc(len);
-  await file.readExact(b, region.offset, 'vhdx metadata');
+  await src.read(b, region.offset, 'vhdx metadata');
   const where = `vhdx: ${file.path}: metadata table at ${hex(region.offset)}`;
   if (b.toString('latin1', 0, 8) !== 'metadata') throw new CorruptError(`${where} has a bad signature`);
   const count = b.readUInt16LE(10);

@@ -36,8 +36,8 @@ function replayedByQemu(state: string, scratch: string): string {
   if ([0x10000, 0x20000].every((at) => readBytes(state, at + 48, 16).equals(zero))) return state;
   const copy = join(scratch, 'replayed.vhdx');
   copyFileSync(state, copy);
-  const r = runStatus('qemu-img', ['check', '-r', 'all', '-f', 'vhdx', copy]);
-  if (r.status !== 0 && r.status !== 3) throw new Error(`qemu-img check -r all failed (${r.status}): ${r.stderr.trim()}`);
+  // When qemu cannot replay it, the read-only check that follows says why.
+  runStatus('qemu-img', ['check', '-r', 'all', '-f', 'vhdx', copy]);
   return copy;
 }
 

@@ -13,6 +13,7 @@ import { copyFileSync, readFileSync, statSync } from 'node:fs';
 import { tempDir, haveTool, run, runStatus, sha256, patchFile, readBytes } from '../helpers/fixtures.js';
 import { dumpe2fsFree, dumpe2fsUnusedItables } from '../helpers/ext-fixtures.js';
 import { makeGuestDisk, convertGuest, guestProblems, qemuCheck, type GuestDisk } from '../crash/scenario.js';
+import { makeGptDisk, checkRawDisk } from './crash-helpers.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { openImage } from '../../src/formats/open.js';
 import { BlockFile } from '../../src/io/file.js';
@@ -24,7 +25,7 @@ import { VhdxUpdater } from '../../src/formats/vhdx/updater.js';
 import { encodeEntry, type LogDescriptor } from '../../src/formats/vhdx/log-format.js';
 
 const MiB = 1 << 20;
-const tools = ['qemu-img', 'mke2fs', 'e2fsck', 'debugfs', 'dumpe2fs'].filter((t) => !haveTool(t));
+const tools = ['qemu-img', 'mke2fs', 'e2fsck', 'debugfs', 'dumpe2fs', 'sgdisk'].filter((t) => !haveTool(t));
 const skip = tools.length ? `missing tools: ${tools.join(', ')}` : false;
 
 let work: { dir: string; cleanup: () => void };
@@ -122,6 +123,40 @@ test('vhdx --compact: blocks move down, the file is cut at the planned end, the 
     assert.equal(again.bytesMoved, 0);
     assert.equal(statSync(b).size, len);
     assertClean(b);
+  }
+});
+
+test('fixed vhdx (blocks stay allocated): free space punched inside the blocks, BAT unchanged, nothing to compact', { timeout: 300_000, skip }, async () => {
+  const p = vhdx('fixed.vhdx', ['subformat=fixed', 'block_size=1M']);
+  const size = statSync(p).size;
+  const bat = readBytes(p, 2 * MiB, 4096);
+  const infos: string[] = [];
+  const r = await sparsifyInPlace({ path: p, compact: true, onStatus: () => undefined, onInfo: (m) => infos.push(m) });
+  assert.equal(statSync(p).size, size);
+  assert.ok(!r.compacted);
+  assert.ok(infos.some((m) => /cannot be compacted/.test(m)), infos.join('\n'));
+  assert.ok(readBytes(p, 2 * MiB, 4096).equals(bat), 'the BAT changed');
+  assertClean(p);
+  const { zeroed } = compareBlocks(p, 4096);
+  assert.ok(zeroed > 1000, `only ${zeroed} 4 KiB blocks zeroed`);
+  assert.ok(r.allocatedBefore - r.allocatedAfter >= zeroed * 4096 * 0.9, `du dropped by ${r.allocatedBefore - r.allocatedAfter}`);
+});
+
+test('--zero of a partition (GPT disk): it reads as zeros edges included, the other partition keeps its files; dynamic and fixed', { timeout: 300_000, skip }, async () => {
+  const disk = makeGptDisk(work.dir, 'gpt.raw', 48);
+  const p1 = disk.parts[0]!;
+  assert.ok(p1.offset % (2 * MiB) !== 0 || (p1.offset + p1.size) % (2 * MiB) !== 0, 'partition 1 should not be block-aligned');
+  for (const opts of [['block_size=2M'], ['subformat=fixed', 'block_size=2M']]) {
+    const p = join(work.dir, `zero-${opts.length}.vhdx`);
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'vhdx', '-o', opts.join(','), disk.path, p]);
+    await sparsifyInPlace({ path: p, zero: ['/dev/sda1'], ...quiet });
+    assert.equal(qemuCheck(p, 'vhdx')!.status, 0);
+    const raw = join(work.dir, 'zero.raw');
+    run('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', p, raw]);
+    const r = readFileSync(raw);
+    assert.ok(r.subarray(p1.offset, p1.offset + p1.size).every((x) => x === 0), `${opts.join(',')}: /dev/sda1 does not read as zeros`);
+    assert.deepEqual(checkRawDisk(raw, [disk.parts[1]!], work.dir), []);
+    assert.ok(r.subarray(0, p1.offset).equals(readFileSync(disk.path).subarray(0, p1.offset)), 'the partition table changed');
   }
 });
 

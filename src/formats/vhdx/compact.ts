@@ -17,7 +17,8 @@ import type { CompactContext, CompactResult } from '../discard-types.js';
 import { moveSlots, planSlotMoves, type HostSlot, type SlotPlan } from '../common/slot-moves.js';
 import { PAYLOAD_FULLY_PRESENT } from './image.js';
 import { MiB } from './structures.js';
-import { releaseData, type VhdxUpdater } from './updater.js';
+import type { VhdxUpdater } from './updater.js';
+import { releaseData } from './host-space.js';
 
 /** A batch (one log entry, three fdatasyncs) copies at most this much... */
 const BATCH_BYTES = 256 * MiB;

@@ -12,16 +12,18 @@
  * A log left pending by a power cut is replayed first (in memory at open, on disk at the first
  * write). The phase ends with the log retired (zero log GUID) and, when releasing, any space no
  * entry references punched (a slot leaked by a cut between 2 and 3). Compaction: compact.ts.
+ * A fixed VHDX (blocks must stay allocated) keeps its BAT: fixed-discard.ts punches inside blocks.
  */
-import { CorruptError } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import { BlockMappedImage } from '../common/blockimage.js';
 import type { DiskImage } from '../types.js';
 import {
   yieldToEventLoop, type CompactContext, type CompactResult, type Compactor, type DiscardBackend, type DiscardContext, type DiscardResult,
 } from '../discard-types.js';
-import { PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_ZERO } from './image.js';
-import { VhdxUpdater, releaseData } from './updater.js';
+import { PAYLOAD_NOT_PRESENT, PAYLOAD_ZERO } from './image.js';
+import { VhdxUpdater, writeZerosInBlocks } from './updater.js';
+import { releaseData } from './host-space.js';
+import { VhdxFixedDiscarder } from './fixed-discard.js';
 import { compactVhdx, plannedVhdxEnd } from './compact.js';
 
 /** Blocks looked at between two checks of the abort signal and the event loop. */
@@ -31,7 +33,8 @@ const FREED_PER_BATCH = 4096;
 
 export async function openVhdxDiscarder(image: DiskImage): Promise<DiscardBackend> {
   if (!(image instanceof BlockMappedImage) || image.format !== 'vhdx') throw new Error('vhdx image is not block-mapped');
-  return new VhdxDiscarder(await VhdxUpdater.open(image.file));
+  const u = await VhdxUpdater.open(image.file);
+  return u.layout.md.leaveBlocksAllocated ? new VhdxFixedDiscarder(u) : new VhdxDiscarder(u);
 }
 
 class VhdxDiscarder implements DiscardBackend, Compactor {
@@ -105,24 +108,8 @@ class VhdxDiscarder implements DiscardBackend, Compactor {
     return { discarded, kept: 0, aborted };
   }
 
-  /** Zeros over the unaligned edges of --zero devices: written into the blocks that hold data. */
-  async writeZeros(ranges: Extents): Promise<void> {
-    const { bat, blockSize: bs } = this.u;
-    for (const r of ranges) {
-      for (let pos = r.start; pos < r.end; ) {
-        const i = Math.floor(pos / bs);
-        const stop = Math.min(r.end, (i + 1) * bs);
-        const e = bat.entryOf(i);
-        if (bat.state(e) === PAYLOAD_FULLY_PRESENT) {
-          const host = bat.host(e) + (pos - i * bs);
-          if (host + (stop - pos) > this.u.file.size) throw new CorruptError(`vhdx: ${this.u.file.path}: block ${i} lies beyond end of file`);
-          await this.u.dataWillChange();
-          await this.u.file.write(Buffer.alloc(stop - pos), host);
-        }
-        pos = stop;
-      }
-    }
-    await this.u.file.sync();
+  writeZeros(ranges: Extents): Promise<void> {
+    return writeZerosInBlocks(this.u, ranges);
   }
 
   plannedEnd(): Promise<number> {

@@ -17,10 +17,10 @@ import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import { BadEntry, LOG_SECTOR, decodeEntry, type FoundEntry } from './log-format.js';
 import { HEADER1_AT, MiB, REGION1_AT, type StructSource, type VhdxHeader } from './structures.js';
+import { writeZeroRange } from './host-space.js';
 
 /** A log bigger than this is refused rather than read into memory (Hyper-V and qemu make 1 MiB). */
 const MAX_LOG = 256 * MiB;
-const ZERO_CHUNK = MiB;
 
 /** The file as the pending log would leave it: sectors written, ranges zeroed, maybe longer. */
 export class LogOverlay {
@@ -69,10 +69,7 @@ export class LogOverlay {
   /** Put the replay on disk (the caller makes it durable): grow the file, zero, then write the sectors. */
   async writeTo(file: BlockFile): Promise<void> {
     if (file.size < this.size) await file.truncate(this.size);
-    const zeros = Buffer.alloc(ZERO_CHUNK);
-    for (const z of this.zeros) {
-      for (let p = z.start; p < z.end; p += ZERO_CHUNK) await file.write(zeros.subarray(0, Math.min(ZERO_CHUNK, z.end - p)), p);
-    }
+    for (const z of this.zeros) await writeZeroRange(file, z.start, z.end - z.start);
     const offsets = [...this.sectors.keys()].sort((a, b) => a - b);
     let i = 0;
     while (i < offsets.length) {

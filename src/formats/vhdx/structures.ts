@@ -156,6 +156,8 @@ export async function readRegions(
 
 export interface VhdxMetadata {
   blockSize: number;
+  /** File parameters bit 0: blocks must stay allocated (a fixed VHDX). */
+  leaveBlocksAllocated: boolean;
   hasParent: boolean;
   virtualSize: number;
   logicalSectorSize: number;
@@ -190,6 +192,7 @@ export async function readMetadata(file: BlockFile, region: Region, src: StructS
   const fp = need(FILE_PARAMETERS, 8, 'file parameters');
   const md: VhdxMetadata = {
     blockSize: fp.readUInt32LE(0),
+    leaveBlocksAllocated: (fp.readUInt32LE(4) & 1) !== 0,
     hasParent: (fp.readUInt32LE(4) & 2) !== 0,
     virtualSize: u64le(need(VIRTUAL_DISK_SIZE, 8, 'virtual disk size'), 0, `${where}: virtual disk size`),
     logicalSectorSize: need(LOGICAL_SECTOR_SIZE, 4, 'logical sector size').readUInt32LE(0),

@@ -23,6 +23,7 @@ import { VhdxLogWriter } from './log-writer.js';
 import { PAYLOAD_FULLY_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_UNMAPPED, PAYLOAD_ZERO } from './image.js';
 import { MiB } from './structures.js';
 import type { PendingLog } from './log-replay.js';
+import { releaseData, writeZeroRange } from './host-space.js';
 
 /** Sector bitmap entry state for a present bitmap block (1 MiB). */
 const SB_BLOCK_PRESENT = 6;
@@ -207,13 +208,25 @@ export class VhdxUpdater {
   }
 }
 
-/** Release what holds data in [start, end): a file's holes are skipped (each punch is a write). */
-export function releaseData(file: BlockFile, start: number, end: number): void {
-  for (let p = start; p < end; ) {
-    const d = file.seekData(p);
-    if (d < 0 || d >= end) return;
-    const h = Math.min(file.seekHole(d), end);
-    file.release(d, h - d);
-    p = h;
+/**
+ * Write zeros over guest ranges, inside the blocks that hold data (the others read as zero
+ * already), then fdatasync: the unaligned edges of --zero devices.
+ */
+export async function writeZerosInBlocks(u: VhdxUpdater, ranges: Extents): Promise<void> {
+  const bs = u.blockSize;
+  for (const r of ranges) {
+    for (let pos = r.start; pos < r.end; ) {
+      const i = Math.floor(pos / bs);
+      const stop = Math.min(r.end, (i + 1) * bs);
+      const host = u.dataSlot(u.bat.entryOf(i));
+      if (host !== undefined) {
+        const at = host + (pos - i * bs);
+        if (at + (stop - pos) > u.file.size) throw new CorruptError(`vhdx: ${u.file.path}: block ${i} lies beyond end of file`);
+        await u.dataWillChange();
+        await writeZeroRange(u.file, at, stop - pos);
+      }
+      pos = stop;
+    }
   }
+  await u.file.sync();
 }

@@ -3,12 +3,15 @@
  * database's clock, so hosts with skewed clocks still agree on who is late.
  */
 import type { Db } from './db.js';
-import type { DomainRecord, HostDomain, HostRecord } from './records.js';
+import type { CompactionSetting, DomainRecord, HostDomain, HostRecord } from './records.js';
 
 type HostRow = { name: string; instance: string; status: HostRecord['status']; version: string; url: string | null; started_at: number; last_heartbeat: number; concurrency: number };
 const decodeHost = (r: HostRow): HostRecord => ({ name: r.name, instance: r.instance, status: r.status, version: r.version, url: r.url, startedAt: r.started_at, lastHeartbeat: r.last_heartbeat, concurrency: r.concurrency });
 
 type HostDomainRow = { host: string; domain_id: string; path: string; reachable: number; can_discard: number; error: string | null; checked_at: number };
+type DomainRow = { id: string; name: string; created_at: number; compaction: CompactionSetting };
+const decodeDomain = (r: DomainRow): DomainRecord => ({ id: r.id, name: r.name, createdAt: r.created_at, compaction: r.compaction });
+
 const decodeHostDomain = (r: HostDomainRow): HostDomain => ({ host: r.host, domainId: r.domain_id, path: r.path, reachable: !!r.reachable, canDiscard: !!r.can_discard, error: r.error, checkedAt: r.checked_at });
 
 export class Hosts {
@@ -97,11 +100,23 @@ export class Hosts {
     return (await this.db.all<HostDomainRow>('SELECT * FROM host_domains ORDER BY host, domain_id')).map(decodeHostDomain);
   }
 
-  async putDomain(d: DomainRecord): Promise<void> {
+  /** Record a domain a host attached (its identity file's facts); its settings are kept as they are. */
+  async putDomain(d: Pick<DomainRecord, 'id' | 'name' | 'createdAt'>): Promise<void> {
     await this.db.run('INSERT INTO domains (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name', [d.id, d.name, d.createdAt]);
   }
 
   async domains(): Promise<DomainRecord[]> {
-    return (await this.db.all<{ id: string; name: string; created_at: number }>('SELECT id, name, created_at FROM domains ORDER BY name, id')).map((r) => ({ id: r.id, name: r.name, createdAt: r.created_at }));
+    return (await this.db.all<DomainRow>('SELECT id, name, created_at, compaction FROM domains ORDER BY name, id')).map(decodeDomain);
+  }
+
+  async domain(id: string): Promise<DomainRecord | undefined> {
+    const r = await this.db.get<DomainRow>('SELECT id, name, created_at, compaction FROM domains WHERE id = ?', [id]);
+    return r && decodeDomain(r);
+  }
+
+  /** Change a domain's compaction setting; undefined when there is no such domain. */
+  async setCompaction(id: string, compaction: CompactionSetting): Promise<DomainRecord | undefined> {
+    const rows = await this.db.all<DomainRow>('UPDATE domains SET compaction = ? WHERE id = ? RETURNING id, name, created_at, compaction', [compaction, id]);
+    return rows[0] && decodeDomain(rows[0]);
   }
 }

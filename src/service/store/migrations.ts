@@ -117,7 +117,15 @@ const v3: Migration = {
   },
 };
 
-export const MIGRATIONS: readonly Migration[] = [v1, v2, v3];
+const v4: Migration = {
+  version: 4,
+  name: "storage domains choose when in-place sparsify compacts (default: where holes cannot be punched)",
+  async up(db) {
+    await db.exec("ALTER TABLE domains ADD COLUMN compaction TEXT NOT NULL DEFAULT 'where-no-holes'");
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4];
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 async function tableExists(db: Db, name: string): Promise<boolean> {

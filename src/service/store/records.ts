@@ -7,11 +7,32 @@ export type SparsifyMode = 'in-place' | 'copy-and-replace';
 export type DiskHealth = 'ok' | 'illegal';
 export type Allocation = 'sparse' | 'preallocated';
 
+/**
+ * When in-place sparsify compacts an image (moves its kept data down and shortens it, which gives
+ * space back on any storage), chosen per storage domain:
+ * - always: every compactable image is compacted;
+ * - where-no-holes (the default): only where the storage cannot punch holes (or the device
+ *   cannot discard), where compaction is the only way space goes back;
+ * - never: never asked for; a compactable disk on storage that cannot punch holes is refused.
+ * VDI compacts whatever is asked: its format needs its used blocks dense.
+ */
+export type CompactionSetting = 'always' | 'where-no-holes' | 'never';
+export const COMPACTION_SETTINGS: readonly CompactionSetting[] = ['always', 'where-no-holes', 'never'];
+export const DEFAULT_COMPACTION: CompactionSetting = 'where-no-holes';
+/** The settings in words, for events and messages: "compacts ...". */
+export const COMPACTION_TEXT: Record<CompactionSetting, string> = {
+  always: 'every image it can',
+  'where-no-holes': 'only where the storage cannot punch holes',
+  never: 'nothing (a compactable disk on storage that cannot punch holes is refused)',
+};
+
 /** A storage domain: a folder of images shared by hosts, named by the UUID in its metadata file. */
 export interface DomainRecord {
   id: string;
   name: string;
   createdAt: number;
+  /** Cluster-wide: every host reads it from the store when it runs a job. */
+  compaction: CompactionSetting;
 }
 
 export type HostStatus = 'up' | 'non-responsive' | 'stopped';
@@ -64,20 +85,40 @@ export interface BackingRef {
   rel: string;
 }
 
+/**
+ * A disk that is a block device: the domain holds a symlink to it (as VDSM's images tree does for
+ * logical volumes). What Linux says about the device, as the host that scanned it last saw it.
+ */
+export interface DeviceFacts {
+  /** Where the symlink leads on that host (/dev/dm-3, /dev/loop0). */
+  target: string;
+  /** The device's capacity in bytes. */
+  size: number;
+  /** queue/discard_max_bytes: 0 when the device cannot discard; null when sysfs does not say. */
+  discardMaxBytes: number | null;
+  /** queue/discard_granularity: the unit discards work in (null: not said). */
+  discardGranularity: number | null;
+  /** device/scsi_disk/<h:c:t:l>/provisioning_mode of a SCSI disk (full, unmap, writesame_16, ...). */
+  provisioningMode: string | null;
+  /** The kernel holds the device (mounted, swap, or under RAID, LVM or device-mapper): an exclusive open fails with EBUSY. */
+  held: boolean;
+}
+
 export interface DiskRecord {
   id: string;
   domainId: string;
   /** Path relative to the domain's root. */
   rel: string;
   name: string;
-  /** Inode number: a file renamed inside its domain keeps its id (st_dev differs between hosts, st_ino does not). */
+  /** Inode number (of the symlink, for a block device): a file renamed inside its domain keeps its id (st_dev differs between hosts, st_ino does not). */
   ino: number;
+  /** File length; a block device's capacity. */
   size: number;
   mtimeMs: number;
   ctimeMs: number;
   format: string | null;
   virtualSize: number | null;
-  /** Host bytes of the file (st_blocks * 512). */
+  /** Host bytes of the file (st_blocks * 512); of a block device, its capacity (what it takes of its volume group or SAN). */
   actualSize: number;
   /** Bytes of the file that SEEK_DATA reports as data (fallocated but unwritten space is not). */
   hostDataBytes: number;
@@ -103,6 +144,8 @@ export interface DiskRecord {
   present: boolean;
   firstSeen: number;
   lastSeen: number;
+  /** Set when the disk is a block device (absent in records older than block-device support). */
+  device?: DeviceFacts | null;
 }
 
 export type JobStatus = 'pending' | 'running' | 'finished' | 'failed' | 'cancelled';
@@ -124,6 +167,41 @@ export interface JobOptions {
   mode: SparsifyMode;
   ignore: string[];
   zero: string[];
+}
+
+/**
+ * What an in-place job measured, from the engine's report (never estimated). Host space comes back
+ * two ways: holes punched in the file (or BLKDISCARD on a device) and, when the image is
+ * compacted, the truncation of its end.
+ */
+export interface JobResult {
+  /** Host bytes the image occupied before and after (du), measured by the engine around the operation; null on a block device (only the device knows its allocation). */
+  allocatedBefore: number | null;
+  allocatedAfter: number | null;
+  /** allocatedBefore - allocatedAfter: given back in all (null on a block device). */
+  givenBack: number | null;
+  /** Of which the truncation released (measured around it). */
+  byTruncation: number;
+  /**
+   * The rest: holes punched (null on a block device). Measured, so it may be a little negative
+   * where compaction's own metadata writes took more than the holes gave back.
+   */
+  byHoles: number | null;
+  /** Virtual bytes discarded (made unallocated or zero); on a block device, what BLKDISCARD was sent for. */
+  discarded: number;
+  /** Freed space could be released to the host (holes, BLKDISCARD). */
+  released: boolean;
+  compacted: boolean;
+  /** Where the image ended before and after: the file's length; on a block device, the image's last used byte after compaction, else the device's size. */
+  endBefore: number;
+  endAfter: number;
+  /** Bytes compaction moved. */
+  bytesMoved: number;
+  /** Not compacted, though the format can be: where compaction would end the image. */
+  compactableEnd: number | null;
+  isBlockDevice: boolean;
+  /** What the job asked of the engine, from its domain's compaction setting. */
+  compaction: CompactionSetting;
 }
 
 export interface JobRecord {
@@ -151,6 +229,8 @@ export interface JobRecord {
   actualBefore: number | null;
   actualAfter: number | null;
   bytesReclaimed: number | null;
+  /** In place: the engine's measured figures (absent in jobs older than compaction, and for copy-and-replace). */
+  result?: JobResult | null;
   error: string | null;
   warnings: string[];
 }
@@ -182,6 +262,7 @@ export type EventType =
   | 'domain-attached'
   | 'domain-unreachable'
   | 'domain-reachable'
+  | 'domain-changed'
   | 'host-up'
   | 'host-non-responsive'
   | 'host-stopped'

@@ -6,12 +6,15 @@
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
 import type { Store } from './store/store.js';
 import type { DiskView } from './views.js';
+import type { JobRecord } from './store/records.js';
 
 export class Metrics {
   readonly registry = new Registry();
   private readonly jobDuration: Histogram<'mode' | 'outcome'>;
   private readonly jobsEnded: Counter<'outcome'>;
   private readonly reclaimed: Counter;
+  private readonly givenBack: Counter<'way'>;
+  private readonly deviceDiscarded: Counter;
   private readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
 
   constructor(store: Store, disks: () => Promise<DiskView[]>) {
@@ -26,6 +29,13 @@ export class Metrics {
     });
     this.jobsEnded = new Counter({ name: 'sparsify_jobs_ended_total', help: 'Jobs this host ended, by outcome', labelNames: ['outcome'], registers });
     this.reclaimed = new Counter({ name: 'sparsify_reclaimed_bytes_total', help: 'Bytes the jobs of this host gave back to the storage', registers });
+    this.givenBack = new Counter({
+      name: 'sparsify_given_back_bytes_total',
+      help: 'Host bytes the jobs of this host gave back, measured, by way: holes (punched in place), truncation (of a compacted image), copy (copy-and-replace)',
+      labelNames: ['way'],
+      registers,
+    });
+    this.deviceDiscarded = new Counter({ name: 'sparsify_device_discarded_bytes_total', help: 'Bytes the in-place jobs of this host discarded on block devices (what the device gives back is its own business)', registers });
     this.httpDuration = new Histogram({
       name: 'sparsify_http_request_duration_seconds',
       help: 'API latency, by route',
@@ -80,10 +90,23 @@ export class Metrics {
     });
   }
 
-  jobEnded(mode: string, outcome: string, seconds: number, bytesReclaimed: number): void {
-    this.jobDuration.observe({ mode, outcome }, seconds);
+  /** A job this host ran ended (`outcome`: its status, or handed-back); a finished one's measured figures are counted. */
+  jobEnded(job: JobRecord, outcome: string, seconds: number): void {
+    this.jobDuration.observe({ mode: job.options.mode, outcome }, seconds);
     this.jobsEnded.inc({ outcome });
-    if (bytesReclaimed > 0) this.reclaimed.inc(bytesReclaimed);
+    if (outcome !== 'finished') return;
+    if (job.bytesReclaimed) this.reclaimed.inc(job.bytesReclaimed);
+    const r = job.result;
+    if (!r) {
+      if (job.bytesReclaimed) this.givenBack.inc({ way: 'copy' }, job.bytesReclaimed);
+      return;
+    }
+    if (r.isBlockDevice) {
+      if (r.released && r.discarded > 0) this.deviceDiscarded.inc(r.discarded);
+      return;
+    }
+    if (r.byHoles !== null && r.byHoles > 0) this.givenBack.inc({ way: 'holes' }, r.byHoles);
+    if (r.byTruncation > 0) this.givenBack.inc({ way: 'truncation' }, r.byTruncation);
   }
 
   request(method: string, route: string, status: number, seconds: number): void {

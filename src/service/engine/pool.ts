@@ -7,7 +7,7 @@
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { OperationEvents } from '../../index.js';
-import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
+import type { AnalyzeResult, EngineTask, InPlaceSummary, MainMessage, WorkerMessage } from './protocol.js';
 
 /** How long the threads may take to load the engine at start. */
 const READY_MS = 30_000;
@@ -88,7 +88,8 @@ export class EnginePool {
     }
   }
 
-  inPlace(req: Omit<Extract<EngineTask, { op: 'in-place' }>, 'op'>, events: OperationEvents): Promise<void> {
+  /** The report's figures come back; the disk map stays in the thread. */
+  inPlace(req: Omit<Extract<EngineTask, { op: 'in-place' }>, 'op'>, events: OperationEvents): Promise<InPlaceSummary> {
     return this.runTask({ op: 'in-place', ...req }, events);
   }
 

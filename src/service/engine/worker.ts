@@ -9,7 +9,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { stat } from 'node:fs/promises';
 import { sparsifyInPlace, sparsifyCopy, openImage, analyzeDisk, toJson, loadKeysFile, type OperationEvents, type KeyProvider } from '../../index.js';
 import { gettid } from '../../io/syscalls.js';
-import type { AnalyzeResult, EngineTask, MainMessage, WorkerMessage } from './protocol.js';
+import type { AnalyzeResult, EngineTask, InPlaceSummary, MainMessage, WorkerMessage } from './protocol.js';
 
 /**
  * nice 19, as oVirt's vdsm runs qemu-img: background work yields the CPU to the API, to the
@@ -38,7 +38,7 @@ async function keysOf(path: string | undefined): Promise<KeyProvider | undefined
   return keys.store;
 }
 
-export default async function run({ task, port }: { task: EngineTask; port: MessagePort }): Promise<AnalyzeResult | undefined> {
+export default async function run({ task, port }: { task: EngineTask; port: MessagePort }): Promise<AnalyzeResult | InPlaceSummary | undefined> {
   const ctl = new AbortController();
   const send = (m: WorkerMessage) => port.postMessage(m);
   port.on('message', (m: MainMessage) => {
@@ -54,9 +54,23 @@ export default async function run({ task, port }: { task: EngineTask; port: Mess
     if (task.op === 'ping') return undefined;
     const k = await keysOf(task.keysFile);
     switch (task.op) {
-      case 'in-place':
-        await sparsifyInPlace({ path: task.path, format: task.format, ignore: task.ignore, zero: task.zero, keys: k, ...events });
-        return undefined;
+      case 'in-place': {
+        const r = await sparsifyInPlace({ path: task.path, format: task.format, ignore: task.ignore, zero: task.zero, compact: task.compact, keys: k, ...events });
+        return {
+          format: r.format,
+          bytesDiscarded: r.bytesDiscarded,
+          allocatedBefore: r.allocatedBefore,
+          allocatedAfter: r.allocatedAfter,
+          released: r.released,
+          compacted: r.compacted,
+          endBefore: r.endBefore,
+          endAfter: r.endAfter,
+          bytesMoved: r.bytesMoved,
+          releasedByTruncation: r.releasedByTruncation,
+          compactableEnd: r.compactableEnd,
+          isBlockDevice: r.isBlockDevice,
+        };
+      }
       case 'copy':
         await sparsifyCopy({ input: task.input, output: task.output, format: task.format, convert: task.convert, ignore: task.ignore, zero: task.zero, keepBacking: task.keepBacking, keys: k, ...events });
         return undefined;

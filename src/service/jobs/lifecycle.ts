@@ -68,6 +68,8 @@ export async function claim(store: Store, jobId: string, host: string): Promise<
     job.host = host;
     job.startedAt = Date.now();
     job.steps = newSteps();
+    // An earlier attempt's figures are not this one's.
+    job.result = null;
     if (!(await tx.jobs.write(job, { status: ['pending'], attempt: job.attempts - 1 }))) return undefined;
     await tx.jobs.startAttempt({ jobId: job.id, attempt: job.attempts, diskId: job.diskId, host, startedAt: job.startedAt });
     return job;

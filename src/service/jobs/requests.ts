@@ -3,7 +3,7 @@
  * and lock in one transaction, oVirt's order of checks), and cancel one, wherever it runs.
  */
 import type { ServiceContext } from '../context.js';
-import type { JobOptions, JobRecord } from '../store/records.js';
+import type { CompactionSetting, JobOptions, JobRecord } from '../store/records.js';
 import type { JobQueue } from '../queue/types.js';
 import type { Mounts } from '../domains/mounts.js';
 import type { Scanner } from '../domains/scanner.js';
@@ -16,8 +16,8 @@ export interface RequestDeps {
   mounts: Mounts;
   scanner: Scanner;
   queue: JobQueue;
-  /** What the up hosts say of a domain: reachable from one of them, and able to punch holes. */
-  domainState(domainId: string): Promise<{ reachable: boolean; canDiscard: boolean }>;
+  /** What the up hosts say of a domain: reachable from one of them, and able to punch holes; and its compaction setting. */
+  domainState(domainId: string): Promise<{ reachable: boolean; canDiscard: boolean; compaction: CompactionSetting }>;
   /** The VMs that use the disk, every host's, read fresh from this host's libvirt first. */
   vmsOf(d: { domainId: string; rel: string }): Promise<VmRef[]>;
 }
@@ -34,7 +34,7 @@ export async function submit(deps: RequestDeps, diskId: string, options: JobOpti
   const r = await store.transaction(async (tx): Promise<JobOrRefusal> => {
     const d = await tx.disks.getForUpdate(diskId);
     const derived = d ? await tx.disks.derivedOf(diskId) : [];
-    const refusal = validateSparsify(d, { heldForWriting: d?.inUse ?? false, derived, reachable: domain.reachable, canDiscard: domain.canDiscard, mode: options.mode, vms });
+    const refusal = validateSparsify(d, { heldForWriting: d?.inUse ?? false, derived, reachable: domain.reachable, canDiscard: domain.canDiscard, compaction: domain.compaction, mode: options.mode, vms });
     if (refusal) return { refusal };
     const job = lifecycle.newJob(d!, options, origin);
     if (!(await lifecycle.create(tx, deps.queue, job))) return { refusal: { status: 409, code: 'disk-locked', detail: `${d!.name} is locked by another job` } };

@@ -7,7 +7,7 @@
  * goes on; its state is written when it is back.
  */
 import { statSync, lstatSync } from 'node:fs';
-import { humanBytes, type OperationEvents } from '../../index.js';
+import type { OperationEvents } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { Logger, ServiceContext } from '../context.js';
 import type { JobRecord, JobStep, StepName } from '../store/records.js';
@@ -20,6 +20,9 @@ import { isUnavailable } from '../store/db.js';
 import { FencedOut, assertCurrent, fenceOf, fencedWrite, type Fence } from './fence.js';
 import * as lifecycle from './lifecycle.js';
 import { copyAndReplace } from './copy-and-replace.js';
+import { compactOption, deviceHeldRefusal, storageCanRelease, storageRefusal } from './validate.js';
+import { describeSuccess, inPlaceResult } from './result.js';
+import { DEFAULT_COMPACTION } from '../store/records.js';
 import { sleep, untilAvailable } from './retry.js';
 
 
@@ -103,7 +106,7 @@ export class JobWorker {
     const t0 = Date.now();
     entry.done = this.execute(entry).finally(() => {
       this.running.delete(job!.id);
-      if (job!.status !== 'running') this.ctx.metrics.jobEnded(job!.options.mode, job!.status === 'pending' ? 'handed-back' : job!.status, (Date.now() - t0) / 1000, job!.status === 'finished' ? (job!.bytesReclaimed ?? 0) : 0);
+      if (job!.status !== 'running') this.ctx.metrics.jobEnded(job!, job!.status === 'pending' ? 'handed-back' : job!.status, (Date.now() - t0) / 1000);
     });
     await entry.done;
   }
@@ -181,12 +184,21 @@ export class JobWorker {
       if (d.health !== 'ok' || !d.format) throw new Error(`${d.name} is illegal: ${d.error ?? 'unreadable'}`);
       const vms = await untilAvailable(() => upVmsOf(store, d), { onWait: () => undefined });
       if (vms.length) throw new Error(`${d.name} is attached to VM ${vms.map((v) => `${v.name} (${v.state} on ${v.host})`).join(', ')}; shut the VM down first`);
+      // The domain's compaction setting as it is now (any host may have changed it), and the storage as this host sees it.
+      const held = deviceHeldRefusal(d);
+      if (held) throw new Error(held.detail);
+      const compaction = (await untilAvailable(() => store.hosts.domain(d.domainId), { onWait: () => undefined }))?.compaction ?? DEFAULT_COMPACTION;
+      if (job.options.mode === 'in-place') {
+        const refusal = storageRefusal(d, storageCanRelease(d, this.mounts.get(d.domainId)?.canDiscard ?? false), compaction);
+        if (refusal) throw new Error(refusal.detail);
+      } else if (d.device) throw new Error(`${d.name} is a block device: copy-and-replace cannot rename a new image over it`);
       watch = setInterval(() => void this.watch(e, d.domainId, path, d.ino), WATCH_MS);
       await this.waitUntilFree(e, path, d.name);
       if (this.ctx.config.testJobDelayMs) await sleep(this.ctx.config.testJobDelayMs, e.ctl.signal);
 
       s = await this.step(e, s, 'executing');
-      job.actualBefore = statSync(path).blocks * 512;
+      // A block device's allocation is the device's own business (statSync follows the symlink to a node of 0 blocks).
+      job.actualBefore = d.device ? null : statSync(path).blocks * 512;
       const events: OperationEvents = {
         signal: e.ctl.signal,
         onProgress: (p) => this.progress(e, s, p.done, p.total),
@@ -194,7 +206,8 @@ export class JobWorker {
         onStatus: (t) => void (s.detail = t),
       };
       if (job.options.mode === 'in-place') {
-        await this.engine.inPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero }, events);
+        const report = await this.engine.inPlace({ path, format: d.format, ignore: job.options.ignore, zero: job.options.zero, compact: compactOption(compaction) }, events);
+        job.result = inPlaceResult(report, compaction);
         clearInterval(watch);
         await this.watch(e, d.domainId, path, d.ino);
       } else {
@@ -214,8 +227,15 @@ export class JobWorker {
 
       // finalizing: the job ends once the disk's new size and analysis are stored.
       s = await this.step(e, s, 'finalizing');
-      job.actualAfter = statSync(path).blocks * 512;
-      job.bytesReclaimed = Math.max(0, job.actualBefore - job.actualAfter);
+      if (job.result) {
+        // In place: the engine measured around the operation itself.
+        job.actualBefore = job.result.allocatedBefore;
+        job.actualAfter = job.result.allocatedAfter;
+        job.bytesReclaimed = job.result.givenBack === null ? null : Math.max(0, job.result.givenBack);
+      } else {
+        job.actualAfter = d.device ? null : statSync(path).blocks * 512;
+        job.bytesReclaimed = job.actualBefore === null || job.actualAfter === null ? null : Math.max(0, job.actualBefore - job.actualAfter);
+      }
       await untilAvailable(async () => {
         await this.scanner.refreshDisk(job.diskId);
         await this.scanner.analyze(job.diskId, job.id);
@@ -223,14 +243,8 @@ export class JobWorker {
       s.status = 'finished';
       s.endedAt = Date.now();
       await untilAvailable(() => lifecycle.end(store, job, e.fence, 'finished', null), { onWait: (err) => log.warn(`finished; waiting for the database to record it (${err.message})`) });
-      log.info('job finished', { bytesReclaimed: job.bytesReclaimed, actualBefore: job.actualBefore, actualAfter: job.actualAfter });
-      await this.ctx.record({
-        severity: 'info',
-        type: 'job-succeeded',
-        diskId: job.diskId,
-        jobId: job.id,
-        message: `${job.diskName} sparsified successfully: ${humanBytes(job.bytesReclaimed)} given back (actual size ${humanBytes(job.actualBefore)} -> ${humanBytes(job.actualAfter)})`,
-      });
+      log.info('job finished', { bytesReclaimed: job.bytesReclaimed, actualBefore: job.actualBefore, actualAfter: job.actualAfter, result: job.result });
+      await this.ctx.record({ severity: 'info', type: 'job-succeeded', diskId: job.diskId, jobId: job.id, message: describeSuccess(job) });
     } catch (err) {
       clearInterval(watch);
       await this.settleFailure(e, err);

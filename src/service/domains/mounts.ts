@@ -11,6 +11,7 @@ import type { DiskRecord } from '../store/records.js';
 import { legacyDomainId } from '../store/migrations.js';
 import { attachDomain, readIdentity, DomainError } from './identity.js';
 import { canPunchHoles } from './host-probe.js';
+import { isDeviceLink } from './device-probe.js';
 
 export interface Mount {
   id: string;
@@ -99,7 +100,8 @@ export class Mounts {
 
   /**
    * The file behind a disk record on this host, checked again on every use: its domain reachable
-   * here, the path inside it, a regular file and not a symlink. Throws otherwise.
+   * here, the path inside it, a regular file, or a symlink that leads to a block device (the only
+   * symlinks that are disks). Throws otherwise.
    */
   pathOf(d: Pick<DiskRecord, 'id' | 'domainId' | 'rel'>): string {
     const m = this.byId.get(d.domainId);
@@ -114,7 +116,9 @@ export class Mounts {
     } catch (e) {
       throw new Error(`${d.rel} is no longer in storage domain ${m.name} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
-    if (!st.isFile()) throw new Error(`${d.rel} in storage domain ${m.name} is no longer a regular file`);
+    if (st.isSymbolicLink()) {
+      if (!isDeviceLink(full)) throw new Error(`${d.rel} in storage domain ${m.name} is a symlink that no longer leads to a block device`);
+    } else if (!st.isFile()) throw new Error(`${d.rel} in storage domain ${m.name} is no longer a regular file`);
     return full;
   }
 }

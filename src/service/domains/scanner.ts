@@ -4,7 +4,7 @@
  * DiskMap) in the background, cached by that stat. In a cluster one host scans each domain: the
  * first up host, by name, that reaches it. Disk ids are random UUIDs kept in the store: a file
  * renamed inside its domain keeps its id (found by inode), and an id only leads back to a file
- * through Mounts.pathOf.
+ * through Mounts.pathOf. A symlink to a block device is a disk too (see device-probe.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
@@ -14,14 +14,39 @@ import { basename, join, relative, sep } from 'node:path';
 import { openImage, type DiskMapJson, type NodeJson } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
-import type { DiskRecord, BackingRef, AnalysisSummary } from '../store/records.js';
+import type { DiskRecord, BackingRef, AnalysisSummary, DeviceFacts } from '../store/records.js';
 import { isDuplicate } from '../store/disks.js';
 import { heldForWriting, hostDataBytes } from './host-probe.js';
 import type { Mounts, Mount } from './mounts.js';
 import { statKey, recordKey } from './stat-key.js';
+import { deviceBehind, deviceKey, isDeviceLink } from './device-probe.js';
 
 const MAX_DEPTH = 6;
 const MAX_FILES = 20_000;
+/** A device's contents change without stat showing it: its analysis is made again when this old (at a scan). */
+const DEVICE_ANALYSIS_MAX_AGE_MS = 10 * 60_000;
+
+/** What a domain entry is now: a regular file, or a symlink to a block device, with the key of its version. */
+interface Entry {
+  st: Stats;
+  device: DeviceFacts | null;
+  key: string;
+}
+
+async function entryAt(full: string): Promise<Entry | undefined> {
+  let st: Stats;
+  try {
+    st = await lstat(full);
+  } catch {
+    return undefined;
+  }
+  if (st.isFile()) return { st, device: null, key: statKey(st) };
+  if (!st.isSymbolicLink()) return undefined;
+  const device = deviceBehind(full);
+  return device ? { st, device, key: deviceKey(st, device) } : undefined;
+}
+
+const staleDevice = (d: DiskRecord): boolean => !!d.device && (d.analyzedAt ?? 0) < Date.now() - DEVICE_ANALYSIS_MAX_AGE_MS;
 
 
 /** The analysis in brief: what the disk list shows. */
@@ -100,7 +125,8 @@ export class Scanner {
         const full = join(dir, e.name);
         if (e.isDirectory() && depth < MAX_DEPTH) await walk(full, depth + 1);
         else if (e.isFile()) out.push(relative(m.root, full));
-        // Symlinks are not followed: they could lead out of the domain.
+        // Symlinks are not followed (they could lead out of the domain), but one to a block device is a disk.
+        else if (e.isSymbolicLink() && isDeviceLink(full)) out.push(relative(m.root, full));
       }
     };
     await walk(m.root, 0);
@@ -140,14 +166,9 @@ export class Scanner {
 
   private async refreshAt(m: Mount, rel: string): Promise<DiskRecord | undefined> {
     const full = join(m.root, rel);
-    let st: Stats;
-    try {
-      st = await lstat(full);
-    } catch {
-      return undefined;
-    }
-    if (!st.isFile()) return undefined;
-    const key = statKey(st);
+    const entry = await entryAt(full);
+    if (!entry) return undefined;
+    const { st, device, key } = entry;
     const now = Date.now();
     const store = this.ctx.store.disks;
     let d = await store.findAt(m.id, rel);
@@ -159,13 +180,14 @@ export class Scanner {
     }
     const isNew = !d;
     const inUse = heldForWriting(full);
-    if (d && d.present && recordKey(d) === key) {
+    // A device's discard facts may change with its stat key unchanged: then it is recorded again.
+    if (d && d.present && recordKey(d) === key && JSON.stringify(d.device ?? null) === JSON.stringify(device)) {
       if (d.inUse !== inUse) {
         d.inUse = inUse;
         await store.setInUse(d.id, inUse);
         this.ctx.bus.publish({ type: 'disk', id: d.id });
       }
-      if (d.health === 'ok' && d.analysisKey !== key) this.queueAnalysis(d.id);
+      if (d.health === 'ok' && (d.analysisKey !== key || staleDevice(d))) this.queueAnalysis(d.id);
       return d;
     }
     const rec: DiskRecord = d ?? {
@@ -198,7 +220,9 @@ export class Scanner {
       firstSeen: now,
       lastSeen: now,
     };
-    Object.assign(rec, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, actualSize: st.blocks * 512, present: true, lastSeen: now, inUse });
+    // A device's size is its capacity, and all of it is what it takes of its volume group or SAN.
+    const size = device ? device.size : st.size;
+    Object.assign(rec, { ino: st.ino, size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, actualSize: device ? device.size : st.blocks * 512, present: true, lastSeen: now, inUse, device });
     await this.probe(rec, full);
     try {
       await store.put(rec);
@@ -233,7 +257,8 @@ export class Scanner {
   /** Format, sizes and chain: what the engine says when it opens the image (no locks taken). */
   private async probe(rec: DiskRecord, full: string): Promise<void> {
     try {
-      rec.hostDataBytes = hostDataBytes(full);
+      // A device has no holes to see: all of it counts as written (it is never taken for preallocated).
+      rec.hostDataBytes = rec.device ? rec.actualSize : hostDataBytes(full);
     } catch {
       rec.hostDataBytes = rec.actualSize;
     }
@@ -322,11 +347,13 @@ export class Scanner {
     let key: string;
     try {
       full = this.mounts.pathOf(d);
-      key = statKey(await lstat(full));
+      const entry = await entryAt(full);
+      if (!entry) return;
+      key = entry.key;
     } catch {
       return;
     }
-    if (d.analysisKey === key && !forJob) return;
+    if (d.analysisKey === key && !forJob && !staleDevice(d)) return;
     let map: DiskMapJson | null = null;
     let error: string | null = null;
     try {

@@ -17,6 +17,8 @@ export type BusMessage =
   | { type: 'rescan' }
   | { type: 'hosts' }
   | { type: 'policy' }
+  /** A storage domain's settings changed (its compaction). */
+  | { type: 'domains' }
   /** Some host's VMs changed (came, went, changed state or disks). */
   | { type: 'vms' }
   /** Every host: read your libvirt now. */
@@ -42,7 +44,7 @@ function batchKey(m: BusMessage): string | undefined {
   if (m.type === 'disk' || m.type === 'job' || m.type === 'disk-removed') return `${m.type}:${m.id}`;
   if (m.type === 'progress') return `progress:${m.jobId}`;
   if (m.type === 'queued') return `queued:${m.domainId}`;
-  if (m.type === 'hosts' || m.type === 'policy' || m.type === 'rescan' || m.type === 'vms' || m.type === 'vms-refresh') return m.type;
+  if (m.type === 'hosts' || m.type === 'domains' || m.type === 'policy' || m.type === 'rescan' || m.type === 'vms' || m.type === 'vms-refresh') return m.type;
   return undefined;
 }
 

@@ -43,7 +43,7 @@ export class DiskCatalog {
 
   private onMessage(m: BusMessage, remote: boolean): void {
     if (m.type === 'disk' || m.type === 'disk-removed') (remote ? this.dirtyRemote : this.dirty).add(m.id);
-    else if (m.type === 'hosts' || m.type === 'policy' || m.type === 'vms') this.rebuildAll = true;
+    else if (m.type === 'hosts' || m.type === 'domains' || m.type === 'policy' || m.type === 'vms') this.rebuildAll = true;
     else if (m.type === 'resync') this.reload = true;
   }
 

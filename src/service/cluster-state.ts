@@ -1,6 +1,6 @@
 /**
  * What every request needs to know of the cluster and would otherwise ask the database each time:
- * which domains the up hosts reach, and the policy. Kept in memory, dropped when the bus says the
+ * which domains the up hosts reach (and their settings), and the policy. Kept in memory, dropped when the bus says the
  * hosts or the policy changed (on any host), and re-read at least every few seconds in case such
  * a word was lost.
  */
@@ -22,7 +22,7 @@ export class ClusterState {
     private readonly loadPolicy: () => Promise<PolicyConfig>,
   ) {
     this.unsubscribe = bus.subscribe((m) => {
-      if (m.type === 'hosts' || m.type === 'resync') this.domains = undefined;
+      if (m.type === 'hosts' || m.type === 'domains' || m.type === 'resync') this.domains = undefined;
       if (m.type === 'policy' || m.type === 'resync') this.policyCache = undefined;
     });
   }

@@ -9,7 +9,7 @@ import { loadKeysFile } from '../index.js';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ServiceConfig, PolicyConfig } from './config.js';
-import type { Allocation, JobOptions, JobRecord, EventRecord } from './store/records.js';
+import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSetting, type JobOptions, type JobRecord, type EventRecord } from './store/records.js';
 import { Store, openStore, describeStore } from './store/store.js';
 import { PgNotifier } from './store/pg-notify.js';
 import { Bus } from './bus.js';
@@ -22,7 +22,7 @@ import { PgBossQueue } from './queue/pg-queue.js';
 import { Dispatcher } from './queue/dispatcher.js';
 import { JobWorker } from './jobs/worker.js';
 import * as requests from './jobs/requests.js';
-import type { Refusal } from './jobs/validate.js';
+import { defaultModeOf, type Refusal } from './jobs/validate.js';
 import { HostRegistry } from './hosts/registry.js';
 import { DataDirLock } from './hosts/data-dir-lock.js';
 import { ClusterMonitor } from './hosts/monitor.js';
@@ -31,7 +31,7 @@ import { DiskCatalog } from './catalog.js';
 import { EnginePool } from './engine/pool.js';
 import { ClusterState } from './cluster-state.js';
 import { Metrics } from './metrics.js';
-import { diskView, hostViews, jobView, type DiskView, type JobView, type HostView } from './views.js';
+import { diskView, domainViews, hostViews, jobView, type DiskView, type DomainView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
 import { VmInventory } from './vms/inventory.js';
 import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
@@ -245,14 +245,16 @@ export class Service {
 
   /** POST /disks/{id}/sparsify. */
   async submit(diskId: string, opts: Partial<JobOptions>, origin: JobRecord['origin'] = 'api'): Promise<{ job: JobView } | { refusal: Refusal }> {
-    const options: JobOptions = { mode: opts.mode ?? this.config.defaultMode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] };
+    // A request naming no mode gets the configured one, but a block device is only ever sparsified in place.
+    const mode = opts.mode ?? defaultModeOf(await this.store.disks.get(diskId), this.config.defaultMode);
+    const options: JobOptions = { mode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] };
     const r = await requests.submit(
       {
         ctx: this.ctx,
         mounts: this.mounts,
         scanner: this.scanner,
         queue: this.queue,
-        domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false },
+        domainState: async (id) => (await this.cluster.domain(id)) ?? { reachable: false, canDiscard: false, compaction: DEFAULT_COMPACTION },
         vmsOf: (d) => this.freshVmsOf(d, origin === 'schedule' ? VM_READ_MAX_AGE_SCHEDULE_MS : 0),
       },
       diskId,
@@ -308,6 +310,26 @@ export class Service {
 
   jobView(j: JobRecord): JobView {
     return jobView(this.worker.active(j.id) ?? j);
+  }
+
+  // ---- storage domains
+
+  async listDomains(): Promise<DomainView[]> {
+    const [domains, mounts, hosts] = await Promise.all([this.store.hosts.domains(), this.store.hosts.mounts(), this.store.hosts.list()]);
+    return domainViews(domains, mounts, hosts);
+  }
+
+  async getDomain(id: string): Promise<DomainView | undefined> {
+    return (await this.listDomains()).find((d) => d.id === id);
+  }
+
+  /** Change when in-place sparsify compacts the domain's images, for every host (each reads it when it runs a job). */
+  async setCompaction(id: string, compaction: CompactionSetting): Promise<DomainView | undefined> {
+    const d = await this.store.hosts.setCompaction(id, compaction);
+    if (!d) return undefined;
+    this.bus.publish({ type: 'domains' });
+    await this.ctx.record({ severity: 'info', type: 'domain-changed', diskId: null, jobId: null, message: `Storage domain ${d.name}: in-place sparsify compacts ${COMPACTION_TEXT[compaction]}` });
+    return this.getDomain(id);
   }
 
   // ---- hosts, events, policy

@@ -4,9 +4,9 @@
  * so listing 2,000 disks stays quick.
  */
 import type { PolicyConfig } from './config.js';
-import type { DiskRecord, DomainRecord, HostDomain, HostRecord, JobRecord, SparsifyMode, Allocation } from './store/records.js';
+import type { CompactionSetting, DeviceFacts, DiskRecord, DomainRecord, HostDomain, HostRecord, JobRecord, SparsifyMode, Allocation } from './store/records.js';
 import type { Store } from './store/store.js';
-import { validateSparsify, allocationOf } from './jobs/validate.js';
+import { validateSparsify, allocationOf, defaultModeOf, storageCanRelease, willCompact } from './jobs/validate.js';
 import { needsSparsify } from './policy.js';
 import { vmsOf, type VmIndex, type VmRef } from './vms/attachments.js';
 import { recordKey } from './domains/stat-key.js';
@@ -17,6 +17,8 @@ export interface DomainState {
   /** Some up host reaches it. */
   reachable: boolean;
   canDiscard: boolean;
+  /** When in-place sparsify compacts its images. */
+  compaction: CompactionSetting;
   /** Up hosts that reach it. */
   hosts: string[];
 }
@@ -25,7 +27,7 @@ export interface DomainState {
 export async function domainStates(store: Store): Promise<Map<string, DomainState>> {
   const [domains, mounts, hosts] = await Promise.all([store.hosts.domains(), store.hosts.mounts(), store.hosts.list()]);
   const up = new Set(hosts.filter((h) => h.status === 'up').map((h) => h.name));
-  const out = new Map<string, DomainState>(domains.map((d: DomainRecord) => [d.id, { id: d.id, name: d.name, reachable: false, canDiscard: false, hosts: [] }]));
+  const out = new Map<string, DomainState>(domains.map((d: DomainRecord) => [d.id, { id: d.id, name: d.name, reachable: false, canDiscard: false, compaction: d.compaction, hosts: [] }]));
   for (const m of mounts) {
     const s = out.get(m.domainId);
     if (!s || !m.reachable || !up.has(m.host)) continue;
@@ -34,6 +36,38 @@ export async function domainStates(store: Store): Promise<Map<string, DomainStat
     s.hosts.push(m.host);
   }
   return out;
+}
+
+/** A storage domain as the API shows it: its settings, and how each host mounts it. */
+export interface DomainView {
+  id: string;
+  href: string;
+  name: string;
+  createdAt: number;
+  compaction: CompactionSetting;
+  /** Some up host reaches it. */
+  reachable: boolean;
+  /** Some up host that reaches it can punch holes in its files. */
+  canDiscard: boolean;
+  hosts: Array<{ host: string; up: boolean; path: string; reachable: boolean; canDiscard: boolean; error: string | null; checkedAt: number }>;
+}
+
+export function domainViews(domains: readonly DomainRecord[], mounts: readonly HostDomain[], hosts: readonly HostRecord[]): DomainView[] {
+  const up = new Set(hosts.filter((h) => h.status === 'up').map((h) => h.name));
+  return domains.map((d) => {
+    const own = mounts.filter((m) => m.domainId === d.id);
+    const live = own.filter((m) => m.reachable && up.has(m.host));
+    return {
+      id: d.id,
+      href: `/api/domains/${d.id}`,
+      name: d.name,
+      createdAt: d.createdAt,
+      compaction: d.compaction,
+      reachable: live.length > 0,
+      canDiscard: live.some((m) => m.canDiscard),
+      hosts: own.map((m) => ({ host: m.host, up: up.has(m.host), path: m.path, reachable: m.reachable, canDiscard: m.canDiscard, error: m.error, checkedAt: m.checkedAt })),
+    };
+  });
 }
 
 export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal' | 'unreachable';
@@ -70,6 +104,10 @@ export interface DiskView {
     encrypted: { opened: number; keptWhole: number } | null;
   };
   reclaimableBytes: number | null;
+  /** How space goes back where it lies: released (holes, BLKDISCARD), and whether an in-place job compacts it (the domain's setting, or the storage needing it). */
+  storage: { canRelease: boolean; compaction: CompactionSetting; compacts: boolean };
+  /** A block device (the domain holds a symlink to it): what Linux says about its discard support. */
+  device: DeviceFacts | null;
   /** The VMs that use it (every host's libvirt), with their state. */
   vms: VmRef[];
   needsSparsify: boolean;
@@ -102,9 +140,12 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
   const derived = v.derived.get(d.id) ?? [];
   const dom = v.domains.get(d.domainId);
   const vms = vmsOf(v.vms, d);
-  const refusal = validateSparsify(d, { heldForWriting: d.inUse, derived, reachable: dom?.reachable ?? false, canDiscard: dom?.canDiscard ?? false, mode: v.defaultMode, vms });
+  const mode = defaultModeOf(d, v.defaultMode);
+  const compaction = dom?.compaction ?? 'where-no-holes';
+  const canRelease = storageCanRelease(d, dom?.canDiscard ?? false);
+  const refusal = validateSparsify(d, { heldForWriting: d.inUse, derived, reachable: dom?.reachable ?? false, canDiscard: dom?.canDiscard ?? false, compaction, mode, vms });
   const a = d.analysis;
-  const status: DiskStatus = d.lockedBy ? 'locked' : !dom?.reachable ? 'unreachable' : d.inUse || refusal?.code === 'vm-not-down' ? 'in-use' : d.health === 'illegal' ? 'illegal' : 'ok';
+  const status: DiskStatus = d.lockedBy ? 'locked' : !dom?.reachable ? 'unreachable' : d.inUse || d.device?.held || refusal?.code === 'vm-not-down' ? 'in-use' : d.health === 'illegal' ? 'illegal' : 'ok';
   return {
     id: d.id,
     href: `/api/disks/${d.id}`,
@@ -134,9 +175,11 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
       encrypted: a?.encrypted ?? null,
     },
     reclaimableBytes: a?.reclaimableBytes ?? null,
+    storage: { canRelease, compaction, compacts: willCompact(d.format, compaction, canRelease) },
+    device: d.device ?? null,
     vms,
     needsSparsify: needsSparsify(d, v.policy),
-    sparsify: refusal ? { allowed: false, mode: v.defaultMode, status: refusal.status, code: refusal.code, reason: refusal.detail } : { allowed: true, mode: v.defaultMode },
+    sparsify: refusal ? { allowed: false, mode, status: refusal.status, code: refusal.code, reason: refusal.detail } : { allowed: true, mode },
   };
 }
 

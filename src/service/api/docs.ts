@@ -27,6 +27,8 @@ const SHAPES = {
     actualSize: int('Bytes allocated on the host'),
     allocation: str('sparse or preallocated'),
     chain: obj('Backing chain: depth, leaf, backingId, derivedIds, snapshots', {}),
+    storage: obj('How space goes back: canRelease (holes or BLKDISCARD), compaction (the domain setting), compacts (an in-place job compacts it)', {}),
+    device: obj('A block device (symlinked into the domain): target, size, discardMaxBytes (0: cannot discard), discardGranularity, provisioningMode (SCSI); null for a file', {}),
     status: str('ok, locked, in-use, illegal, unreachable'),
     analysis: obj('The analysis: state (pending until the file as it is now is analyzed), data, reclaimable, snapshotOnlyBytes (free space held only by earlier snapshots) and snapshotAdvice, warnings', {}),
     reclaimableBytes: int('Free in the guest and allocated in the disk’s own file (the top of its chain): what sparsify would give back', true),
@@ -42,8 +44,20 @@ const SHAPES = {
     attempts: int('Claims so far (the fencing token)'),
     steps: { type: 'array', items: obj('validating, executing, finalizing', {}) },
     progress: obj('', { done: int('bytes done'), total: int('bytes planned'), percent: int('0-100') }),
-    bytesReclaimed: int('Actual size before minus after', true),
+    bytesReclaimed: int('Actual size before minus after (null on a block device, whose allocation only the device knows)', true),
+    result: obj(
+      'In place: what the engine measured (never estimated). givenBack (allocatedBefore - allocatedAfter, du) of which byTruncation and byHoles; discarded (virtual bytes); released, compacted; endBefore/endAfter (file length; on a block device the image end, to which the volume can be reduced); bytesMoved; compactableEnd; isBlockDevice; compaction (the domain setting used)',
+      {},
+    ),
     error: str('Why it failed', true),
+  }),
+  Domain: obj('A storage domain: a folder of images (and symlinks to block devices) that hosts mount', {
+    id: str("UUID, from .sparsify-domain.json at the domain's root"),
+    name: str(''),
+    compaction: str('When in-place sparsify compacts its images: always, where-no-holes (the default), never'),
+    reachable: { type: 'boolean', description: 'Some up host reaches it' },
+    canDiscard: { type: 'boolean', description: 'Some up host that reaches it can punch holes in its files' },
+    hosts: { type: 'array', description: 'How each host mounts it: host, up, path, reachable, canDiscard, error', items: obj('', {}) },
   }),
   Attempt: obj("One host's run of a job, from claim to end", { attempt: int(''), host: str(''), startedAt: int(''), endedAt: int('', true), outcome: str('running, finished, failed, cancelled, taken-over, handed-back, interrupted') }),
   Host: obj('A host of the service', {
@@ -83,6 +97,7 @@ export async function registerDocs(app: FastifyInstance, version: string): Promi
       tags: [
         { name: 'disks', description: 'Disks and the sparsify action' },
         { name: 'jobs', description: 'Storage jobs' },
+        { name: 'domains', description: 'Storage domains and their settings' },
         { name: 'cluster', description: 'Hosts, events, policy, service facts' },
       ],
     },

@@ -30,6 +30,27 @@ export const allocationBody = {
   properties: { allocation: { type: 'string', enum: ['sparse', 'preallocated', 'auto'], description: 'auto: detected from the host (fallocated space never written)' } },
 } as const;
 
+export const domainParams = {
+  type: 'object',
+  required: ['id'],
+  additionalProperties: false,
+  properties: { id: { type: 'string', pattern: UUID_PATTERN, description: "A storage domain's UUID (from its .sparsify-domain.json)" } },
+} as const;
+
+export const domainBody = {
+  type: 'object',
+  required: ['compaction'],
+  additionalProperties: false,
+  properties: {
+    compaction: {
+      type: 'string',
+      enum: ['always', 'where-no-holes', 'never'],
+      description:
+        'When in-place sparsify compacts (moves the kept data down and shortens the image, which gives space back on any storage): always; where-no-holes (the default): only where the storage cannot punch holes or the device cannot discard; never: then a compactable disk on such storage is refused. vdi compacts whatever is asked.',
+    },
+  },
+} as const;
+
 export const jobsQuery = {
   type: 'object',
   additionalProperties: false,

@@ -20,6 +20,7 @@ import { jobRoutes } from './routes/jobs.js';
 import { clusterRoutes } from './routes/cluster.js';
 import { vmRoutes } from './routes/vms.js';
 import { historyRoutes } from './routes/history.js';
+import { domainRoutes } from './routes/domains.js';
 
 export interface ApiServer {
   app: FastifyInstance;
@@ -88,6 +89,7 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
   diskRoutes(app, svc, auth);
   jobRoutes(app, svc, auth);
   clusterRoutes(app, svc, auth);
+  domainRoutes(app, svc, auth);
   vmRoutes(app, svc, auth);
   historyRoutes(app, svc);
 

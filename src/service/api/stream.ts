@@ -59,6 +59,7 @@ export class LiveFeed {
         );
         return;
       case 'hosts':
+      case 'domains':
       case 'vms':
       case 'resync':
         this.send(m.type, {});

@@ -1,9 +1,10 @@
 import { useEffect, useMemo, useState } from 'react';
-import { api, openStream, getToken, setToken, bytes, newerJob, ApiError, type Disk, type Job, type ServiceEvent, type Info, type Host } from './api';
+import { api, openStream, getToken, setToken, bytes, newerJob, ApiError, type Disk, type Domain, type Job, type ServiceEvent, type Info, type Host } from './api';
 import { DisksTable, type SortKey } from './DisksTable';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
 import { HostsPanel } from './HostsPanel';
+import { DomainsPanel } from './DomainsPanel';
 import { VmsView } from './VmsView';
 import { HistoryView } from './HistoryView';
 import { PolicyPanel } from './PolicyPanel';
@@ -27,6 +28,7 @@ export function App() {
   const [jobs, setJobs] = useState<Map<string, Job>>(new Map());
   const [events, setEvents] = useState<ServiceEvent[]>([]);
   const [hosts, setHosts] = useState<Host[]>([]);
+  const [domains, setDomains] = useState<Domain[]>([]);
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [sort, setSort] = useState<{ key: SortKey; dir: 1 | -1 }>({ key: 'name', dir: 1 });
   const [filter, setFilter] = useState('');
@@ -54,8 +56,10 @@ export function App() {
       }
     };
     const loadHosts = () => void api.hosts().then(setHosts, () => undefined);
+    const loadDomains = () => void api.domains().then(setDomains, () => undefined);
     void load();
     loadHosts();
+    loadDomains();
     const hostsTimer = setInterval(loadHosts, HOSTS_REFRESH_MS);
     const close = openStream({
       disk: (d) => setDisks((m) => new Map(m).set(d.id, d)),
@@ -75,10 +79,20 @@ export function App() {
           return new Map(m).set(j.id, { ...j, progress: { done: p.done, total: p.total, percent } });
         }),
       event: (e) => setEvents((l) => [e, ...l.filter((x) => x.id !== e.id)].slice(0, 100)),
-      hosts: loadHosts,
+      // A host reaching its domains differently changes what they can do.
+      hosts: () => {
+        loadHosts();
+        loadDomains();
+      },
+      // Every disk's view says how the domain's setting treats it.
+      domains: () => {
+        loadDomains();
+        void load();
+      },
       resync: () => {
         void load();
         loadHosts();
+        loadDomains();
       },
       connected: (ok) => {
         setConnected(ok);
@@ -234,6 +248,7 @@ export function App() {
         />
         <aside>
           <HostsPanel hosts={hosts} />
+          <DomainsPanel domains={domains} onChanged={(d) => setDomains((l) => l.map((x) => (x.id === d.id ? d : x)))} />
           <JobsPanel jobs={jobList} onCancel={(j) => void cancelJob(j)} />
           <EventsPanel events={events} />
         </aside>

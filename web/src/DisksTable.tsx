@@ -86,6 +86,17 @@ export function DisksTable(props: {
                   {d.domain}
                   {d.path !== d.name ? `: ${d.path}` : ''}
                 </div>
+                {d.device && (
+                  <div className="muted small" data-testid="device-badge" title={`discard_max_bytes ${d.device.discardMaxBytes ?? 'not said'}`}>
+                    block device {d.device.target}
+                    {d.device.discardMaxBytes === 0 ? ' (cannot discard)' : ''}
+                  </div>
+                )}
+                {d.storage.compacts && d.sparsify.allowed && (
+                  <div className="muted small" data-testid="compacts" title={d.storage.canRelease ? 'the domain compacts every image' : 'the storage cannot punch holes: compaction gives the space back'}>
+                    compacted in place
+                  </div>
+                )}
                 {d.chain.depth > 1 && <div className="muted small">backing chain of {d.chain.depth}</div>}
                 {d.chain.derivedIds.length > 0 && <div className="muted small">{d.chain.derivedIds.length} derived disk(s)</div>}
                 {d.analysis.encrypted && <Encrypted {...d.analysis.encrypted} />}

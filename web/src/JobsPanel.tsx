@@ -1,4 +1,5 @@
-import { bytes, type Job, type ServiceEvent } from './api';
+import type { Job, ServiceEvent } from './api';
+import { JobFigures } from './JobFigures';
 
 function when(t: number | null): string {
   return t ? new Date(t).toLocaleTimeString() : '';
@@ -33,7 +34,7 @@ export function JobsPanel({ jobs, onCancel }: { jobs: Job[]; onCancel: (j: Job) 
               {j.status === 'finished' && (
                 <>
                   {' '}
-                  · gave back {bytes(j.bytesReclaimed)} ({bytes(j.actualBefore)} → {bytes(j.actualAfter)})
+                  · <JobFigures job={j} />
                 </>
               )}
               {j.error && <div className="error">{j.error}</div>}

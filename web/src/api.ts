@@ -2,6 +2,21 @@
 
 export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal' | 'unreachable';
 
+/** When in-place sparsify compacts a domain's images. */
+export type Compaction = 'always' | 'where-no-holes' | 'never';
+
+/** A disk that is a block device: what Linux says about its discard support. */
+export interface DeviceFacts {
+  target: string;
+  size: number;
+  /** 0: the device cannot discard; null: not said. */
+  discardMaxBytes: number | null;
+  discardGranularity: number | null;
+  provisioningMode: string | null;
+  /** Mounted, swap, or under RAID/LVM/device-mapper on the host that scanned it. */
+  held: boolean;
+}
+
 export interface Disk {
   id: string;
   name: string;
@@ -30,6 +45,9 @@ export interface Disk {
     encrypted: { opened: number; keptWhole: number } | null;
   };
   reclaimableBytes: number | null;
+  /** Released by holes (or BLKDISCARD) where the storage can; compacted as the domain's setting says. */
+  storage: { canRelease: boolean; compaction: Compaction; compacts: boolean };
+  device: DeviceFacts | null;
   /** The VMs that use it, with their state (every host's libvirt). */
   vms: Array<{ id: string; name: string; host: string; state: string; target: string }>;
   needsSparsify: boolean;
@@ -41,6 +59,25 @@ export interface JobStep {
   status: string;
   done: number;
   total: number;
+}
+
+/** What an in-place job measured (never estimated). */
+export interface JobResult {
+  allocatedBefore: number | null;
+  allocatedAfter: number | null;
+  /** In all; of which by truncation (compaction) and by holes. Null on a block device. */
+  givenBack: number | null;
+  byTruncation: number;
+  byHoles: number | null;
+  discarded: number;
+  released: boolean;
+  compacted: boolean;
+  endBefore: number;
+  endAfter: number;
+  bytesMoved: number;
+  compactableEnd: number | null;
+  isBlockDevice: boolean;
+  compaction: Compaction;
 }
 
 export interface Job {
@@ -59,6 +96,7 @@ export interface Job {
   actualBefore: number | null;
   actualAfter: number | null;
   bytesReclaimed: number | null;
+  result?: JobResult | null;
   error: string | null;
   progress: { done: number; total: number; percent: number };
   step: string | null;
@@ -80,6 +118,16 @@ export interface Info {
   defaultMode: string;
   modes: string[];
   domains: Array<{ id: string; name: string; path: string; reachable: boolean }>;
+}
+
+export interface Domain {
+  id: string;
+  name: string;
+  compaction: Compaction;
+  reachable: boolean;
+  /** Some up host that reaches it can punch holes in its files. */
+  canDiscard: boolean;
+  hosts: Array<{ host: string; up: boolean; path: string; reachable: boolean; canDiscard: boolean; error: string | null }>;
 }
 
 export interface Host {
@@ -143,6 +191,8 @@ export const api = {
   jobs: () => call<{ jobs: Job[] }>('GET', '/api/jobs?limit=50').then((r) => r.jobs),
   events: () => call<{ events: ServiceEvent[] }>('GET', '/api/events?limit=50').then((r) => r.events),
   hosts: () => call<{ hosts: Host[] }>('GET', '/api/hosts').then((r) => r.hosts),
+  domains: () => call<{ domains: Domain[] }>('GET', '/api/domains').then((r) => r.domains),
+  setCompaction: (id: string, compaction: Compaction) => call<{ domain: Domain }>('PATCH', `/api/domains/${id}`, { compaction }).then((r) => r.domain),
   sparsify: (id: string, mode: string) => call<{ job: Job }>('POST', `/api/disks/${id}/sparsify`, { mode }).then((r) => r.job),
   cancel: (id: string) => call<{ job: Job }>('POST', `/api/jobs/${id}/cancel`).then((r) => r.job),
   rescan: () => call<unknown>('POST', '/api/rescan'),
@@ -171,6 +221,8 @@ export interface StreamHandlers {
   event: (e: ServiceEvent) => void;
   /** The hosts changed (one came, went, or reaches its domains differently). */
   hosts: () => void;
+  /** A storage domain's settings changed (on any host). */
+  domains: () => void;
   /** The service lost touch with other hosts for a while: reload everything. */
   resync: () => void;
   connected: (ok: boolean) => void;
@@ -191,6 +243,7 @@ export function openStream(h: StreamHandlers): () => void {
     else if (type === 'progress') h.progress(v as { jobId: string; done: number; total: number });
     else if (type === 'event') h.event(v as ServiceEvent);
     else if (type === 'hosts') h.hosts();
+    else if (type === 'domains') h.domains();
     else if (type === 'resync') h.resync();
   };
   const connect = async () => {
@@ -237,6 +290,8 @@ export function openStream(h: StreamHandlers): () => void {
 
 export function bytes(n: number | null | undefined): string {
   if (n === null || n === undefined) return '—';
+  // A measured difference can be a little negative (compaction's own metadata took a cluster).
+  if (n < 0) return `−${bytes(-n)}`;
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let i = 0;
   let v = n;

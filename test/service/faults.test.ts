@@ -124,7 +124,8 @@ describe('faults', { skip: missing ? `missing ${missing}` : false, timeout: 300_
     unlinkSync(join(domain, 'd.raw'));
     const j2 = await jobEnd(server, r2.body.job.id);
     assert.equal(j2.status, 'failed');
-    assert.match(j2.error ?? '', /deleted by another process/);
+    // Deleted while the job watched it, or (on a loaded machine) already before its first look at the file.
+    assert.match(j2.error ?? '', /deleted by another process|d\.raw is no longer in storage domain/);
     assert.equal(server.proc.exitCode, null, 'the server lives on');
     await server.stop();
   });

@@ -181,6 +181,16 @@ export async function waitFor<T>(what: string | (() => string), fn: () => Promis
   }
 }
 
+/** Ask for a sparsify job (expecting 202) and wait for it to end; returns the ended job. */
+export async function sparsifyAndWait(s: Server, diskId: string, body: unknown, timeoutMs = 90_000): Promise<Record<string, any>> {
+  const r = await http(s, 'POST', `/api/disks/${diskId}/sparsify`, body);
+  if (r.status !== 202) throw new Error(`sparsify ${diskId}: ${r.status} ${JSON.stringify(r.body)}`);
+  return waitFor(`job ${r.body.job.id} to end`, async () => {
+    const j = (await http(s, 'GET', `/api/jobs/${r.body.job.id}`)).body.job;
+    return j.status === 'pending' || j.status === 'running' ? undefined : j;
+  }, timeoutMs);
+}
+
 /** All disks once every one of them has been analyzed. */
 export async function analyzedDisks(s: Server, count: number): Promise<Array<Record<string, any>>> {
   let last = '';
@@ -218,17 +228,17 @@ function guestFiles(seed: string, sizeMiB: number): Record<string, Buffer> {
 
 /**
  * The guest's view of a disk made by makeGuestDisk, checked with the real tools: qemu-img check
- * (qcow2), e2fsck -fn of its filesystem, and every kept file's checksum. Returns a problem, or
- * undefined when all is well.
+ * (image formats: qcow2, vdi), e2fsck -fn of its filesystem, and every kept file's checksum.
+ * `path` may be a block device holding the image. Returns a problem, or undefined when all is well.
  */
-export function guestProblem(path: string, format: 'raw' | 'qcow2', workDir: string, seed: string, sizeMiB = 34): string | undefined {
+export function guestProblem(path: string, format: 'raw' | 'qcow2' | 'vdi', workDir: string, seed: string, sizeMiB = 34): string | undefined {
   const tag = Math.random().toString(36).slice(2);
   let raw = path;
-  if (format === 'qcow2') {
-    const check = runStatus('qemu-img', ['check', '-q', path]);
+  if (format !== 'raw') {
+    const check = runStatus('qemu-img', ['check', '-q', '-f', format, path]);
     if (check.status !== 0) return `qemu-img check ${path}: ${check.stdout}${check.stderr}`;
     raw = join(workDir, `guest-${tag}.raw`);
-    run('qemu-img', ['convert', '-O', 'raw', path, raw]);
+    run('qemu-img', ['convert', '-f', format, '-O', 'raw', path, raw]);
   }
   const part = join(workDir, `part-${tag}.img`);
   try {

@@ -15,7 +15,6 @@
  * (release-discard.ts). Compaction (compact.ts) follows when asked.
  */
 import { BlockFile } from '../../io/file.js';
-import { SparsifyError } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import {
   yieldToEventLoop,
@@ -70,12 +69,8 @@ export async function openVmdkDiscarder(image: DiskImage): Promise<DiscardBacken
   const file = topFile(image);
   if (!file.writable) throw new Error(`${image.path}: vmdk in-place discard needs the image opened for writing`);
   const details = image.layers()[0]?.details;
-  if (details?.['extents'] !== 1) {
-    throw new SparsifyError(
-      `${image.path}: a ${String(details?.['subformat'] ?? 'multi-extent')} VMDK: --in-place supports only monolithicSparse VMDK images (one sparse extent); use copy mode: sparsify ${image.path} OUTPUT`,
-    );
-  }
-  const layout = await VmdkLayout.load(file, image.virtualSize);
+  const kind = { subformat: String(details?.['subformat'] ?? ''), extents: Number(details?.['extents'] ?? 0) };
+  const layout = await VmdkLayout.load(file, image.virtualSize, kind);
   return new VmdkDiscarder(layout, image.layers().length > 1);
 }
 

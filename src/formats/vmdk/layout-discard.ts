@@ -76,13 +76,14 @@ export class VmdkLayout {
   }
 
   /** Refuse what in-place mode cannot change, then read and check every table. */
-  static async load(file: BlockFile, virtualSize: number): Promise<VmdkLayout> {
+  static async load(file: BlockFile, virtualSize: number, kind: { subformat: string; extents: number }): Promise<VmdkLayout> {
     const p = file.path;
     const copy = `use copy mode: sparsify ${p} OUTPUT`;
+    const only = `--in-place supports only monolithicSparse VMDK images (one sparse extent, its descriptor inside); ${copy}`;
     const head = Buffer.alloc(Math.min(SECTOR, file.size));
     await file.readExact(head, 0, 'vmdk header');
-    if (!isSparseHeader(head)) {
-      throw new SparsifyError(`${p}: this VMDK is a descriptor file naming separate extents (split or flat); --in-place supports only monolithicSparse (one sparse extent with its descriptor inside); ${copy}`);
+    if (!isSparseHeader(head) || kind.extents !== 1) {
+      throw new SparsifyError(`${p}: a ${kind.subformat || 'descriptor-file'} VMDK (a descriptor naming ${kind.extents} extent file(s)): ${only}`);
     }
     const h = parseSparseHeader(head, p, 0);
     if (h.flags & (FLAG_COMPRESSED | FLAG_MARKERS) || h.gdOffset < 0 || h.compressAlgorithm !== 0) {
@@ -92,7 +93,7 @@ export class VmdkLayout {
     const desc = await readDescriptor(file, h);
     if (desc.createType !== 'monolithicSparse' || desc.extents.length > 1 || desc.extents.some((x) => x.type !== 'SPARSE')) {
       const what = desc.createType ? `a ${desc.createType} VMDK` : 'a sparse extent without a descriptor (one piece of a split disk?)';
-      throw new SparsifyError(`${p}: ${what}: --in-place supports only monolithicSparse VMDK images; ${copy}`);
+      throw new SparsifyError(`${p}: ${what}: ${only}`);
     }
     if (h.capacity * SECTOR !== virtualSize) throw new CorruptError(`vmdk: ${p}: header capacity ${h.capacity} sectors does not match the disk size ${virtualSize}`);
     if (h.overHead * SECTOR > file.size) {

@@ -34,6 +34,11 @@ export interface InPlaceOptions {
   compact?: CompactMode;
   /** The image's path, for messages. */
   path?: string;
+  /**
+   * When compacting: the blocks of `granularity` outside the plan that read as zero (they are
+   * discarded too, as `qemu-img convert` would leave them out).
+   */
+  findZeros?: (granularity: number) => Promise<Extents>;
 }
 
 export interface InPlaceResult {
@@ -82,11 +87,16 @@ export async function discardBackendFor(image: DiskImage): Promise<DiscardBacken
 }
 
 export async function discardInPlace(backend: DiscardBackend, discard: Extents, opts: InPlaceOptions = {}): Promise<InPlaceResult> {
-  const ranges = backend.align(discard);
-  const planned = ranges.total();
   const compactor = backend.compactor;
   const canRelease = await backend.canRelease();
   const compact = compactor !== undefined && (compactor.required === true || opts.compact === true || (opts.compact === 'auto' && !canRelease));
+  if (compact && opts.findZeros && backend.granularity) {
+    const zeros = await opts.findZeros(backend.granularity);
+    opts.onTrace?.(`in-place: ${zeros.total()} more bytes read as zero and go too`);
+    discard = discard.union(zeros);
+  }
+  const ranges = backend.align(discard);
+  const planned = ranges.total();
   opts.onTrace?.(
     `in-place: ${backend.description}; ${ranges.count} ranges, ${planned} bytes; ` +
       `release ${canRelease ? 'yes' : 'no'}, compact ${compact ? 'yes' : compactor ? 'no' : 'not possible'}`,

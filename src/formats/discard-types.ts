@@ -85,6 +85,11 @@ export interface DiscardBackend {
   /** The virtual ranges this backend can really discard, from the plan's ranges. */
   align(ranges: Extents): Extents;
   /**
+   * The unit it discards in (cluster, block, grain), when it has one: compaction then also
+   * discards the units that read as zero, as `qemu-img convert` leaves them out.
+   */
+  readonly granularity?: number;
+  /**
    * Check, changing nothing, whether freed space can be released to the host (holes, BLKDISCARD).
    * Resolves false when the storage cannot; throws for a real I/O failure.
    */

@@ -99,7 +99,7 @@ export class RawFileDiscarder implements DiscardBackend {
 export class BlockDeviceDiscarder implements DiscardBackend {
   private constructor(
     private readonly file: BlockFile,
-    private readonly granularity: number,
+    private readonly unit: number,
     private readonly maxBytes: number | undefined,
   ) {}
 
@@ -115,11 +115,11 @@ export class BlockDeviceDiscarder implements DiscardBackend {
   }
 
   get description(): string {
-    return `block device (BLKDISCARD in ${this.granularity}-byte units)`;
+    return `block device (BLKDISCARD in ${this.unit}-byte units)`;
   }
 
   align(ranges: Extents): Extents {
-    return ranges.clip(0, this.file.size).alignInward(this.granularity);
+    return ranges.clip(0, this.file.size).alignInward(this.unit);
   }
 
   /** The first discard doubles as the probe where sysfs does not say (it then fails changing nothing). */

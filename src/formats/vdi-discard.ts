@@ -101,6 +101,10 @@ export class VdiDiscarder implements DiscardBackend, Compactor {
     return new VdiDiscarder(file, g, bmap);
   }
 
+  get granularity(): number {
+    return this.g.blockSize;
+  }
+
   get description(): string {
     return `vdi, ${this.g.blockSize}-byte blocks become discarded, used slots kept dense`;
   }

@@ -87,6 +87,8 @@ export class BlockFile {
       const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
       done += bytesWritten;
     }
+    // A write past the end of a file makes it longer.
+    if (!this.isBlockDevice && offset + buf.length > this.length) this.length = offset + buf.length;
   }
 
   /** Next data offset at or after `offset`, or -1 if only holes remain. Block devices are all data. */

@@ -16,6 +16,7 @@ import { makePlan, type Plan } from '../plan/plan.js';
 import { operationWarnings } from '../plan/warnings.js';
 import { snapshotAdvice } from '../analyze/report.js';
 import { discardBackendFor, discardInPlace, type CompactMode } from '../execute/in-place.js';
+import { zeroBlocks } from '../execute/zero-blocks.js';
 import type { OperationEvents } from './events.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 
@@ -158,6 +159,7 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
       signal: req.signal,
       compact: req.compact ?? false,
       path: req.path,
+      findZeros: (g) => zeroBlocks(image, plan.discard.complement(0, image.virtualSize), g, req.signal),
     });
     if (r.aborted) throw new SparsifyError('quit (^C) at user request');
     const c = r.compaction;

@@ -1,15 +1,36 @@
 /**
- * The qcow2 metadata in-place discard changes or must never free: the L1 table (kept in memory and
- * written back entry by entry), L2 tables (read fresh, bounds-checked), and the set of metadata
- * clusters (header, L1, refcount table and blocks, L2 tables) no data entry may point into.
+ * The qcow2 metadata in-place changes go through: the L1 table (kept in memory, written back entry
+ * by entry, or moved whole with the header pointing at the copy), L2 tables (read fresh,
+ * bounds-checked; 8-byte entries, or 16-byte extended entries whose second half holds the
+ * subclusters' allocated and zero bits), and the set of metadata clusters no data entry may point
+ * into (header, L1, refcount table and blocks, L2 tables, and what bitmaps add).
  */
 import type { BlockFile } from '../../io/file.js';
 import { CorruptError, hex } from '../../io/errors.js';
 import type { Qcow2Header } from './header.js';
 import type { Qcow2Refcounts } from './discard-refcount.js';
 
+export const L2_COPIED = 0x80000000;
+export const L2_COMPRESSED = 0x40000000;
+/** Header field offsets (qcow2 spec, "Header"). */
+export const HEADER_L1_TABLE_OFFSET = 40;
+export const HEADER_REFCOUNT_TABLE_OFFSET = 48;
+
+/** Host offset (bits 9-55) of a standard descriptor, from its two big-endian words. */
+export function standardHost(hi: number, lo: number): number {
+  return (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+}
+
+/** A compressed descriptor's host byte offset and its 512-byte sectors (qemu counts every sector it touches). */
+export interface Fragment {
+  host: number;
+  sectors: number;
+}
+
 export class Qcow2Layout {
   readonly l2Entries: number;
+  /** Bytes per L2 entry: 8, or 16 with extended L2 entries (subclusters). */
+  readonly entryBytes: number;
   private readonly cs: number;
   /** Host cluster indices holding metadata. */
   private readonly metadata = new Set<number>();
@@ -22,7 +43,8 @@ export class Qcow2Layout {
     private readonly l1: Buffer,
   ) {
     this.cs = h.clusterSize;
-    this.l2Entries = h.clusterSize / 8;
+    this.entryBytes = h.extendedL2 ? 16 : 8;
+    this.l2Entries = h.clusterSize / this.entryBytes;
     this.csizeShift = BigInt(62 - (h.clusterBits - 8));
   }
 
@@ -30,27 +52,32 @@ export class Qcow2Layout {
     const l1 = Buffer.alloc(h.l1Size * 8);
     if (h.l1Size > 0) await file.readExact(l1, h.l1TableOffset, 'qcow2 L1 table');
     const layout = new Qcow2Layout(file, h, l1);
-    const cs = h.clusterSize;
-    const mark = (off: number, len: number): void => {
-      for (let c = Math.floor(off / cs); c * cs < off + len; c++) layout.metadata.add(c);
-    };
-    mark(0, cs);
-    if (h.backingFileOffset) mark(h.backingFileOffset, h.backingFileSize);
-    mark(h.l1TableOffset, h.l1Size * 8);
-    mark(h.refcountTableOffset, h.refcountTableClusters * cs);
+    layout.markRange(0, h.clusterSize);
+    if (h.backingFileOffset) layout.markRange(h.backingFileOffset, h.backingFileSize);
+    layout.markRange(h.l1TableOffset, h.l1Size * 8);
+    layout.markRange(h.refcountTableOffset, h.refcountTableClusters * h.clusterSize);
     for (let i = 0; i < refcounts.tableEntries; i++) {
       const off = refcounts.blockOffset(i);
-      if (off) mark(off, cs);
+      if (off) layout.markRange(off, h.clusterSize);
     }
     for (let i = 0; i < h.l1Size; i++) {
       const off = layout.l2Offset(i);
-      if (off) layout.metadata.add(off / cs);
+      if (off) layout.metadata.add(off / h.clusterSize);
     }
     return layout;
   }
 
   private fail(msg: string): never {
     throw new CorruptError(`${this.file.path}: qcow2: ${msg}`);
+  }
+
+  /** Count the clusters of host range [off, off+len) as metadata (bitmaps add theirs). */
+  markRange(off: number, len: number): void {
+    for (let c = Math.floor(off / this.cs); c * this.cs < off + len; c++) this.metadata.add(c);
+  }
+
+  unmarkRange(off: number, len: number): void {
+    for (let c = Math.floor(off / this.cs); c * this.cs < off + len; c++) this.metadata.delete(c);
   }
 
   get l1Size(): number {
@@ -60,9 +87,7 @@ export class Qcow2Layout {
   /** Host offset of the L2 table of L1 entry `i` (0: none), validated. */
   l2Offset(i: number): number {
     if (i >= this.h.l1Size) return 0;
-    const hi = this.l1.readUInt32BE(i * 8);
-    const lo = this.l1.readUInt32BE(i * 8 + 4);
-    const off = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    const off = standardHost(this.l1.readUInt32BE(i * 8), this.l1.readUInt32BE(i * 8 + 4));
     if (off === 0) return 0;
     const cs = this.cs;
     const what = `L2 table at ${hex(off)} (L1 index ${i})`;
@@ -70,11 +95,6 @@ export class Qcow2Layout {
     if (off < cs) this.fail(`${what} overlaps the image header`);
     if (off + cs > this.file.size) this.fail(`${what} lies beyond end of file (size ${hex(this.file.size)})`);
     return off;
-  }
-
-  /** Is the L1 entry's COPIED flag set (the L2 table has refcount 1 and may be changed in place)? */
-  l1Copied(i: number): boolean {
-    return (this.l1.readUInt32BE(i * 8) & 0x80000000) !== 0;
   }
 
   async readL2(i: number): Promise<Buffer> {
@@ -87,9 +107,24 @@ export class Qcow2Layout {
   /** Drop the L2 table of L1 entry `i`: write the cleared entry (the caller syncs). */
   async clearL1(i: number): Promise<void> {
     const off = this.l2Offset(i);
-    this.l1.fill(0, i * 8, i * 8 + 8);
-    await this.file.write(Buffer.alloc(8), this.h.l1TableOffset + i * 8);
+    await this.setL1(i, 0);
     this.metadata.delete(off / this.cs);
+  }
+
+  /** Point L1 entry `i` at an L2 table with refcount 1 (COPIED), or clear it (0); the caller syncs. */
+  async setL1(i: number, offset: number): Promise<void> {
+    const old = this.l2Offset(i);
+    const e = Buffer.alloc(8);
+    if (offset !== 0) e.writeBigUInt64BE(BigInt(offset) | (1n << 63n));
+    e.copy(this.l1, i * 8);
+    await this.file.write(e, this.h.l1TableOffset + i * 8);
+    if (old) this.metadata.delete(old / this.cs);
+    if (offset) this.metadata.add(offset / this.cs);
+  }
+
+  /** The L1 table's bytes as they are (in memory), to copy it elsewhere. */
+  l1Bytes(): Buffer {
+    return this.l1;
   }
 
   /** Host cluster of a standard data entry, refused when it points at metadata or past the file. */
@@ -102,18 +137,29 @@ export class Qcow2Layout {
     return c;
   }
 
-  /** Host clusters a compressed entry holds one reference to each (qemu counts every cluster its sectors touch). */
-  compressedClusters(hi: number, lo: number, guest: number): number[] {
+  /** The bytes a compressed descriptor points at, validated. */
+  fragment(hi: number, lo: number, guest: number): Fragment {
     const desc = (BigInt(hi & 0x3fffffff) << 32n) | BigInt(lo >>> 0);
     const host = Number(desc & ((1n << this.csizeShift) - 1n));
     const sectors = Number(desc >> this.csizeShift) + 1;
-    const start = host - (host % 512);
-    const end = start + sectors * 512;
-    const cs = this.cs;
-    if (host < cs || host >= this.file.size) this.fail(`compressed cluster at ${hex(host)} (guest offset ${hex(guest)}) lies outside the file`);
+    if (host < this.cs || host >= this.file.size) this.fail(`compressed cluster at ${hex(host)} (guest offset ${hex(guest)}) lies outside the file`);
+    return { host, sectors };
+  }
+
+  /** The two words of a compressed descriptor for a fragment at `host` of `sectors` sectors. */
+  fragmentWords(host: number, sectors: number): { hi: number; lo: number } {
+    const desc = (BigInt(sectors - 1) << this.csizeShift) | BigInt(host) | (1n << 62n);
+    return { hi: Number(desc >> 32n), lo: Number(desc & 0xffffffffn) };
+  }
+
+  /** Host clusters a compressed entry holds one reference to each (every cluster its sectors touch). */
+  compressedClusters(hi: number, lo: number, guest: number): number[] {
+    const f = this.fragment(hi, lo, guest);
+    const start = f.host - (f.host % 512);
+    const end = start + f.sectors * 512;
     const out: number[] = [];
-    for (let c = Math.floor(start / cs); c <= Math.floor((end - 1) / cs); c++) {
-      if (this.metadata.has(c)) this.fail(`compressed cluster at ${hex(host)} (guest offset ${hex(guest)}) overlaps qcow2 metadata`);
+    for (let c = Math.floor(start / this.cs); c <= Math.floor((end - 1) / this.cs); c++) {
+      if (this.metadata.has(c)) this.fail(`compressed cluster at ${hex(f.host)} (guest offset ${hex(guest)}) overlaps qcow2 metadata`);
       out.push(c);
     }
     return out;
@@ -122,5 +168,9 @@ export class Qcow2Layout {
   /** Mark every metadata cluster in a bitmap of referenced clusters. */
   markMetadata(set: (c: number) => void): void {
     for (const c of this.metadata) set(c);
+  }
+
+  isMetadata(c: number): boolean {
+    return this.metadata.has(c);
   }
 }

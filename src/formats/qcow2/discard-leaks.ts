@@ -8,13 +8,12 @@
 import type { BlockFile } from '../../io/file.js';
 import type { Qcow2Header } from './header.js';
 import type { Qcow2Refcounts } from './discard-refcount.js';
-import type { Qcow2Layout } from './discard-layout.js';
+import { L2_COMPRESSED, standardHost, type Qcow2Layout } from './discard-layout.js';
 import { yieldToEventLoop, type DiscardContext } from '../discard-types.js';
 
 /** Above this many host clusters the bitmap would be too large (512-byte clusters, huge files). */
 const MAX_CLUSTERS = 2 ** 30;
 
-const L2_COMPRESSED = 0x40000000;
 
 export interface LeakResult {
   /** Clusters whose refcount went from above 0 to 0. */
@@ -40,14 +39,14 @@ export async function reclaimLeaks(file: BlockFile, h: Qcow2Header, layout: Qcow
   for (let i = 0; i < layout.l1Size; i++) {
     if (layout.l2Offset(i) === 0) continue;
     const t = await layout.readL2(i);
-    for (let e = 0; e < t.length; e += 8) {
+    for (let e = 0; e < t.length; e += layout.entryBytes) {
       const hi = t.readUInt32BE(e);
       const lo = t.readUInt32BE(e + 4);
       if (hi & L2_COMPRESSED) {
         for (const c of layout.compressedClusters(hi, lo, 0)) set(c);
         continue;
       }
-      const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      const host = standardHost(hi, lo);
       if (host !== 0) set(layout.dataCluster(host, 0));
     }
     if (i % 64 === 63) await yieldToEventLoop();

@@ -135,6 +135,38 @@ export class Qcow2Refcounts {
     await this.file.sync();
   }
 
+  /**
+   * Point refcount table entry `i` at `offset` (a copy of the block, or 0 to drop a block whose
+   * refcounts are all 0) and write the entry; the caller syncs. The cached block stays valid.
+   */
+  async setTableEntry(i: number, offset: number): Promise<void> {
+    const e = Buffer.alloc(8);
+    e.writeBigUInt64BE(BigInt(offset));
+    e.copy(this.table, i * 8);
+    await this.file.write(e, this.h.refcountTableOffset + i * 8);
+    if (offset === 0) {
+      this.cache.delete(i);
+      this.dirty.delete(i);
+    }
+  }
+
+  /** The refcount table's bytes (in memory), to copy it elsewhere. */
+  tableBytes(): Buffer {
+    return this.table;
+  }
+
+  /** The current bytes of refcount block `i` (which must exist), flushed or not. */
+  async blockBytes(i: number): Promise<Buffer> {
+    const b = await this.block(i);
+    if (!b) this.fail(`refcount block ${i} vanished`);
+    return b;
+  }
+
+  /** Does a refcount block cover host cluster `c` (so its refcount can be set without allocating)? */
+  covers(c: number): boolean {
+    return this.blockOffset(Math.floor(c / this.perBlock)) !== 0;
+  }
+
   /** Forget cached blocks (after a flush) so memory stays bounded across batches. */
   dropCache(): void {
     if (this.dirty.size) throw new Error('qcow2 refcounts: dropping unflushed refcount blocks');

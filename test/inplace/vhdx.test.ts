@@ -210,7 +210,7 @@ test('a pending log written by our log writer: qemu replays it (check -r all) to
     const block5 = Number(e5 >> 20n) * MiB;
     return [
       { kind: 'data', fileOffset: batAt, data: bat },
-      { kind: 'data', fileOffset: block5 + 8192, data: Buffer.alloc(4096, 0x5a) },
+      { kind: 'data', fileOffset: block5 + 8192, data: Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff)) },
       { kind: 'zero', fileOffset: block5 + 65536, length: 65536 },
     ];
   });

@@ -69,7 +69,9 @@ export async function compactVhdx(u: VhdxUpdater, ctx: CompactContext): Promise<
     repoint: async (batch) => {
       for (const m of batch) u.bat.set(m.key, PAYLOAD_FULLY_PRESENT, m.to);
       await u.commitBat();
-      if (ctx.release) for (const m of batch) if (m.from < p.end) releaseData(file, m.from, Math.min(m.from + m.length, p.end));
+      if (!ctx.release) return;
+      const old = new Extents(batch.map((m) => ({ start: m.from, end: m.from + m.length }))).clip(0, p.end).subtract(u.usedSpace());
+      for (const r of old) releaseData(file, r.start, r.end);
     },
   });
   result.moved = r.moved;

@@ -72,7 +72,8 @@ class VhdxDiscarder implements DiscardBackend, Compactor {
       if (bat.dirtySectors > 0) {
         await this.u.begin({ dataChanges: true });
         await this.u.commitBat();
-        if (ctx.release) for (const r of new Extents(freed)) releaseData(this.u.file, r.start, r.end);
+        // A stale offset in another entry may still name that space: it stays.
+        if (ctx.release) for (const r of new Extents(freed).subtract(this.u.usedSpace())) releaseData(this.u.file, r.start, r.end);
       }
       freed = [];
       ctx.onProgress(done);
@@ -93,6 +94,7 @@ class VhdxDiscarder implements DiscardBackend, Compactor {
         if (bat.dirtySectors >= this.u.log.capacity || freed.length >= FREED_PER_BATCH) await commit();
         if (++seen % BLOCKS_PER_YIELD === 0) {
           if (ctx.signal?.aborted) return this.stop(commit, discarded, true);
+          ctx.onProgress(done);
           await yieldToEventLoop();
         }
       }

@@ -90,7 +90,7 @@ export interface PendingLog {
 }
 
 /** Where the log lies, checked against the file. */
-function logRegion(file: BlockFile, h: VhdxHeader): { offset: number; length: number } {
+export function logRegion(file: BlockFile, h: VhdxHeader): { offset: number; length: number } {
   const where = `vhdx: ${file.path}: header at ${hex(h.at)}`;
   if (h.logVersion !== 0) throw new SparsifyError(`${where}: unsupported log version ${h.logVersion}`);
   if (h.logOffset < MiB || h.logOffset % MiB !== 0 || h.logLength % MiB !== 0) {

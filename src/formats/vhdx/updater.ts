@@ -22,7 +22,7 @@ import { LOG_SECTOR } from './log-format.js';
 import { VhdxLogWriter } from './log-writer.js';
 import { PAYLOAD_FULLY_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_UNMAPPED, PAYLOAD_ZERO } from './image.js';
 import { MiB } from './structures.js';
-import type { PendingLog } from './log-replay.js';
+import { logRegion, type PendingLog } from './log-replay.js';
 import { releaseData, writeZeroRange } from './host-space.js';
 
 /** Sector bitmap entry state for a present bitmap block (1 MiB). */
@@ -48,6 +48,12 @@ export class VhdxUpdater {
     const h = l.header;
     const where = `vhdx: ${file.path}`;
     if (h.logLength < MiB) throw new SparsifyError(`${where}: the image has no log (header at ${hex(h.at)}), which in-place updates need; use copy mode`);
+    const log = logRegion(file, h);
+    for (const r of [l.regions.bat, l.regions.metadata, ...l.regions.others]) {
+      if (r.offset < log.offset + log.length && log.offset < r.offset + r.length) {
+        throw new CorruptError(`${where}: the log (${hex(log.offset)}+${hex(log.length)}) overlaps the region at ${hex(r.offset)}`);
+      }
+    }
     if (l.regions.bat.length % LOG_SECTOR !== 0) throw new CorruptError(`${where}: BAT region at ${hex(l.regions.bat.offset)} is ${l.regions.bat.length} bytes, not whole 4 KiB sectors`);
     const used = l.entries * 8;
     const tail = Buffer.alloc(Math.ceil(used / LOG_SECTOR) * LOG_SECTOR - used);

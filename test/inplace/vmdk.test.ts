@@ -17,7 +17,7 @@ import { tempDir, haveTool, run, runStatus, sha256, garbageFile, patchFile } fro
 import * as sys from '../../src/io/syscalls.js';
 import { dumpe2fsFree, dumpe2fsUnusedItables } from '../helpers/ext-fixtures.js';
 import { makeGuestDisk, guestProblems, type GuestDisk } from '../crash/scenario.js';
-import { cliCommand } from './crash-helpers.js';
+import { cliCommand, makeGptDisk, checkRawDisk } from './crash-helpers.js';
 import { sparsifyInPlace, type InPlaceRequest } from '../../src/operations/in-place.js';
 import { CorruptError, SparsifyError } from '../../src/io/errors.js';
 import { Extents } from '../../src/io/extents.js';
@@ -259,6 +259,45 @@ test('delta disk without the zeroed-grain flag: grains kept, one warning with th
   assert.equal(sha256(readFileSync(img)), sum);
   qemuCheck(img);
   assert.deepEqual(guestProblems(img, 'vmdk', guest, work.dir), []);
+});
+
+test('--zero over a parent: grains marked zeroed with the flag; without it, one warning and the parent kept', { skip: skip || (haveTool('sgdisk') ? false : 'missing sgdisk'), timeout: 120_000 }, async () => {
+  const dir = join(work.dir, 'zero');
+  run('mkdir', ['-p', dir]);
+  const disk = makeGptDisk(dir, 'gpt.raw', 48);
+  const p2 = disk.parts[1]!;
+  run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', disk.path, join(dir, 'parent.vmdk')]);
+  for (const flag of [true, false]) {
+    const img = join(dir, `child-${flag}.vmdk`);
+    // An empty delta: every guest byte is the parent's.
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', ...(flag ? ['-o', 'zeroed_grain=on'] : []), '-b', 'parent.vmdk', '-F', 'vmdk', img]);
+    const { warnings } = await inPlace(img, { zero: ['/dev/sda2'] });
+    qemuCheck(img);
+    const raw = join(dir, `child-${flag}.raw`);
+    run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', img, raw]);
+    assert.deepEqual(checkRawDisk(raw, disk.parts.slice(0, 1), dir), [], 'partition 1 is the parent\'s, untouched');
+    const g = 65536;
+    const whole = { start: Math.ceil(p2.offset / g) * g, end: Math.floor((p2.offset + p2.size) / g) * g };
+    const zeros = (r: { start: number; end: number }) => {
+      const fd = openSync(raw, 'r');
+      try {
+        const b = Buffer.alloc(r.end - r.start);
+        readSync(fd, b, 0, b.length, r.start);
+        return b.every((v) => v === 0);
+      } finally {
+        closeSync(fd);
+      }
+    };
+    if (flag) {
+      assert.ok(zeros(whole), 'the whole grains of /dev/sda2 read as zero');
+      // The partition's last, partial grain has no grain of its own to zero: said, not hidden.
+      assert.ok(warnings.some((w) => /bytes at the unaligned edges of --zero devices still read as the parent disk's data/.test(w)), warnings.join('\n'));
+    } else {
+      assert.ok(!zeros(whole));
+      assert.ok(warnings.some((w) => /bytes of --zero devices still read as the parent disk's data/.test(w)), warnings.join('\n'));
+    }
+    assert.deepEqual(structureProblems(img), []);
+  }
 });
 
 test('a block device: compaction reports the new end; what lies below it is a whole image', { skip: skip || loopSkip(), timeout: 120_000 }, async () => {

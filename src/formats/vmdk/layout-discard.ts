@@ -40,7 +40,6 @@ export class VmdkLayout {
   readonly perTable: number;
   /** Bytes of one table on disk (whole sectors). */
   readonly tableBytes: number;
-  readonly grains: number;
   /** Where grains may start: the end of the metadata area (`overHead`). */
   readonly floor: number;
   readonly zeroGrain: boolean;
@@ -61,7 +60,6 @@ export class VmdkLayout {
     this.grainBytes = h.grainSize * SECTOR;
     this.perTable = h.numGTEsPerGT;
     this.tableBytes = Math.ceil((h.numGTEsPerGT * 4) / SECTOR) * SECTOR;
-    this.grains = Math.ceil(h.capacity / h.grainSize);
     this.floor = Math.max(h.overHead * SECTOR, SECTOR);
     this.zeroGrain = (h.flags & FLAG_ZERO_GRAIN) !== 0;
   }

@@ -13,7 +13,11 @@
  * and at the end the headers get a zero LogGuid: nothing to replay. Each entry's Tail is itself
  * (everything before it is applied), so writing the next entry over it loses nothing: torn, the
  * new entry fails its CRC and the old one is either intact (replaying it rewrites what is already
- * there) or gone. The file is never shortened while a session is open (FlushedFileOffset).
+ * there) or gone. Entries do not go round the circular log as qemu's do: qemu 7.2 replays the
+ * entry that follows the newest one without checking its sequence number, so an older entry of
+ * the same session lying there would be replayed over newer sectors; at the start of the log,
+ * only pieces of older, longer entries can follow, and those are no entries at all.
+ * The file is never shortened while a session is open (FlushedFileOffset).
  */
 import type { BlockFile } from '../../io/file.js';
 import { randomGuid } from '../common/blockwriter.js';

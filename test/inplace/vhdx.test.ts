@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { copyFileSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, truncateSync } from 'node:fs';
 import { tempDir, haveTool, run, runStatus, sha256, patchFile, readBytes } from '../helpers/fixtures.js';
 import { dumpe2fsFree, dumpe2fsUnusedItables } from '../helpers/ext-fixtures.js';
 import { makeGuestDisk, convertGuest, guestProblems, qemuCheck, type GuestDisk } from '../crash/scenario.js';
@@ -157,6 +157,34 @@ test('--zero of a partition (GPT disk): it reads as zeros edges included, the ot
     assert.ok(r.subarray(p1.offset, p1.offset + p1.size).every((x) => x === 0), `${opts.join(',')}: /dev/sda1 does not read as zeros`);
     assert.deepEqual(checkRawDisk(raw, [disk.parts[1]!], work.dir), []);
     assert.ok(r.subarray(0, p1.offset).equals(readFileSync(disk.path).subarray(0, p1.offset)), 'the partition table changed');
+  }
+});
+
+function loopSkip(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root for a loop device';
+  return runStatus('losetup', ['-f']).status === 0 ? false : 'no free loop device';
+}
+
+test('a vhdx on a block device: --compact reports the new end, and the image cut there is whole', { timeout: 300_000, skip: skip || loopSkip() }, async () => {
+  const p = vhdx('device.vhdx');
+  const size = statSync(p).size;
+  let loop = run('losetup', ['-f', '--show', p]).trim();
+  try {
+    const r = await sparsifyInPlace({ path: loop, format: 'vhdx', compact: true, ...quiet });
+    assert.ok(r.isBlockDevice && r.compacted);
+    assert.ok(r.endAfter < r.endBefore && r.endAfter % MiB === 0, `end ${r.endBefore} -> ${r.endAfter}`);
+    run('losetup', ['-d', loop]);
+    loop = '';
+    assert.equal(statSync(p).size, size, 'the device keeps its size');
+    assertClean(p);
+    // Reduced to the reported end, as a volume would be, the image is still whole.
+    const cut = join(work.dir, 'device-cut.vhdx');
+    copyFileSync(p, cut);
+    truncateSync(cut, r.endAfter);
+    assertClean(cut);
+    assert.equal(runStatus('qemu-img', ['compare', '-f', 'vhdx', '-F', 'vhdx', p, cut]).status, 0);
+  } finally {
+    if (loop) runStatus('losetup', ['-d', loop]);
   }
 });
 

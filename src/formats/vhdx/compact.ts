@@ -78,7 +78,8 @@ export async function compactVhdx(u: VhdxUpdater, ctx: CompactContext): Promise<
   await u.finish();
   if (r.aborted) return { ...result, aborted: true };
 
-  if (ctx.release) u.releaseFree(p.end);
+  // A device keeps its size: what lies past the new end is free too (the volume can be reduced to it).
+  if (ctx.release) u.releaseFree(file.isBlockDevice ? file.size : p.end);
   if (file.isBlockDevice) {
     result.endAfter = p.end;
     return result;

@@ -14,7 +14,6 @@
  * rewrites such RGT entries from the GT first and ends by releasing every unreferenced grain
  * (release-discard.ts). Compaction (compact.ts) follows when asked.
  */
-import { BlockFile } from '../../io/file.js';
 import { Extents } from '../../io/extents.js';
 import {
   yieldToEventLoop,
@@ -54,19 +53,9 @@ function newBatch(): Batch {
   return { tables: new Map(), freed: [], covered: 0, discarded: 0, kept: 0 };
 }
 
-/**
- * The file the image was opened from (writable, holding QEMU's write lock). VmdkImage keeps its
- * files private; the first one is the file it was opened from.
- */
-function topFile(image: DiskImage): BlockFile {
-  const files = image instanceof VmdkImage ? (image as unknown as { files?: unknown }).files : undefined;
-  const f = Array.isArray(files) ? (files[0] as unknown) : undefined;
-  if (!(f instanceof BlockFile)) throw new Error(`${image.path}: vmdk image without its file`);
-  return f;
-}
-
 export async function openVmdkDiscarder(image: DiskImage): Promise<DiscardBackend> {
-  const file = topFile(image);
+  if (!(image instanceof VmdkImage)) throw new Error(`${image.path}: vmdk image is not a VmdkImage`);
+  const file = image.file;
   if (!file.writable) throw new Error(`${image.path}: vmdk in-place discard needs the image opened for writing`);
   const details = image.layers()[0]?.details;
   const kind = { subformat: String(details?.['subformat'] ?? ''), extents: Number(details?.['extents'] ?? 0) };
@@ -86,6 +75,10 @@ export class VmdkDiscarder implements DiscardBackend {
     private readonly hasParent: boolean,
   ) {
     this.compactor = new VmdkCompactor(layout);
+  }
+
+  get granularity(): number {
+    return this.layout.grainBytes;
   }
 
   get description(): string {

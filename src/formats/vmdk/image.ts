@@ -81,6 +81,11 @@ export class VmdkImage implements DiskImage {
     private readonly allocated: number,
   ) {}
 
+  /** The file the image was opened from (the descriptor, or the sparse file with its descriptor). */
+  get file(): BlockFile {
+    return this.files[0]!;
+  }
+
   private pieceAt(offset: number): number {
     let lo = 0;
     let hi = this.pieces.length - 1;

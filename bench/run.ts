@@ -2,7 +2,7 @@
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
  * Options: --runs N (default 5), --quick (3 runs, no --compress bench),
- * --only copy|reflink|analysis|inplace|service|acceptance.
+ * --only copy|reflink|analysis|inplace|compact|service|acceptance.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -57,6 +57,10 @@ async function main(): Promise<void> {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
       }
+    }
+    if (!only || only === 'compact') {
+      const { benchCompact, compactTable } = (await import(new URL('./compact.js', import.meta.url).href)) as typeof import('./compact.js');
+      lines.push('', ...compactTable(await benchCompact({ runs, log })));
     }
     if (!only || only === 'service') {
       try {

@@ -159,12 +159,27 @@ export class BlockFile {
   }
 
   /**
-   * Copy [from, from+length) to [to, to+length) inside this file (the ranges must not overlap):
-   * in the kernel where it can (copy_file_range, which shares blocks on reflink filesystems),
-   * otherwise through memory.
+   * Copy [from, from+length) to [to, to+length) inside this file (the ranges must not overlap).
+   * Holes stay holes: only the source's data is copied, in the kernel where it can
+   * (copy_file_range, which shares blocks on reflink filesystems), otherwise through memory; the
+   * destination's part facing a hole is punched (written with zeros where the storage cannot).
    */
   async copyWithin(from: number, to: number, length: number): Promise<void> {
     if (from < to ? from + length > to : to + length > from) throw new Error(`${this.path}: copyWithin of overlapping ranges`);
+    const end = from + length;
+    for (let pos = from; pos < end; ) {
+      const d = this.seekData(pos);
+      const dataAt = d < 0 ? end : Math.min(end, d);
+      if (dataAt > pos) await this.zeroRange(to + (pos - from), dataAt - pos);
+      if (dataAt >= end) break;
+      const h = this.seekHole(dataAt);
+      const holeAt = h <= dataAt ? end : Math.min(end, h);
+      await this.copyData(dataAt, to + (dataAt - from), holeAt - dataAt);
+      pos = holeAt;
+    }
+  }
+
+  private async copyData(from: number, to: number, length: number): Promise<void> {
     if (!observing()) {
       try {
         await sys.copyFileRange(this.fd, from, this.fd, to, length);
@@ -177,10 +192,24 @@ export class BlockFile {
     const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, length));
     for (let done = 0; done < length; ) {
       const n = Math.min(buf.length, length - done);
-      await this.readExact(buf.subarray(0, n), from + done, 'data to move');
+      await this.readZeroPadded(buf.subarray(0, n), from + done);
       await this.write(buf.subarray(0, n), to + done);
       done += n;
     }
+  }
+
+  /** Make [offset, offset+length) read as zero: a hole, or written zeros where holes cannot be punched. */
+  private async zeroRange(offset: number, length: number): Promise<void> {
+    if (offset >= this.size) return;
+    length = Math.min(length, this.size - offset);
+    try {
+      this.punchHole(offset, length);
+      return;
+    } catch (e) {
+      if (!(e instanceof sys.SyscallError) || !COPY_UNSUPPORTED.has(e.code)) throw e;
+    }
+    const zeros = Buffer.alloc(Math.min(COPY_CHUNK, length));
+    for (let done = 0; done < length; done += zeros.length) await this.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
   }
 
   async allocatedBytes(): Promise<number> {

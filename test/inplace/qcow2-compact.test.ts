@@ -198,3 +198,18 @@ test('qcow2 --compact with an enabled persistent dirty bitmap: every changed gue
   assert.deepEqual(await dirtyRanges(p, 'frozen'), [], 'a disabled bitmap is left as it was');
   assert.deepEqual(guestProblems(p, 'qcow2', guest, work.dir), []);
 });
+
+test('--compact is for --in-place only, and --machine-readable lists it', { skip, timeout: 60_000 }, () => {
+  const r = sparsify(['--compact', guest.raw, join(work.dir, 'out.img')]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /--compact is only for --in-place mode/);
+  const caps = sparsify(['--machine-readable']);
+  assert.equal(caps.status, 0);
+  assert.match(caps.stdout, /^compact$/m);
+  const raw = join(work.dir, 'raw-compact.img');
+  copyFileSync(guest.raw, raw);
+  const x = sparsify(['--in-place', '--compact', raw]);
+  assert.equal(x.status, 0, x.stderr);
+  assert.match(x.stdout, /nothing to compact \(--compact ignored\)/);
+  assert.deepEqual(guestProblems(raw, 'raw', guest, work.dir), []);
+});

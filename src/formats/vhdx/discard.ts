@@ -44,6 +44,10 @@ class VhdxDiscarder implements DiscardBackend, Compactor {
     return this;
   }
 
+  get granularity(): number {
+    return this.u.blockSize;
+  }
+
   get description(): string {
     return `vhdx, ${this.u.blockSize}-byte blocks become zero blocks (BAT updated through the log)`;
   }

@@ -175,7 +175,7 @@ export function diskView(d: DiskRecord, v: ViewContext): DiskView {
       encrypted: a?.encrypted ?? null,
     },
     reclaimableBytes: a?.reclaimableBytes ?? null,
-    storage: { canRelease, compaction, compacts: willCompact(d.format, compaction, canRelease) },
+    storage: { canRelease, compaction, compacts: willCompact(d, compaction, canRelease) },
     device: d.device ?? null,
     vms,
     needsSparsify: needsSparsify(d, v.policy),

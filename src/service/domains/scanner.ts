@@ -268,6 +268,8 @@ export class Scanner {
         rec.format = image.format;
         rec.virtualSize = image.virtualSize;
         const layers = image.layers();
+        const sub = layers[0]?.details?.subformat;
+        rec.subformat = typeof sub === 'string' ? sub : null;
         rec.chain = layers.map((l) => {
           try {
             return realpathSync(l.path);
@@ -287,6 +289,7 @@ export class Scanner {
       rec.health = 'illegal';
       rec.error = (e as Error).message;
       rec.format = null;
+      rec.subformat = null;
       rec.chain = [];
       rec.backingRef = null;
       if (wasOk || rec.analysisKey === null) await this.ctx.record({ severity: 'warning', type: 'disk-illegal', diskId: rec.id, jobId: null, message: `Disk ${rec.name} cannot be read: ${rec.error}` });

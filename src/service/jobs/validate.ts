@@ -47,11 +47,28 @@ export const CHAIN_FORMATS = ['qcow2'];
 /**
  * Formats whose driver can discard in place (the in-place operation's contract), and of those the
  * ones that can also compact (move their kept data down and shorten the image, which gives space
- * back where holes cannot be punched). vmdk, vpc and vhdx join both lists when their in-place
- * drivers land; this is the one place that says so.
+ * back where holes cannot be punched): this is the one place that says so. Some subformats are
+ * not taken, as the probe reports them (a record older than subformats: the engine says).
  */
-export const IN_PLACE_FORMATS = ['raw', 'qcow2', 'vdi'];
-export const COMPACT_FORMATS = ['qcow2', 'vdi'];
+export const IN_PLACE_FORMATS = ['raw', 'qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx'];
+export const COMPACT_FORMATS = ['qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx'];
+/** The only subformats in place takes, where a format's driver takes only some. */
+const IN_PLACE_SUBFORMATS: Record<string, readonly string[]> = { vmdk: ['monolithicSparse'] };
+/** Subformats with nothing to compact: a fixed VHD is raw data and its footer. (A fixed VHDX is not told apart by the probe: the engine refuses it on storage that cannot punch holes.) */
+const UNCOMPACTABLE_SUBFORMATS: Record<string, readonly string[]> = { vpc: ['fixed'] };
+
+/** Can the disk be sparsified in place: its format, and its subformat where that matters. */
+export function inPlaceFormat(d: Pick<DiskRecord, 'format' | 'subformat'>): boolean {
+  if (!d.format || !IN_PLACE_FORMATS.includes(d.format)) return false;
+  const only = IN_PLACE_SUBFORMATS[d.format];
+  return !only || !d.subformat || only.includes(d.subformat);
+}
+
+/** Can an in-place job compact the disk? */
+export function compactable(d: Pick<DiskRecord, 'format' | 'subformat'>): boolean {
+  if (!d.format || !COMPACT_FORMATS.includes(d.format)) return false;
+  return !d.subformat || !(UNCOMPACTABLE_SUBFORMATS[d.format] ?? []).includes(d.subformat);
+}
 
 /**
  * Can freed space go back to the host by releasing it: holes punched in the domain's files, or
@@ -68,9 +85,9 @@ export function compactOption(setting: CompactionSetting): boolean | 'auto' {
 }
 
 /** Will an in-place job on this disk compact it? (vdi always does: its format needs it.) */
-export function willCompact(format: string | null, setting: CompactionSetting, canRelease: boolean): boolean {
-  if (!format || !COMPACT_FORMATS.includes(format)) return false;
-  return format === 'vdi' || setting === 'always' || (setting === 'where-no-holes' && !canRelease);
+export function willCompact(d: Pick<DiskRecord, 'format' | 'subformat'>, setting: CompactionSetting, canRelease: boolean): boolean {
+  if (!compactable(d)) return false;
+  return d.format === 'vdi' || setting === 'always' || (setting === 'where-no-holes' && !canRelease);
 }
 
 /** A block device the kernel holds (mounted, swap, RAID, LVM, device-mapper) is never written from here. */
@@ -83,11 +100,14 @@ export function deviceHeldRefusal(d: Pick<DiskRecord, 'name' | 'device'>): Refus
  * In place on storage that cannot release space: allowed when the image will be compacted (the
  * only way space goes back there), refused with the reason otherwise.
  */
-export function storageRefusal(d: Pick<DiskRecord, 'name' | 'format' | 'device'>, canRelease: boolean, compaction: CompactionSetting): Refusal | null {
+export function storageRefusal(d: Pick<DiskRecord, 'name' | 'format' | 'subformat' | 'device'>, canRelease: boolean, compaction: CompactionSetting): Refusal | null {
   if (canRelease || !d.format) return null;
   const where = d.device ? `the block device it is (${d.device.target}) cannot discard (queue/discard_max_bytes is 0)` : 'the storage holding it cannot punch holes';
-  if (!COMPACT_FORMATS.includes(d.format)) {
-    const why = d.format === 'raw' ? `a raw ${d.device ? 'device' : 'image'} maps the guest's bytes one to one, so it cannot be compacted either` : `${d.format} images cannot be compacted (formats: ${COMPACT_FORMATS.join(', ')})`;
+  if (!compactable(d)) {
+    const why =
+      d.format === 'raw'
+        ? `a raw ${d.device ? 'device' : 'image'} maps the guest's bytes one to one, so it cannot be compacted either`
+        : `${d.subformat ? `${d.subformat} ` : ''}${d.format} images cannot be compacted (formats: ${COMPACT_FORMATS.join(', ')})`;
     return { status: 400, code: 'storage-cannot-discard', detail: `${d.name}: ${where}, and ${why}: in-place sparsify would give nothing back${d.device ? '' : '; use mode copy-and-replace'}` };
   }
   if (compaction === 'never') {
@@ -134,8 +154,9 @@ export function validateSparsify(d: DiskRecord | undefined, ctx: ValidationConte
     return { status: 409, code: 'disk-illegal', detail: `${name} is illegal: ${d.error ?? 'the image cannot be read'}` };
   }
   if (ctx.mode === 'in-place') {
-    if (!IN_PLACE_FORMATS.includes(d.format)) {
-      return { status: 400, code: 'format-cannot-discard', detail: `${name}: ${d.format} images cannot be sparsified in place (formats: ${IN_PLACE_FORMATS.join(', ')}); use mode copy-and-replace` };
+    if (!inPlaceFormat(d)) {
+      const what = IN_PLACE_FORMATS.includes(d.format) ? `${d.subformat} ${d.format} images cannot be sparsified in place (only ${IN_PLACE_SUBFORMATS[d.format]!.join(', ')})` : `${d.format} images cannot be sparsified in place (formats: ${IN_PLACE_FORMATS.join(', ')})`;
+      return { status: 400, code: 'format-cannot-discard', detail: `${name}: ${what}; use mode copy-and-replace` };
     }
     const storage = storageRefusal(d, storageCanRelease(d, ctx.canDiscard), ctx.compaction);
     if (storage) return storage;

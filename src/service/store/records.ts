@@ -117,6 +117,8 @@ export interface DiskRecord {
   mtimeMs: number;
   ctimeMs: number;
   format: string | null;
+  /** What the probe says of the format's variant (vmdk monolithicSparse, vpc fixed, vdi dynamic...); absent in older records. */
+  subformat?: string | null;
   virtualSize: number | null;
   /** Host bytes of the file (st_blocks * 512); of a block device, its capacity (what it takes of its volume group or SAN). */
   actualSize: number;

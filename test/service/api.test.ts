@@ -50,7 +50,8 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', join(domain, 'overlay.qcow2')]);
       run('qemu-img', ['create', '-q', '-f', 'qcow2', join(domain, 'snap.qcow2'), '64M']);
       run('qemu-img', ['snapshot', '-c', 'before-upgrade', join(domain, 'snap.qcow2')]);
-      run('qemu-img', ['create', '-q', '-f', 'vmdk', join(domain, 'disk.vmdk'), '16M']);
+      // streamOptimized: compressed grains written once in order, which in place cannot change.
+      run('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=streamOptimized', join(domain, 'disk.vmdk'), '16M']);
       // A qcow2 header with an impossible version: unreadable, so ILLEGAL.
       const broken = Buffer.alloc(4096);
       broken.write('QFI\xfb', 0, 'latin1');

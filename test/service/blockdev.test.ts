@@ -112,7 +112,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       mounted = join(tmp.dir, 'mnt');
       const database = backend === 'postgres' ? (pg ??= await startPostgres()).database('blockdev') : undefined;
       server = await startServer({ database, dataDir: join(tmp.dir, 'data'), domains: [domain], env: { SPARSIFY_DEFAULT_MODE: 'copy-and-replace' } });
-      disks = await analyzedDisks(server, 4);
+      disks = await analyzedDisks(server, 4, 60_000);
     });
 
     after(() =>

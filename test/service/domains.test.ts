@@ -47,7 +47,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       database = backend === 'postgres' ? (pg ??= await startPostgres()).database('domains') : undefined;
       await startA();
       if (database) b = await startServer({ database, hostName: 'beta', dataDir: join(tmp.dir, 'data-b'), domains: [domain] });
-      disk = diskByName(await analyzedDisks(a!, 1), 'vm.qcow2');
+      disk = diskByName(await analyzedDisks(a!, 1, 60_000), 'vm.qcow2');
       domainId = disk.domainId;
     });
 

@@ -191,15 +191,15 @@ export async function sparsifyAndWait(s: Server, diskId: string, body: unknown, 
   }, timeoutMs);
 }
 
-/** All disks once every one of them has been analyzed. */
-export async function analyzedDisks(s: Server, count: number): Promise<Array<Record<string, any>>> {
+/** All disks once every one of them has been analyzed (a loaded machine may want a longer `timeoutMs`). */
+export async function analyzedDisks(s: Server, count: number, timeoutMs = 20_000): Promise<Array<Record<string, any>>> {
   let last = '';
   return waitFor(() => `${count} analyzed disks; last seen: ${last}`, async () => {
     const r = await http<{ disks: Array<Record<string, any>> }>(s, 'GET', '/api/disks');
     const d = r.body.disks;
     last = d.map((x) => `${x.name}:${x.status}:${x.analysis.state}`).join(', ');
     return d.length === count && d.every((x) => x.analysis.state !== 'pending' || x.status === 'illegal') ? d : undefined;
-  });
+  }, timeoutMs);
 }
 
 export function diskByName(disks: Array<Record<string, any>>, name: string): Record<string, any> {
@@ -228,14 +228,15 @@ function guestFiles(seed: string, sizeMiB: number): Record<string, Buffer> {
 
 /**
  * The guest's view of a disk made by makeGuestDisk, checked with the real tools: qemu-img check
- * (image formats: qcow2, vdi), e2fsck -fn of its filesystem, and every kept file's checksum.
- * `path` may be a block device holding the image. Returns a problem, or undefined when all is well.
+ * (image formats but vpc, which qemu-img cannot check; its reading driver still converts it),
+ * e2fsck -fn of its filesystem, and every kept file's checksum. `path` may be a block device
+ * holding the image. Returns a problem, or undefined when all is well.
  */
-export function guestProblem(path: string, format: 'raw' | 'qcow2' | 'vdi', workDir: string, seed: string, sizeMiB = 34): string | undefined {
+export function guestProblem(path: string, format: 'raw' | 'qcow2' | 'vdi' | 'vmdk' | 'vpc' | 'vhdx', workDir: string, seed: string, sizeMiB = 34): string | undefined {
   const tag = Math.random().toString(36).slice(2);
   let raw = path;
   if (format !== 'raw') {
-    const check = runStatus('qemu-img', ['check', '-q', '-f', format, path]);
+    const check = format === 'vpc' ? { status: 0, stdout: '', stderr: '' } : runStatus('qemu-img', ['check', '-q', '-f', format, path]);
     if (check.status !== 0) return `qemu-img check ${path}: ${check.stdout}${check.stderr}`;
     raw = join(workDir, `guest-${tag}.raw`);
     run('qemu-img', ['convert', '-f', format, '-O', 'raw', path, raw]);

@@ -11,7 +11,7 @@ const CHOICES: Array<{ value: Compaction; label: string }> = [
 const HELP: Record<Compaction, string> = {
   'where-no-holes': 'In place, images are compacted only where the storage cannot punch holes (or the device cannot discard): there it is the only way space comes back.',
   always: 'In place, every image that can be compacted is: its kept data moves down and the file is shortened, besides the holes.',
-  never: 'Never compacted: a qcow2 or vdi on storage that cannot punch holes is refused in place.',
+  never: 'Never compacted (but vdi, whose format needs it): an image on storage that cannot punch holes is refused in place.',
 };
 
 /**

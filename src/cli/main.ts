@@ -76,14 +76,12 @@ function inPlaceSummary(out: Output, report: InPlaceReport): void {
           `(${report.endBefore} -> ${report.endAfter} bytes; ${humanSize(report.releasedByTruncation)} of it given back by truncation)`,
       );
     }
+  } else if (report.compactableEnd !== undefined && report.isBlockDevice) {
+    out.info(`--compact would move the kept data down so that the image ends at byte ${report.compactableEnd}; the volume could then be reduced to that plus headroom`);
   } else if (report.compactableEnd !== undefined && report.compactableEnd < report.endAfter) {
     const gain = report.endAfter - report.compactableEnd;
-    out.info(
-      `--compact would make the image ${humanSize(gain)} shorter (${report.endAfter} -> about ${report.compactableEnd} bytes)` +
-        (report.isBlockDevice ? '; the volume could then be reduced' : ''),
-    );
+    out.info(`--compact would make the image ${humanSize(gain)} shorter (${report.endAfter} -> about ${report.compactableEnd} bytes)`);
   }
-  if (report.isBlockDevice && !report.compacted) out.machineLine(`image-end-offset: ${report.endAfter}`);
 }
 
 /** The operation events, printed the virt-sparsify way. */

@@ -108,9 +108,12 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
         (compactor ? '; --compact gives the space back by moving the kept data down and shortening the image' : ''),
     );
   }
-  opts.onProgress?.({ done: 0, total: planned });
+  // Progress in plan bytes; when compacting, the moves are the second half of the bar (their total
+  // is only known once the discard is done).
+  const total = compact ? 2 * Math.max(planned, 1) : planned;
+  opts.onProgress?.({ done: 0, total });
   const r = await backend.discard(ranges, {
-    onProgress: (done) => opts.onProgress?.({ done: Math.min(done, planned), total: planned }),
+    onProgress: (done) => opts.onProgress?.({ done: Math.min(done, planned), total }),
     signal: opts.signal,
     warn: (m) => opts.onWarning?.(m),
     zero: opts.zero,
@@ -123,15 +126,18 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
     if (backend.writeZeros) await backend.writeZeros(edges);
     else opts.onWarning?.(`${edges.total()} bytes at the unaligned edges of --zero devices were left as they were`);
   }
-  opts.onProgress?.({ done: planned, total: planned });
+  opts.onProgress?.({ done: compact ? total / 2 : planned, total });
   if (compact) {
+    const half = total / 2;
     result.compaction = await compactor.compact({
+      onProgress: (done, of) => opts.onProgress?.({ done: half + Math.floor((half * Math.min(done, of)) / Math.max(of, 1)), total }),
       signal: opts.signal,
       warn: (m) => opts.onWarning?.(m),
       release: canRelease,
       zero: opts.zero,
     });
     result.aborted = result.compaction.aborted;
+    if (!result.aborted) opts.onProgress?.({ done: total, total });
   } else if (compactor) {
     result.compactableEnd = await compactor.plannedEnd();
   }

@@ -80,6 +80,7 @@ export async function openVhdx(file: BlockFile, _ctx: OpenContext): Promise<Disk
     mib[i] = m;
   }
   const img = new VhdxImage(file, l.md.virtualSize, l.md.blockSize, l.ratio, states, mib, {
+    subformat: l.md.leaveBlocksAllocated ? 'fixed' : 'dynamic',
     block_size: l.md.blockSize,
     logical_sector_size: l.md.logicalSectorSize,
   }, l.pending?.overlay);

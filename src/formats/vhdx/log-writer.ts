@@ -91,10 +91,14 @@ export class VhdxLogWriter {
     this.sequence = 1n;
   }
 
-  /** Close the session: a zero log GUID in both headers (also retires a replayed log). */
+  /**
+   * Close the session: a zero log GUID in both headers (also retires a replayed log). The log's
+   * entries are dead then, so the space they took is given back where the storage can.
+   */
   async end(): Promise<void> {
     await this.updateHeaders({ logGuid: ZERO_GUID });
     this.guid = undefined;
+    if (await this.file.canRelease()) this.file.release(this.logOffset, this.raw.readUInt32LE(68));
   }
 
   /** Write `sectors` (4 KiB each, by file offset) through the log, in as few entries as fit. */

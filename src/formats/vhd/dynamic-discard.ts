@@ -13,18 +13,24 @@
  *      interrupted run); fdatasync;
  *   2. their BAT entries become 0xFFFFFFFF; fdatasync.
  * Compaction (after a discard that released nothing):
- *   1. the blocks (bitmap + data, one slot) past the new end move into free slots lower down,
- *      copy-on-write in batches: copy, fdatasync, BAT entries, fdatasync (common/slot-moves.ts);
- *   2. the footer is written at the new end (the highest block end), fdatasync;
- *   3. the file is truncated after that footer, fdatasync;
- *   4. (release) what nothing references below the new end is punched.
+ *   1. (release) what nobody references, the dropped slots among it, is punched; fdatasync;
+ *   2. the blocks (bitmap + data, one slot) past the new end move into free slots lower down,
+ *      copy-on-write in batches: copy, fdatasync, BAT entries, fdatasync (common/slot-moves.ts),
+ *      then (release) the old slots are punched, fdatasync;
+ *   3. the footer is written at the new end (the highest block end), fdatasync;
+ *   4. the file is truncated after that footer, fdatasync;
+ *   5. (release) anything still unreferenced below the new end is punched.
  * A power cut leaves every BAT entry pointing at its old or its new slot, both whole, no block past
- * the end of the file (qemu refuses that), and a valid footer at the end (the old one until step 3,
+ * the end of the file (qemu refuses that), and a valid footer at the end (the old one until step 4,
  * which cuts the file just after the new one). At worst slots nobody references: the next run
- * gives them back or cuts them off. One window remains: between a batch's BAT entries and the
- * truncation, the slots moved away from past qemu's append point still hold their old bytes.
+ * gives them back or cuts them off. Windows remain past qemu's append point: in a compacting run
+ * the discard drops blocks without punching (it is told not to release), so their slots keep their
+ * bytes until step 1 is durable; a moved block's old slot keeps them from its BAT entry's
+ * fdatasync until the punch after it is durable (no order zeroes a slot before its BAT entry
+ * leaves it); where holes cannot be punched, both last until the truncation. qemu appending a
+ * block there before a rerun would show those bytes to the guest.
  */
-import { CorruptError, hex } from '../../io/errors.js';
+import { hex } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import { FOOTER_SIZE } from '../common/vhd-footer.js';
 import { moveSlots, planSlotMoves, type SlotPlan } from '../common/slot-moves.js';
@@ -220,6 +226,9 @@ export class DynamicVhdDiscarder implements DiscardBackend {
   private async compact(ctx: CompactContext): Promise<CompactResult> {
     const file = this.layout.file;
     const endBefore = file.size;
+    // The discard before left the dropped slots as they were: where holes can be punched, they
+    // (and any other space nobody references) read as zero before the first move.
+    if (ctx.release && (await this.releaseUnreferenced(this.layout.floor, this.fileDataEnd())) > 0) await file.sync();
     const plan = this.plan();
     const moved = await moveSlots(file, plan.moves, {
       batch: MOVES_PER_BATCH,
@@ -228,12 +237,16 @@ export class DynamicVhdDiscarder implements DiscardBackend {
       repoint: async (moves) => {
         await this.layout.writeEntries(new Map(moves.map((m) => [m.key, m.to / SECTOR])));
         await file.sync();
+        // The old slots are nobody's now: zero them at once rather than at the truncation.
+        if (!ctx.release) return;
+        for (const r of new Extents(moves.map((m) => ({ start: m.from, end: m.from + m.length })))) file.release(r.start, r.end - r.start);
+        await file.sync();
       },
     });
     // Even after a stop: what is past the last referenced block goes (a few quick steps).
     const end = this.layout.dataEnd();
     const length = end + FOOTER_SIZE;
-    if (end > file.size) throw new CorruptError(`vpc: ${file.path}: a block ends at ${hex(end)}, past the end of the file`);
+    if (end > file.size) throw new Error(`vpc: ${file.path}: a block ends at ${hex(end)}, past the end of the file`);
     const result: CompactResult = { endBefore, endAfter: file.size, moved: moved.moved, truncated: false, releasedByTruncation: 0, aborted: moved.aborted };
     if (file.size > length || !this.layout.tailFooter) {
       await file.write(this.layout.footer, end);

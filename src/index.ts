@@ -16,4 +16,6 @@ export type { Progress, ProgressListener } from './execute/progress.js';
 export type { OperationEvents } from './operations/events.js';
 export { sparsifyCopy, type CopyRequest, type CopyReport } from './operations/copy.js';
 export { sparsifyInPlace, type InPlaceRequest, type InPlaceReport } from './operations/in-place.js';
+export type { CompactMode } from './execute/in-place.js';
+export { deviceDiscardInfo, type DeviceDiscardInfo } from './io/device-info.js';
 export { acquireImageLock, READ_LOCK, WRITE_LOCK, type LockRequest } from './io/image-lock.js';

@@ -6,7 +6,7 @@
  * Nothing else a symlink may lead to is a disk: a link to a file could lead out of the domain.
  */
 import { closeSync, constants, openSync, realpathSync, statSync, type Stats } from 'node:fs';
-import { deviceDiscardInfo } from '../../io/device-info.js';
+import { deviceDiscardInfo } from '../../index.js';
 import * as sys from '../../io/syscalls.js';
 import type { DeviceFacts } from '../store/records.js';
 import { statKey } from './stat-key.js';

@@ -22,5 +22,5 @@ export async function openVhdDiscarder(image: DiskImage): Promise<DiscardBackend
       `${file.path}: --in-place is not supported for a dynamic VHD on a block device (qemu would append new blocks over stale data); use copy mode: sparsify ${file.path} OUTPUT`,
     );
   }
-  return new DynamicVhdDiscarder(await VhdLayout.load(file), image.virtualSize);
+  return DynamicVhdDiscarder.open(await VhdLayout.load(file), image.virtualSize);
 }

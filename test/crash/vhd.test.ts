@@ -129,7 +129,7 @@ test('power cut: dynamic vhd in place, discard (zero first, then the BAT)', { sk
   const pristine = smallBlockVhd(small.raw, join(work.dir, 'discard.vhd'), SMALL_BLOCK);
   const st = await runScenario({
     name: 'vhd-discard', format: 'vpc', pristine, guest: small, request: {},
-    states: { seed: 17, prefixes: 12, randoms: 80 }, rerunEvery: 12,
+    states: { seed: 17, prefixes: 12, randoms: 60 }, rerunEvery: 12,
     extra: (s) => [...opensWithFooter(s), ...zeroPastAppendPoint(s, SMALL_BLOCK)],
   });
   t.diagnostic(JSON.stringify(st));
@@ -142,7 +142,7 @@ test('power cut: dynamic vhd in place --compact (moves, footer, truncation)', { 
   const pristine = smallBlockVhd(small.raw, join(work.dir, 'compact.vhd'), SMALL_BLOCK);
   const st = await runScenario({
     name: 'vhd-compact', format: 'vpc', pristine, guest: small, request: { compact: true },
-    states: { seed: 29, prefixes: 8, randoms: 20, tearRate: 0.4 }, rerunEvery: 12,
+    states: { seed: 29, prefixes: 8, randoms: 16, tearRate: 0.4 }, rerunEvery: 12,
     extra: (s) => {
       // Counted, not failed: the windows the discarder's opening comment names.
       if (zeroPastAppendPoint(s, SMALL_BLOCK).length) stale++;

@@ -1,17 +1,20 @@
 /**
  * In-place discard and compaction for dynamic VHD (qemu: vpc), on the host layout of layout.ts.
- * A block wholly inside the discard ranges gets BAT entry 0xFFFFFFFF: it reads as zero. A
- * differencing disk cannot say "zero" (an absent block shows the parent): it keeps its blocks and
- * says how many bytes it kept.
+ * A block wholly inside the discard ranges gets BAT entry 0xFFFFFFFF: it reads as zero. Where
+ * holes can be punched, the guest's free space inside the blocks that stay becomes holes too
+ * (release.ts). A differencing disk cannot say "zero" (an absent block shows the parent): it keeps
+ * its blocks and says how many bytes it kept.
  *
  * The safety rule beyond "never neither": qemu appends a new block at the highest block end and
  * does not zero its data, counting on what lies past that point reading as zero (a file's end). So
  * space is made to read as zero before the BAT stops pointing at it, not after.
- * Discard, per batch of blocks:
+ * Discard:
+ *   0. (release) any space nobody references (left by an interrupted run) is punched; fdatasync;
+ *   then per batch of blocks:
  *   1. (release) the dropped blocks' slots are punched (the guest does not use them: zeros there
- *      change nothing it reads), and, in the first batch, any space nobody references (left by an
- *      interrupted run); fdatasync;
- *   2. their BAT entries become 0xFFFFFFFF; fdatasync.
+ *      change nothing it reads); fdatasync;
+ *   2. their BAT entries become 0xFFFFFFFF; fdatasync;
+ *   and last: (release) holes inside the blocks that stay; fdatasync.
  * Compaction (after a discard that released nothing):
  *   1. (release) what nobody references, the dropped slots among it, is punched; fdatasync;
  *   2. the blocks (bitmap + data, one slot) past the new end move into free slots lower down,
@@ -19,7 +22,8 @@
  *      then (release) the old slots are punched, fdatasync;
  *   3. the footer is written at the new end (the highest block end), fdatasync;
  *   4. the file is truncated after that footer, fdatasync;
- *   5. (release) anything still unreferenced below the new end is punched.
+ *   5. (release) holes inside the blocks where they now are, and in anything still unreferenced
+ *      below the new end; fdatasync.
  * A power cut leaves every BAT entry pointing at its old or its new slot, both whole, no block past
  * the end of the file (qemu refuses that), and a valid footer at the end (the old one until step 4,
  * which cuts the file just after the new one). At worst slots nobody references: the next run
@@ -30,7 +34,7 @@
  * leaves it); where holes cannot be punched, both last until the truncation. qemu appending a
  * block there before a rerun would show those bytes to the guest.
  */
-import { hex } from '../../io/errors.js';
+import { CorruptError, hex } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import { FOOTER_SIZE } from '../common/vhd-footer.js';
 import { moveSlots, planSlotMoves, type SlotPlan } from '../common/slot-moves.js';
@@ -44,6 +48,7 @@ import {
   type DiscardResult,
 } from '../discard-types.js';
 import { NO_BLOCK, type VhdLayout } from './layout.js';
+import { punchInsideBlocks, punchUnit, releaseUnreferenced } from './release.js';
 
 /** Blocks whose BAT entries change per batch (two fdatasyncs each). */
 const BLOCKS_PER_BATCH = 4096;
@@ -57,9 +62,16 @@ export class DynamicVhdDiscarder implements DiscardBackend {
   readonly compactor?: Compactor;
   readonly writeZeros?: (ranges: Extents) => Promise<void>;
 
-  constructor(
+  /** The plan's guest ranges inside blocks that stay (what align() leaves out of whole blocks). */
+  private inside = new Extents();
+  /** Guest ranges inside kept blocks that were punched and read as zero. */
+  private zeroedInside = new Extents();
+
+  private constructor(
     private readonly layout: VhdLayout,
     private readonly virtualSize: number,
+    /** The host filesystem's block: the unit of holes inside kept blocks. */
+    private readonly unit: number,
   ) {
     if (!layout.differencing) {
       this.compactor = { plannedEnd: () => this.plannedEnd(), compact: (ctx) => this.compact(ctx) };
@@ -67,21 +79,32 @@ export class DynamicVhdDiscarder implements DiscardBackend {
     }
   }
 
+  static async open(layout: VhdLayout, virtualSize: number): Promise<DynamicVhdDiscarder> {
+    if (layout.entries * layout.blockSize < virtualSize) {
+      throw new CorruptError(`vpc: ${layout.file.path}: BAT of ${layout.entries} entries does not cover virtual size ${virtualSize}`);
+    }
+    return new DynamicVhdDiscarder(layout, virtualSize, await punchUnit(layout.file.path));
+  }
+
   get description(): string {
     const bs = this.layout.blockSize;
     return this.layout.differencing
       ? `vpc differencing, ${bs}-byte blocks kept (an absent block shows the parent)`
-      : `vpc dynamic, ${bs}-byte blocks become unallocated`;
+      : `vpc dynamic, ${bs}-byte blocks become unallocated, free space inside the others holes`;
   }
 
-  /** Whole blocks; the last, partial block counts as whole when the range reaches the end of the disk. */
+  /**
+   * Whole blocks; the last, partial block counts as whole when the range reaches the end of the
+   * disk. The rest of the plan, inside blocks that stay, is kept for holes inside them.
+   */
   align(ranges: Extents): Extents {
     const size = this.virtualSize;
     const bs = this.layout.blockSize;
-    const inward = ranges.clip(0, size).alignInward(bs);
+    let whole = ranges.clip(0, size).alignInward(bs);
     const tailStart = Math.floor(size / bs) * bs;
-    if (tailStart < size && ranges.clip(tailStart, size).total() === size - tailStart) return inward.union(Extents.of(tailStart, size));
-    return inward;
+    if (tailStart < size && ranges.clip(tailStart, size).total() === size - tailStart) whole = whole.union(Extents.of(tailStart, size));
+    this.inside = this.layout.differencing ? new Extents() : ranges.clip(0, size).subtract(whole);
+    return whole;
   }
 
   canRelease(): Promise<boolean> {
@@ -92,7 +115,7 @@ export class DynamicVhdDiscarder implements DiscardBackend {
     if (this.layout.differencing) return this.keepAll(ranges, ctx);
     const { file, blockSize: bs } = this.layout;
     if (ctx.release) {
-      const leaked = await this.releaseUnreferenced(this.layout.floor, this.fileDataEnd());
+      const leaked = await releaseUnreferenced(this.layout, this.layout.floor, this.fileDataEnd());
       if (leaked) {
         await file.sync();
         ctx.warn(`gave back ${leaked} bytes of the VHD that no BAT entry references (left by an interrupted run, or padding)`);
@@ -125,7 +148,12 @@ export class DynamicVhdDiscarder implements DiscardBackend {
     }
     await commit();
     ctx.onProgress(done);
-    return { discarded: done, kept: 0, aborted: false };
+    if (ctx.release) {
+      this.zeroedInside = await punchInsideBlocks(this.layout, this.inside, this.unit);
+      await file.sync();
+    }
+    // Bytes inside kept blocks that now read as zero count too (they lie outside the aligned plan).
+    return { discarded: done + this.zeroedInside.total(), kept: 0, aborted: false };
   }
 
   /** A differencing disk: every block stays as it is; say how much of the plan that kept. */
@@ -156,7 +184,8 @@ export class DynamicVhdDiscarder implements DiscardBackend {
   private async zeroInBlocks(ranges: Extents): Promise<void> {
     const { file, blockSize: bs, bitmapSize } = this.layout;
     let wrote = false;
-    for (const r of ranges.clip(0, this.virtualSize)) {
+    // What the discard punched inside kept blocks reads as zero already.
+    for (const r of ranges.clip(0, this.virtualSize).subtract(this.zeroedInside)) {
       for (let pos = r.start; pos < r.end; ) {
         const i = Math.floor(pos / bs);
         const stop = Math.min(r.end, (i + 1) * bs);
@@ -183,36 +212,6 @@ export class DynamicVhdDiscarder implements DiscardBackend {
     return this.layout.file.size - (this.layout.tailFooter ? FOOTER_SIZE : 0);
   }
 
-  /**
-   * Punch what holds data in [start, end) that neither the metadata nor a BAT entry references,
-   * so that it reads as zero. Returns the bytes that were not zero already (a slot punched off its
-   * filesystem blocks leaves zeroed partial blocks that SEEK_DATA still reports).
-   */
-  private async releaseUnreferenced(start: number, end: number): Promise<number> {
-    const file = this.layout.file;
-    if (end <= start) return 0;
-    let released = 0;
-    const buf = Buffer.allocUnsafe(ZERO_CHUNK);
-    for (const r of Extents.of(start, end).subtract(this.layout.used())) {
-      for (let pos = r.start; pos < r.end; ) {
-        const d = file.seekData(pos);
-        if (d < 0 || d >= r.end) break;
-        const h = Math.min(file.seekHole(d), r.end);
-        if (h <= d) break;
-        for (let at = d; at < h; at += ZERO_CHUNK) {
-          const piece = buf.subarray(0, Math.min(ZERO_CHUNK, h - at));
-          await file.readExact(piece, at, 'vpc unreferenced space');
-          if (!piece.some((x) => x !== 0)) continue;
-          file.release(at, piece.length);
-          released += piece.length;
-        }
-        pos = h;
-      }
-      await yieldToEventLoop();
-    }
-    return released;
-  }
-
   private plan(): SlotPlan {
     return planSlotMoves(this.layout.slots(), { floor: this.layout.floor, align: SECTOR, pinned: this.layout.metadata });
   }
@@ -228,7 +227,7 @@ export class DynamicVhdDiscarder implements DiscardBackend {
     const endBefore = file.size;
     // The discard before left the dropped slots as they were: where holes can be punched, they
     // (and any other space nobody references) read as zero before the first move.
-    if (ctx.release && (await this.releaseUnreferenced(this.layout.floor, this.fileDataEnd())) > 0) await file.sync();
+    if (ctx.release && (await releaseUnreferenced(this.layout, this.layout.floor, this.fileDataEnd())) > 0) await file.sync();
     const plan = this.plan();
     const moved = await moveSlots(file, plan.moves, {
       batch: MOVES_PER_BATCH,
@@ -259,7 +258,12 @@ export class DynamicVhdDiscarder implements DiscardBackend {
         result.truncated = true;
       }
     }
-    if (ctx.release && !moved.aborted && (await this.releaseUnreferenced(this.layout.floor, end)) > 0) await file.sync();
+    if (ctx.release && !moved.aborted) {
+      // The blocks are where they stay: the guest's free space inside them, and anything left over.
+      await punchInsideBlocks(this.layout, this.inside, this.unit);
+      await releaseUnreferenced(this.layout, this.layout.floor, end);
+      await file.sync();
+    }
     result.endAfter = file.size;
     return result;
   }

@@ -17,6 +17,11 @@ import { makeGuestDisk, guestProblems, convertGuest, type GuestDisk } from '../c
 import { cliCommand, makeGptDisk, checkRawDisk } from './crash-helpers.js';
 import { sparsifyInPlace, type InPlaceRequest } from '../../src/operations/in-place.js';
 import { CorruptError } from '../../src/io/errors.js';
+import { openImage } from '../../src/formats/open.js';
+import { analyzeDisk } from '../../src/analyze/analyze.js';
+import { makePlan } from '../../src/plan/plan.js';
+import { discardBackendFor, discardInPlace } from '../../src/execute/in-place.js';
+import type { DiscardBackend } from '../../src/formats/discard-types.js';
 
 const missing = ['qemu-img', 'qemu-io', 'mke2fs', 'e2fsck', 'debugfs'].filter((t) => !haveTool(t));
 const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
@@ -179,6 +184,40 @@ test('dynamic vhd --compact: blocks move down, the footer follows the last one, 
   const again = await inPlace(img, { compact: true });
   assert.equal(again.report.bytesMoved, 0);
   assert.equal(statSync(img).size, report.endAfter);
+  assertQemuAppends(img);
+  assertGuestIntact(img);
+});
+
+test('storage that cannot punch holes: compaction alone gives the space back (the truncation zeroes what qemu appends over)', { timeout: 300_000, skip }, async () => {
+  const img = copyOf('no-holes.vhd');
+  const size = statSync(img).size;
+  const image = await openImage(img, { lock: 'write', writable: true });
+  let r;
+  try {
+    const backend = await discardBackendFor(image);
+    // As on NFS before 4.2 or FUSE: every call goes to the real backend but for the probe.
+    const noHoles: DiscardBackend = {
+      description: backend.description,
+      align: (x) => backend.align(x),
+      canRelease: async () => false,
+      discard: (x, ctx) => {
+        assert.equal(ctx.release, false);
+        return backend.discard(x, ctx);
+      },
+      writeZeros: backend.writeZeros,
+      compactor: backend.compactor,
+    };
+    const plan = makePlan(await analyzeDisk(image));
+    r = await discardInPlace(noHoles, plan.discard, { compact: 'auto' });
+  } finally {
+    await image.close();
+  }
+  assert.ok(r.compaction && r.compaction.truncated && r.compaction.moved > 0, JSON.stringify(r.compaction));
+  assert.equal(r.compaction.endAfter, statSync(img).size);
+  assert.equal(size - r.compaction.endAfter, (r.planned / BLOCK) * SLOT);
+  assert.equal(qemuEnd(qemuMap(img)) + 512, statSync(img).size);
+  assertFooterAtEnd(img);
+  assertGuestIntact(img);
   assertQemuAppends(img);
   assertGuestIntact(img);
 });

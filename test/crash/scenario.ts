@@ -8,14 +8,35 @@
  * costs a conversion, one fsck and one debugfs dump.
  */
 import { join, dirname, basename } from 'node:path';
-import { copyFileSync, rmSync, mkdirSync, openSync, readSync, closeSync } from 'node:fs';
+import { copyFileSync, rmSync, mkdirSync, openSync, readSync, closeSync, accessSync, constants, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
-import { run, runStatus, fileContent, garbageFile } from '../helpers/fixtures.js';
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { run, runStatus, fileContent, garbageFile, haveTool } from '../helpers/fixtures.js';
 import { makeExtImage, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 import { sparsifyInPlace, type InPlaceRequest } from '../../src/operations/in-place.js';
 import { recordIo, epochsOf, crashStates, StateBuilder, opCounts, type StateOptions } from './harness.js';
 
 export const CRASH_TOOLS = ['qemu-img', 'mke2fs', 'e2fsck', 'debugfs'];
+
+/**
+ * A temporary folder for power-cut scenarios, on tmpfs (/dev/shm) where there is one: every state
+ * is a copy of the image and a conversion of it, hundreds of times over, and on tmpfs those are
+ * memory copies, not disk writes waiting for write-back. tmpfs punches holes and seeks data and
+ * holes like a disk filesystem.
+ */
+export function crashTempDir(prefix: string): { dir: string; cleanup: () => void } {
+  let base = tmpdir();
+  try {
+    accessSync('/dev/shm', constants.W_OK);
+    base = '/dev/shm';
+  } catch {
+    // no tmpfs: the ordinary temporary folder
+  }
+  const dir = mkdtempSync(join(base, prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
 
 export interface GuestDisk {
   /** The raw disk: a whole-disk ext4 on garbage, with deleted files' data in its free blocks. */
@@ -199,3 +220,45 @@ export function convertGuest(guest: GuestDisk, format: string, out: string, opti
 
 /** A garbage-filled raw file, for backing files. */
 export { garbageFile };
+
+/** A test file's shared setting: the tools to skip without, a folder on tmpfs, and the guest disk. */
+export interface CrashSuite {
+  skip: string | false;
+  readonly dir: string;
+  readonly guest: GuestDisk;
+  /** Run a scenario on this suite's guest; fails on any problem or with fewer than `minStates` states. */
+  check(t: { diagnostic(m: string): void }, s: Omit<Scenario, 'guest'>, minStates: number): Promise<ScenarioStats>;
+}
+
+/** Register the file's before/after hooks (a folder, a guest disk of `sizeMiB`) and return its suite. */
+export function crashSuite(prefix: string, sizeMiB = 16): CrashSuite {
+  const missing = CRASH_TOOLS.filter((t) => !haveTool(t));
+  const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
+  let work: { dir: string; cleanup: () => void } | undefined;
+  let guest: GuestDisk | undefined;
+  before(() => {
+    if (skip) return;
+    work = crashTempDir(prefix);
+    guest = makeGuestDisk(work.dir, sizeMiB);
+  });
+  after(() => work?.cleanup());
+  return {
+    skip,
+    get dir() {
+      return work!.dir;
+    },
+    get guest() {
+      return guest!;
+    },
+    async check(t, s, minStates) {
+      const st = await runScenario({ ...s, guest: guest! });
+      t.diagnostic(
+        `${s.name}: ${st.states} states over ${st.epochs} epochs (${st.distinctGuests} distinct guest contents), ` +
+          `${st.leaks} with leaks, ${st.corrupt} corrupt (epochs ${st.corruptEpochs.join(', ') || 'none'}), ${st.reruns} reruns; ops ${JSON.stringify(st.ops)}`,
+      );
+      assert.deepEqual(st.problems, []);
+      assert.ok(st.states >= minStates, `only ${st.states} states`);
+      return st;
+    },
+  };
+}

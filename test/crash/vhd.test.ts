@@ -12,8 +12,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tempDir, haveTool, run, runStatus, readBytes } from '../helpers/fixtures.js';
-import { CRASH_TOOLS, convertGuest, makeGuestDisk, runScenario, type GuestDisk } from './scenario.js';
+import { haveTool, run, runStatus, readBytes } from '../helpers/fixtures.js';
+import { CRASH_TOOLS, crashTempDir, convertGuest, makeGuestDisk, runScenario, type GuestDisk } from './scenario.js';
 
 const missing = CRASH_TOOLS.filter((t) => !haveTool(t));
 const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
@@ -28,7 +28,7 @@ let big: GuestDisk;
 
 before(() => {
   if (skip) return;
-  work = tempDir('sparsify-crash-vhd-');
+  work = crashTempDir('sparsify-crash-vhd-');
   small = makeGuestDisk(work.dir, 8, 'small.raw');
   big = makeGuestDisk(work.dir, 40, 'big.raw');
 });

@@ -6,29 +6,19 @@
  * (our own replay). No epoch may show corruption, every file must survive, and every rerun must
  * leave an image qemu-img check accepts read-only (log retired).
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { copyFileSync, rmSync } from 'node:fs';
-import { tempDir, haveTool, runStatus, readBytes } from '../helpers/fixtures.js';
-import { CRASH_TOOLS, makeGuestDisk, convertGuest, runScenario, type GuestDisk } from './scenario.js';
+import { runStatus, readBytes } from '../helpers/fixtures.js';
+import { crashSuite, convertGuest, runScenario } from './scenario.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { BlockFile } from '../../src/io/file.js';
 import { readHeaderPair, readRegions } from '../../src/formats/vhdx/structures.js';
 import { VhdxLogWriter } from '../../src/formats/vhdx/log-writer.js';
 
-const missing = CRASH_TOOLS.filter((t) => !haveTool(t));
-const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
-
-let work: { dir: string; cleanup: () => void };
-let guest: GuestDisk;
-
-before(() => {
-  if (skip) return;
-  work = tempDir('sparsify-crash-vhdx-');
-  guest = makeGuestDisk(work.dir, 32);
-});
-after(() => work?.cleanup());
+const suite = crashSuite('sparsify-crash-vhdx-', 32);
+const { skip } = suite;
 
 /**
  * A copy of the state with its log replayed by qemu (the state itself stays as the crash left it).
@@ -50,8 +40,8 @@ function replayedByQemu(state: string, scratch: string): string {
  * its changes (every other zeroed block) logged and made durable, not applied.
  */
 async function withPendingHalfDiscard(name: string): Promise<string> {
-  const pristine = convertGuest(guest, 'vhdx', join(work.dir, name), ['block_size=1M']);
-  const done = join(work.dir, `done-${name}`);
+  const pristine = convertGuest(suite.guest, 'vhdx', join(suite.dir, name), ['block_size=1M']);
+  const done = join(suite.dir, `done-${name}`);
   copyFileSync(pristine, done);
   await sparsifyInPlace({ path: done, onStatus: () => undefined, onInfo: () => undefined });
   const f = await BlockFile.open(pristine, 'r+');
@@ -79,7 +69,7 @@ async function withPendingHalfDiscard(name: string): Promise<string> {
 test('power cut: vhdx in place from a pending log (replay, then discard through the log, then release)', { skip, timeout: 600_000 }, async (t) => {
   const pristine = await withPendingHalfDiscard('discard.vhdx');
   const st = await runScenario({
-    name: 'vhdx-discard', format: 'vhdx', pristine, guest, request: {},
+    name: 'vhdx-discard', format: 'vhdx', pristine, guest: suite.guest, request: {},
     states: { seed: 4242, prefixes: 8, randoms: 40 }, rerunEvery: 10, readable: replayedByQemu,
   });
   t.diagnostic(JSON.stringify(st));
@@ -89,9 +79,9 @@ test('power cut: vhdx in place from a pending log (replay, then discard through 
 });
 
 test('power cut: vhdx in place with --compact (moves, repointing through the log, truncation)', { skip, timeout: 600_000 }, async (t) => {
-  const pristine = convertGuest(guest, 'vhdx', join(work.dir, 'compact.vhdx'), ['block_size=1M']);
+  const pristine = convertGuest(suite.guest, 'vhdx', join(suite.dir, 'compact.vhdx'), ['block_size=1M']);
   const st = await runScenario({
-    name: 'vhdx-compact', format: 'vhdx', pristine, guest, request: { compact: true },
+    name: 'vhdx-compact', format: 'vhdx', pristine, guest: suite.guest, request: { compact: true },
     states: { seed: 777, prefixes: 6, randoms: 20 }, rerunEvery: 12, readable: replayedByQemu,
   });
   t.diagnostic(JSON.stringify(st));

@@ -7,27 +7,16 @@
  * every state no grain is shared, over the metadata or past the end of the file; after a rerun the
  * RGT equals the GT and no host space is held that no entry points at.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join, basename, dirname } from 'node:path';
 import { closeSync, fstatSync, linkSync, openSync, readSync, rmSync, statSync } from 'node:fs';
-import { tempDir, haveTool, garbageFile, run } from '../helpers/fixtures.js';
+import { garbageFile, run } from '../helpers/fixtures.js';
 import * as sys from '../../src/io/syscalls.js';
-import { CRASH_TOOLS, makeGuestDisk, convertGuest, runScenario, type GuestDisk, type Scenario } from './scenario.js';
+import { crashSuite, convertGuest, runScenario, type Scenario } from './scenario.js';
 
-const missing = CRASH_TOOLS.filter((t) => !haveTool(t));
-const skip = missing.length ? `missing tools: ${missing.join(', ')}` : false;
-
-let work: { dir: string; cleanup: () => void };
-let guest: GuestDisk;
-
-before(() => {
-  if (skip) return;
-  work = tempDir('sparsify-crash-vmdk-');
-  // 16 MiB: one grain table; every state costs a conversion and a checksum of the whole disk.
-  guest = makeGuestDisk(work.dir, 16);
-});
-after(() => work?.cleanup());
+const suite = crashSuite('sparsify-crash-vmdk-', 16);
+const { skip } = suite;
 
 /** Read `len` bytes at `at` of an open file. */
 function pread(fd: number, at: number, len: number): Buffer {
@@ -106,7 +95,7 @@ function vmdkScenario(s: Omit<Scenario, 'format' | 'guest' | 'extra' | 'readable
   return {
     ...s,
     format: 'vmdk',
-    guest,
+    guest: suite.guest,
     readable: (state) => {
       const link = join(dirname(state), `oracle-${basename(state)}`);
       rmSync(link, { force: true });
@@ -124,7 +113,7 @@ function vmdkScenario(s: Omit<Scenario, 'format' | 'guest' | 'extra' | 'readable
 }
 
 test('power cut: vmdk in place, discard only (entries, then holes)', { skip, timeout: 600_000 }, async (t) => {
-  const pristine = convertGuest(guest, 'vmdk', join(work.dir, 'disk.vmdk'));
+  const pristine = convertGuest(suite.guest, 'vmdk', join(suite.dir, 'disk.vmdk'));
   const s = vmdkScenario({ name: 'vmdk', pristine, request: {}, states: { seed: 2024, prefixes: 6, randoms: 110 }, rerunEvery: 10, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));
@@ -134,7 +123,7 @@ test('power cut: vmdk in place, discard only (entries, then holes)', { skip, tim
 });
 
 test('power cut: vmdk --compact (copies, entries switched, file cut)', { skip, timeout: 600_000 }, async (t) => {
-  const pristine = convertGuest(guest, 'vmdk', join(work.dir, 'compact.vmdk'));
+  const pristine = convertGuest(suite.guest, 'vmdk', join(suite.dir, 'compact.vmdk'));
   const s = vmdkScenario({ name: 'vmdk-compact', pristine, request: { compact: true }, states: { seed: 4242, prefixes: 8, randoms: 90 }, rerunEvery: 10, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));
@@ -145,13 +134,13 @@ test('power cut: vmdk --compact (copies, entries switched, file cut)', { skip, t
 });
 
 test('power cut: delta vmdk with zeroed grains, --compact', { skip, timeout: 600_000 }, async (t) => {
-  const dir = join(work.dir, 'delta');
+  const dir = join(suite.dir, 'delta');
   run('mkdir', ['-p', dir]);
   const parentRaw = join(dir, 'parent.raw');
-  garbageFile(parentRaw, statSync(guest.raw).size);
+  garbageFile(parentRaw, statSync(suite.guest.raw).size);
   run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', parentRaw, join(dir, 'parent.vmdk')]);
   const pristine = join(dir, 'delta.vmdk');
-  run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'zeroed_grain=on', '-B', 'parent.vmdk', '-F', 'vmdk', guest.raw, pristine]);
+  run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'zeroed_grain=on', '-B', 'parent.vmdk', '-F', 'vmdk', suite.guest.raw, pristine]);
   const s = vmdkScenario({ name: 'vmdk-delta', pristine, request: { compact: true }, states: { seed: 77, prefixes: 4, randoms: 15 }, rerunEvery: 10, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));

@@ -159,8 +159,10 @@ export class VdiDiscarder implements DiscardBackend, Compactor {
   }
 
   async compact(ctx: CompactContext): Promise<CompactResult> {
-    const endBefore = this.file.size;
     const blockOf = this.keptSlots();
+    let slotsBefore = this.g.blocksAllocated;
+    for (const s of blockOf.keys()) slotsBefore = Math.max(slotsBefore, s + 1);
+    const endBefore = this.file.isBlockDevice ? this.endFor(slotsBefore) : this.file.size;
     const used = blockOf.size;
     const holes: number[] = [];
     for (let s = 0; s < used; s++) if (!blockOf.has(s)) holes.push(s);
@@ -199,16 +201,18 @@ export class VdiDiscarder implements DiscardBackend, Compactor {
     this.dropped.clear();
     this.g.blocksAllocated = used;
 
-    // 3. Shorten the file after the last used slot.
+    // 3. Shorten the file after the last used slot (a device keeps its size: its tail is released).
     const end = this.endFor(used);
-    if (this.file.size > end) {
+    if (this.file.isBlockDevice) {
+      if (ctx.release && this.file.size > end) this.file.release(end, this.file.size - end);
+    } else if (this.file.size > end) {
       const before = await this.file.allocatedBytes();
       await this.file.truncate(end);
       await this.file.sync();
       result.releasedByTruncation = Math.max(0, before - (await this.file.allocatedBytes()));
       result.truncated = true;
     }
-    result.endAfter = this.file.size;
+    result.endAfter = this.file.isBlockDevice ? end : this.file.size;
     return result;
   }
 

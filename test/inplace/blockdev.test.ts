@@ -97,3 +97,45 @@ test('a qcow2 written onto a block device is compacted in place: the new image e
     cleanup();
   }
 });
+
+test('a vdi on a block device is compacted without truncating: the space past its new end is discarded', { timeout: 300_000, skip: loopSkip() }, async () => {
+  const { dir, cleanup } = tempDir();
+  let loop = '';
+  try {
+    const raw = join(dir, 'guest.img');
+    const parts = buildDisk(raw, {
+      sizeMiB: 48,
+      label: 'gpt',
+      garbage: true,
+      workDir: dir,
+      parts: [{ sizeMiB: 40, ext: { type: 'ext4', files: { 'a.bin': fileContent('a', 3 << 20), 'gone.bin': fileContent('g', 20 << 20) }, remove: ['gone.bin'] } }],
+    });
+    const p = parts[0]!;
+    extract(raw, p.offset, p.size, join(dir, 'before.img'));
+    const before = extFileSums(join(dir, 'before.img'), dir);
+    const vdi = join(dir, 'guest.vdi');
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'vdi', raw, vdi]);
+    const lv = join(dir, 'lv.img');
+    run('truncate', ['-s', '96M', lv]);
+    run('dd', [`if=${vdi}`, `of=${lv}`, 'conv=notrunc,sparse', 'bs=1M', 'status=none']);
+    const du0 = allocatedBytes(lv);
+    loop = run('losetup', ['-f', '--show', lv]).trim();
+    const r = sparsify(['--in-place', '--format', 'vdi', '--machine-readable', loop]);
+    assert.equal(r.status, 0, r.stderr);
+    const end = Number(/^image-end-offset: (\d+)$/m.exec(r.stdout)?.[1]);
+    assert.ok(end > 0 && end < statSync(vdi).size, r.stdout);
+    const check = runStatus('qemu-img', ['check', '-f', 'vdi', loop]);
+    assert.equal(check.status, 0, check.stdout + check.stderr);
+    run('qemu-img', ['convert', '-f', 'vdi', '-O', 'raw', loop, join(dir, 'after.raw')]);
+    run('losetup', ['-d', loop]);
+    loop = '';
+    assert.ok(du0 - allocatedBytes(lv) > 10 << 20, `the backing file's allocation dropped by ${du0 - allocatedBytes(lv)}`);
+    extract(join(dir, 'after.raw'), p.offset, p.size, join(dir, 'after.img'));
+    const fsck = e2fsck(join(dir, 'after.img'));
+    assert.equal(fsck.status, 0, fsck.output);
+    assert.deepEqual(extFileSums(join(dir, 'after.img'), dir), before);
+  } finally {
+    if (loop) runStatus('losetup', ['-d', loop]);
+    cleanup();
+  }
+});

@@ -12,7 +12,7 @@ import type { EnginePool } from '../engine/pool.js';
 import type { Logger, ServiceContext } from '../context.js';
 import type { JobRecord, JobStep, StepName } from '../store/records.js';
 import type { Dispatch, JobQueue } from '../queue/types.js';
-import type { Mounts } from '../domains/mounts.js';
+import type { Mount, Mounts } from '../domains/mounts.js';
 import type { Scanner } from '../domains/scanner.js';
 import { heldForWriting } from '../domains/host-probe.js';
 import { upVmsOf } from '../vms/attachments.js';
@@ -38,6 +38,9 @@ class Stopped extends Error {
     super(detail ?? STOP_TEXT[reason]);
   }
 }
+
+const domainLost = (m: Mount): Stopped =>
+  new Stopped('lost', `storage domain ${m.name} became unreachable during the job (${m.error}); the disk shows as unreachable until it is back`);
 
 /** How often a running job checks that its file is still the disk, and its domain still there. */
 const WATCH_MS = 1000;
@@ -247,6 +250,7 @@ export class JobWorker {
       await this.ctx.record({ severity: 'info', type: 'job-succeeded', diskId: job.diskId, jobId: job.id, message: describeSuccess(job) });
     } catch (err) {
       clearInterval(watch);
+      await this.blameLostDomain(e);
       await this.settleFailure(e, err);
     } finally {
       clearInterval(watch);
@@ -300,8 +304,22 @@ export class JobWorker {
     // A file gone may be its whole domain gone: look at the domain now rather than at the next beat.
     if (m && (now !== ino || !m.reachable)) await this.mounts.check();
     if (e.ctl.signal.aborted) return;
-    if (m && !m.reachable) return e.ctl.abort(new Stopped('lost', `storage domain ${m.name} became unreachable during the job (${m.error}); the disk shows as unreachable until it is back`));
+    if (m && !m.reachable) return e.ctl.abort(domainLost(m));
     if (now !== ino) e.ctl.abort(new Stopped('lost', `${e.job.diskName} was ${now === undefined ? 'deleted' : 'replaced'} by another process during the job; sparsify stopped and wrote nothing more`));
+  }
+
+  /**
+   * A job that failed for any reason while its domain went away failed because the domain went
+   * away: a step that looks before the watch does (validation's lstat, the engine's open) meets a
+   * missing file first, and its ENOENT would hide the cause. Look at the domain now, as the watch
+   * would at its next beat, and say so.
+   */
+  private async blameLostDomain(e: Running): Promise<void> {
+    if (e.ctl.signal.aborted) return;
+    const m = this.mounts.get(e.job.domainId);
+    if (!m) return;
+    await this.mounts.check().catch(() => undefined);
+    if (!m.reachable && !e.ctl.signal.aborted) e.ctl.abort(domainLost(m));
   }
 
   /**

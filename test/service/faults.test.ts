@@ -1,8 +1,8 @@
 /**
  * Faults the service must survive without losing data or leaving a disk locked, against the real
- * server: no space for a copy (a small tmpfs as the domain), the domain folder going away mid-job,
- * the image replaced or deleted mid-job, a database file that is corrupt or locked at start, and a
- * SIGTERM with open event streams and a running job.
+ * server: no space for a copy (a small tmpfs as the domain), the domain folder going away mid-job
+ * (also before the job's first look at its file), the image replaced or deleted mid-job, a database
+ * file that is corrupt or locked at start, and a SIGTERM with open event streams and a running job.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -95,6 +95,23 @@ describe('faults', { skip: missing ? `missing ${missing}` : false, timeout: 300_
     renameSync(`${domain}.away`, domain);
     await waitFor('the disk to be back', async () => ((await http(server, 'GET', `/api/disks/${b.id}`)).body.disk as { status: string }).status === 'ok', 20_000);
     assert.equal(guestProblem(join(domain, 'b.raw'), 'raw', tmp.dir, 'guest'), undefined);
+    await server.stop();
+  });
+
+  it('the domain folder goes away before the job first looks at its file: the job still says the domain went away', async () => {
+    // What a loaded machine does to the test above: the folder is gone before validation (or the
+    // engine's open) meets the file, ahead of the watch's first beat. Here it is made to happen.
+    const domain = join(tmp.dir, 'dom-early');
+    mkdirSync(domain);
+    copyFileSync(guest, join(domain, 'e.raw'));
+    const server = await startServer({ dataDir: join(tmp.dir, 'data-early'), domains: [domain], args: ['--host-timeout', '6'] });
+    const e = diskByName(await analyzedDisks(server, 1), 'e.raw');
+    const r = await http(server, 'POST', `/api/disks/${e.id}/sparsify`);
+    renameSync(domain, `${domain}.away`);
+    const job = await jobEnd(server, r.body.job.id);
+    assert.equal(job.status, 'failed');
+    assert.match(job.error ?? '', /storage domain dom-early became unreachable during the job/);
+    renameSync(`${domain}.away`, domain);
     await server.stop();
   });
 

@@ -174,6 +174,8 @@ class Analyzer {
       node.free = a.trusted ? vol.toDisk(a.free.clip(0, Math.min(a.size, vol.size))) : new Extents();
       this.trace(`${vol.name}: ${a.type}, ${a.freeBytes} bytes free${a.trusted ? '' : ' (not trusted)'}`);
     } catch (e) {
+      // Not about this filesystem (a missing addon, a wrong key): it stops the run, as in probing.
+      if (e instanceof FatalError) throw e;
       node.trusted = false;
       node.free = new Extents();
       node.warnings.push(`${reader.name}: ${errorText(e)}; kept as it is`);

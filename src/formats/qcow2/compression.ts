@@ -3,7 +3,7 @@
  * writer's side is compressor.ts.
  */
 import { constants as zc, inflateRawSync } from 'node:zlib';
-import zstd from 'zstd-napi/binding.js';
+import { zstdAddon } from '../../io/addons.js';
 import type { CompressionType } from './header.js';
 
 /**
@@ -33,7 +33,7 @@ function inflate(src: Buffer, clusterSize: number): Buffer | string {
 
 function unzstd(src: Buffer, clusterSize: number): Buffer | string {
   const out = Buffer.alloc(clusterSize);
-  const dctx = new zstd.DCtx();
+  const dctx = new (zstdAddon().DCtx)();
   let produced = 0;
   let consumed = 0;
   let frameEnded = false;

@@ -6,7 +6,7 @@
  */
 import { constants as zc, deflateRaw } from 'node:zlib';
 import koffi from 'koffi';
-import zstd from 'zstd-napi/binding.js';
+import { zstdAddon } from '../../io/addons.js';
 import type { CompressionType } from './header.js';
 
 /** zstd level qemu uses. */
@@ -44,6 +44,7 @@ function deflateCluster(src: Buffer): Promise<Buffer> {
 }
 
 function zstdCluster(src: Buffer): Promise<Buffer> {
+  const zstd = zstdAddon();
   const dst = Buffer.allocUnsafe(zstd.compressBound(src.length));
   const lib = loadZstd();
   if (!lib) {

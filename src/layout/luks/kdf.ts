@@ -1,13 +1,14 @@
 /**
  * Key derivation for keyslots and digests: PBKDF2 (node's crypto) and Argon2i/Argon2id (the
- * argon2 package). The cost a header asks for is checked against fixed caps BEFORE deriving: a
- * damaged or hostile header asking for terabytes of memory or billions of iterations gets a quick,
- * clear error instead of hanging the process or exhausting memory.
+ * optional argon2 package, loaded when an Argon2 keyslot is tried). The cost a header asks for is
+ * checked against fixed caps BEFORE deriving: a damaged or hostile header asking for terabytes of
+ * memory or billions of iterations gets a quick, clear error instead of hanging the process or
+ * exhausting memory.
  */
 import { pbkdf2 } from 'node:crypto';
 import { promisify } from 'node:util';
-import argon2 from 'argon2';
 import { SparsifyError } from '../../io/errors.js';
+import { argon2Addon, MissingAddonError } from '../../io/addons.js';
 import type { Kdf } from './model.js';
 
 const pbkdf2Async = promisify(pbkdf2);
@@ -30,6 +31,18 @@ function humanKiB(kib: number): string {
   if (kib >= 1024 * 1024 * 1024) return `${(kib / (1024 * 1024 * 1024)).toFixed(1)} TiB`;
   if (kib >= 1024 * 1024) return `${(kib / (1024 * 1024)).toFixed(1)} GiB`;
   return `${Math.round(kib / 1024)} MiB`;
+}
+
+/** Why this machine cannot derive with `kdf` (Argon2 without its optional addon), or undefined. */
+export function kdfUnavailable(kdf: Kdf): string | undefined {
+  if (kdf.type === 'pbkdf2') return undefined;
+  try {
+    argon2Addon();
+    return undefined;
+  } catch (e) {
+    if (e instanceof MissingAddonError) return e.message;
+    throw e;
+  }
 }
 
 /** Undefined when the cost is within the caps; otherwise why it is refused. */
@@ -59,6 +72,7 @@ export async function deriveKey(secret: Buffer, kdf: Kdf, length: number): Promi
   const problem = kdfCostProblem(kdf);
   if (problem) throw new SparsifyError(problem);
   if (kdf.type === 'pbkdf2') return pbkdf2Async(secret, kdf.salt, kdf.iterations, length, kdf.hash);
+  const argon2 = argon2Addon();
   return argon2.hash(secret, {
     raw: true,
     type: kdf.type === 'argon2i' ? argon2.argon2i : argon2.argon2id,

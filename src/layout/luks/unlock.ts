@@ -4,8 +4,8 @@
  * sectors, IVs from 0), merge the AF stripes and check the candidate against the header's digest.
  *
  * Every slot is checked before any derivation: an area beyond the end of the volume, an
- * unsupported cipher or hash, or a KDF cost over the caps makes the slot unusable, and when no
- * slot is usable the error says why. Secrets (derived keys, stripes, wrong candidates) are zeroed
+ * unsupported cipher or hash, a KDF cost over the caps, or an Argon2 KDF without its optional
+ * addon makes the slot unusable, and when no slot is usable the error says why. Secrets (derived keys, stripes, wrong candidates) are zeroed
  * as soon as they are used; the volume key returned is the caller's to zero.
  */
 import { pbkdf2, timingSafeEqual } from 'node:crypto';
@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { FatalError, hex } from '../../io/errors.js';
 import type { Volume } from '../volume.js';
 import { afMerge } from './af.js';
-import { HASHES, deriveKey, kdfCostProblem } from './kdf.js';
+import { HASHES, deriveKey, kdfCostProblem, kdfUnavailable } from './kdf.js';
 import type { KeyDigest, Keyslot, LuksHeader } from './model.js';
 import { checkCipher, sectorCipher } from './sector-cipher.js';
 
@@ -38,7 +38,7 @@ function slotProblem(slot: Keyslot, header: LuksHeader, volume: Volume): string 
   }
   const digest = digestFor(slot, header);
   if (!digest) return 'no digest checks its key';
-  return kdfCostProblem(slot.kdf) ?? kdfCostProblem({ type: 'pbkdf2', hash: digest.hash, iterations: digest.iterations, salt: digest.salt });
+  return kdfCostProblem(slot.kdf) ?? kdfCostProblem({ type: 'pbkdf2', hash: digest.hash, iterations: digest.iterations, salt: digest.salt }) ?? kdfUnavailable(slot.kdf);
 }
 
 function digestFor(slot: Keyslot, header: LuksHeader): KeyDigest | undefined {

@@ -3,7 +3,8 @@
  * synchronously; a transaction may await between statements, so a queue keeps every other caller
  * out until it commits (one connection cannot hold two transactions).
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { sqliteAddon } from '../../io/addons.js';
 import { DbFatalError, type Db, type SqlValue } from './db.js';
 
 type Sqlite = Database.Database;
@@ -39,6 +40,8 @@ class Gate {
 
 /** Open the file, or say clearly why it cannot be used (corrupt, not a database, locked by another process). */
 export function openSqlite(path: string): Sqlite {
+  // Outside the try: a missing addon is not a database fault, and says so in its own words.
+  const Database = sqliteAddon();
   let db: Sqlite | undefined;
   try {
     db = new Database(path, { timeout: 5000 });

@@ -2,7 +2,6 @@
  * The sparsify command line: virt-sparsify's options, messages and exit codes, over the library.
  */
 import { basename } from 'node:path';
-import { createRequire } from 'node:module';
 import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
 import { Output, MachineReadableError, humanSize } from './output.js';
@@ -16,19 +15,7 @@ import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 import { keyStoreFromOptions } from './keys.js';
-
-/** package.json, found from dist/src/cli (built) or src/cli (run from source). */
-function packageVersion(): string {
-  const require = createRequire(import.meta.url);
-  for (const p of ['../../../package.json', '../../package.json']) {
-    try {
-      return (require(p) as { version: string }).version;
-    } catch {
-      // try the next layout
-    }
-  }
-  return 'unknown';
-}
+import { versionLine } from '../version.js';
 
 /** What --machine-readable prints with no disk: only capabilities that really work. */
 export const CAPABILITIES = ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs', 'compact'];
@@ -171,7 +158,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (o.version) {
-    process.stdout.write(`${prog} ${packageVersion()}\n`);
+    process.stdout.write(versionLine(prog) + '\n');
     return 0;
   }
   if (o.shortOptions) {

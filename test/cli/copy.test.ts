@@ -223,9 +223,9 @@ test('copy of a truncated disk: the partition past the end is kept and named, no
 test('CLI basics: capabilities, version, help, bad options, usage', { timeout: 300_000 }, () => {
   let r = sparsify(['--machine-readable']);
   assert.equal(r.status, 0);
-  assert.deepEqual(r.stdout.trim().split('\n'), ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs']);
+  assert.deepEqual(r.stdout.trim().split('\n'), ['virt-sparsify', 'linux-swap', 'zero', 'check-tmpdir', 'in-place', 'tmp-option', 'ntfs', 'btrfs', 'compact']);
   r = sparsify(['-V']);
-  assert.match(r.stdout, /^sparsify \d+\.\d+\.\d+\n$/);
+  assert.match(r.stdout, /^sparsify \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}(-dirty)?|unknown)\)\n$/);
   r = sparsify(['--help']);
   assert.equal(r.status, 0);
   assert.match(r.stdout, /--in-place/);

@@ -4,7 +4,8 @@
  * PostgreSQL database (--database). Its options come from the settings table (config.ts).
  */
 import { Command, CommanderError } from 'commander';
-import { loadConfig, ConfigError, SETTINGS, type ServiceConfig } from './config.js';
+import { resolveConfig, ConfigError, SETTINGS, SERVE_FLAGS, type ResolvedConfig, type ServiceConfig } from './config.js';
+import { checkConfig } from './check-config.js';
 import { Service } from './service.js';
 import { buildServer, isLoopback, type ApiServer } from './api/server.js';
 import { seedDemoDisk } from './demo-seed.js';
@@ -13,7 +14,7 @@ import { describeStore } from './store/store.js';
 import { HostNameInUseError } from './hosts/registry.js';
 import { DataDirInUseError } from './hosts/data-dir-lock.js';
 import { DomainError } from './domains/identity.js';
-import { createLogger } from './logging.js';
+import { chooseLogFormat, createLogger } from './logging.js';
 import { SparsifyError } from '../index.js';
 
 function collect(v: string, prev: string[]): string[] {
@@ -32,8 +33,7 @@ function program(): Command {
     if (s.kind.t === 'paths') p.option(spec, help, collect, []);
     else p.option(spec, help);
   }
-  p.option('--seed-demo', 'put the embedded demo disk into the first domain when it is empty');
-  p.option('--config <file>', `JSON config file (env SPARSIFY_CONFIG); keys: ${SETTINGS.filter((s) => !s.hidden).map((s) => s.key).join(', ')}`);
+  for (const f of SERVE_FLAGS) p.option(f.arg ? `--${f.flag} <${f.arg}>` : `--${f.flag}`, f.env ? `${f.help} (env ${f.env})` : f.help);
   return p;
 }
 
@@ -45,19 +45,25 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode;
     throw e;
   }
-  const flags = p.opts<Record<string, unknown> & { seedDemo?: boolean }>();
+  const flags = p.opts<Record<string, unknown> & { seedDemo?: boolean; checkConfig?: boolean }>();
   const fail = (msg: string) => {
     process.stderr.write(`sparsify serve: error: ${msg}\n`);
     return 1;
   };
-  let config: ServiceConfig;
+  let resolved: ResolvedConfig;
   try {
-    config = loadConfig({ flags, env: process.env });
+    resolved = resolveConfig({ flags, env: process.env });
   } catch (e) {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
-  const { log, pino } = createLogger(config.logLevel, config.hostName);
+  const config: ServiceConfig = resolved.config;
+  if (flags.checkConfig) {
+    const report = await checkConfig(resolved, process.env, Boolean(process.stderr.isTTY));
+    process.stdout.write(report.text);
+    return report.problems.length ? 1 : 0;
+  }
+  const { log, pino } = createLogger(config.logLevel, config.hostName, chooseLogFormat(config.logFormat, Boolean(process.stderr.isTTY)).format);
   if (flags.seedDemo) {
     const seeded = await seedDemoDisk(config.domains[0]!);
     if (seeded) log.info(`seeded ${seeded} with the embedded demo disk`);
@@ -67,7 +73,7 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   try {
     svc = await Service.open(config, log);
   } catch (e) {
-    if (e instanceof DbFatalError || e instanceof DataDirInUseError || e instanceof SparsifyError) return fail(e.message);
+    if (e instanceof DbFatalError || e instanceof DataDirInUseError || e instanceof SparsifyError || e instanceof ConfigError) return fail(e.message);
     return fail(`cannot open the database (${describeStore({ databaseUrl: config.database, dataDir: config.dataDir })}): ${(e as Error).message}`);
   }
   let api: ApiServer | undefined;

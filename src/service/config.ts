@@ -1,14 +1,18 @@
 /**
  * Service settings in one table: each row gives the config-file key, the flag, the environment
- * variable, the default and the help line, so `--help`, the config file and the environment
- * cannot drift apart. Layers: defaults < config file < environment < flags. Bound to localhost
- * and SQLite unless told otherwise; one default domain under the data folder.
+ * variable, the default and the help line, so `--help`, the manual page, the config file and the
+ * environment cannot drift apart. Layers: defaults < config file < environment < flags, and each
+ * value remembers which layer gave it (`sparsify serve --check-config` shows it). Bound to
+ * localhost and SQLite unless told otherwise; one default domain under the data folder.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { SparsifyMode } from './store/records.js';
-import { LOG_LEVELS, type LogLevel } from './logging.js';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './logging.js';
+import { ConfigError, checkPrivateFile, chooseConfigFile, defaultKeysFile, type FileChoice } from './config-files.js';
+
+export { ConfigError } from './config-files.js';
 
 export type { SparsifyMode } from './store/records.js';
 export const MODES: readonly SparsifyMode[] = ['in-place', 'copy-and-replace'];
@@ -55,9 +59,11 @@ export interface ServiceConfig {
   maxAttempts: number;
   policy: PolicyConfig;
   logLevel: LogLevel;
+  /** JSON lines (for machines) or short pretty lines (for people); undefined: pretty only when stderr is a terminal. */
+  logFormat?: LogFormat;
   /** On SIGTERM, running jobs get this long to hand themselves back before the process exits anyway. */
   shutdownTimeoutSeconds: number;
-  /** LUKS keys by volume UUID (mode 0600); absent: DATA_DIR/luks-keys when it exists. */
+  /** LUKS keys by volume UUID (mode 0600); absent: CONFIG_DIR/luks-keys, else DATA_DIR/luks-keys, when it exists. */
   keysFile?: string;
   /** libvirt connection to read VMs from; undefined: none (see LIBVIRT_SOCKET). */
   libvirt?: string;
@@ -66,8 +72,6 @@ export interface ServiceConfig {
   /** Tests only: pause this long (abortable) before the engine runs, so a test can cancel or kill mid-job. */
   testJobDelayMs: number;
 }
-
-export class ConfigError extends Error {}
 
 type Kind =
   | { t: 'path' }
@@ -119,13 +123,14 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'defaultMode', flag: 'default-mode', arg: 'mode', env: 'SPARSIFY_DEFAULT_MODE', kind: { t: 'enum', values: MODES }, help: 'mode of a sparsify request that names none', defaultText: 'in-place', set: field('defaultMode') },
   { key: 'onRestart', flag: 'on-restart', arg: 'what', env: 'SPARSIFY_ON_RESTART', kind: { t: 'enum', values: ['rerun', 'fail'] }, help: 'a job this host was running when it died: rerun it or fail it', defaultText: 'rerun', set: field('onRestart') },
   { key: 'maxAttempts', flag: 'max-attempts', arg: 'n', env: 'SPARSIFY_MAX_ATTEMPTS', kind: { t: 'int', min: 1, max: 100 }, help: 'attempts per job (restarts and takeovers) before it fails', defaultText: '3', set: field('maxAttempts') },
-  { key: 'logLevel', flag: 'log-level', arg: 'level', env: 'SPARSIFY_LOG_LEVEL', kind: { t: 'enum', values: LOG_LEVELS }, help: `how much to log, as JSON lines on stderr (${LOG_LEVELS.join(', ')})`, defaultText: 'info', set: field('logLevel') },
+  { key: 'logLevel', flag: 'log-level', arg: 'level', env: 'SPARSIFY_LOG_LEVEL', kind: { t: 'enum', values: LOG_LEVELS }, help: `how much to log on stderr (${LOG_LEVELS.join(', ')})`, defaultText: 'info', set: field('logLevel') },
+  { key: 'logFormat', flag: 'log-format', arg: 'format', env: 'SPARSIFY_LOG_FORMAT', kind: { t: 'enum', values: LOG_FORMATS }, help: 'log lines as JSON, one object per line (for machines), or pretty and short (for people)', defaultText: 'pretty when stderr is a terminal, else json', set: field('logFormat') },
   { key: 'shutdownTimeoutSeconds', flag: 'shutdown-timeout', arg: 's', env: 'SPARSIFY_SHUTDOWN_TIMEOUT', kind: { t: 'int', min: 1, max: 3600 }, help: 'on SIGTERM, running jobs get this long to hand themselves back (they run again elsewhere or after the restart)', defaultText: '10', set: field('shutdownTimeoutSeconds') },
   { key: 'thresholdBytes', flag: 'threshold-bytes', arg: 'n', env: 'SPARSIFY_THRESHOLD_BYTES', kind: { t: 'int', min: 0, max: Number.MAX_SAFE_INTEGER }, help: 'a disk needs sparsify when it can give back at least this many bytes...', defaultText: '1 GiB', set: policy('thresholdBytes') },
   { key: 'thresholdPercent', flag: 'threshold-percent', arg: 'n', env: 'SPARSIFY_THRESHOLD_PERCENT', kind: { t: 'int', min: 0, max: 100 }, help: '...and at least this percentage of its actual size', defaultText: '10', set: policy('thresholdPercent') },
   { key: 'scheduleEnabled', flag: 'schedule', arg: 'bool', env: 'SPARSIFY_SCHEDULE', kind: { t: 'bool' }, help: 'sparsify the disks that need it periodically (once per interval for the whole cluster)', defaultText: 'false', set: policy('scheduleEnabled') },
   { key: 'scheduleIntervalSeconds', flag: 'schedule-interval', arg: 's', env: 'SPARSIFY_SCHEDULE_INTERVAL', kind: { t: 'int', min: 1, max: 86400 * 30 }, help: 'how often the schedule runs', defaultText: '3600', set: policy('scheduleIntervalSeconds') },
-  { key: 'keysFile', flag: 'keys-file', arg: 'file', env: 'SPARSIFY_KEYS_FILE', kind: { t: 'path' }, help: 'LUKS keys by volume UUID, JSON {"UUID": "passphrase"} or UUID:key:... lines; must be mode 0600', defaultText: 'DATA_DIR/luks-keys when it exists', set: field('keysFile') },
+  { key: 'keysFile', flag: 'keys-file', arg: 'file', env: 'SPARSIFY_KEYS_FILE', kind: { t: 'path' }, help: 'LUKS keys by volume UUID, JSON {"UUID": "passphrase"} or UUID:key:... lines; must be mode 0600', defaultText: '/etc/sparsify/luks-keys, else DATA_DIR/luks-keys, when it exists', set: field('keysFile') },
   { key: 'libvirt', flag: 'libvirt', arg: 'uri', env: 'SPARSIFY_LIBVIRT', kind: { t: 'string', min: 1, pattern: /^(none|[a-z][a-z0-9+.-]*:\/\/\S*)$/, what: 'a libvirt URI (qemu:///system) or none' }, help: 'libvirt connection whose VMs this host reads (virsh): a disk a VM uses is sparsified only while that VM is down (none: no VMs)', defaultText: 'qemu:///system when /run/libvirt/libvirt-sock exists, else none', set: field('libvirt') },
   { key: 'libvirtIntervalSeconds', flag: 'libvirt-interval', arg: 's', env: 'SPARSIFY_LIBVIRT_INTERVAL', kind: { t: 'int', min: 0, max: 86400 }, help: 'read the VMs again this often (0: on demand and before each sparsify request)', defaultText: '10', set: field('libvirtIntervalSeconds') },
   { key: 'testJobDelayMs', env: 'SPARSIFY_TEST_JOB_DELAY_MS', kind: { t: 'int', min: 0, max: 600_000 }, help: 'tests: pause before the engine runs', hidden: true, set: field('testJobDelayMs') },
@@ -197,39 +202,85 @@ export interface ConfigSources {
 
 const camel = (flag: string): string => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
+/** The configuration a start would use, with where each value came from. */
+export interface ResolvedConfig {
+  config: ServiceConfig;
+  /** By setting key: 'default', 'config file PATH', 'environment VAR' or 'flag --NAME'. */
+  origins: Map<string, string>;
+  configFile: FileChoice;
+  /** The LUKS keys file, configured or found (checked by the service at start). */
+  keysFile: FileChoice;
+}
+
+/** serve's flags that are not settings: they act on this start only. */
+export const SERVE_FLAGS: ReadonlyArray<{ flag: string; arg?: string; env?: string; help: string }> = [
+  { flag: 'config', arg: 'file', env: 'SPARSIFY_CONFIG', help: 'JSON config file: an object of settings by key, as --check-config lists them (mode 0600); default /etc/sparsify/config.json, else DATA_DIR/config.json, when it exists' },
+  { flag: 'check-config', help: 'print the settings this start would use, each with where it came from, check the files they name, and exit' },
+  { flag: 'seed-demo', help: 'put the embedded demo disk into the first domain when it is empty (source checkouts: the package does not ship it)' },
+];
+
 export function loadConfig(src: ConfigSources): ServiceConfig {
+  return resolveConfig(src).config;
+}
+
+export function resolveConfig(src: ConfigSources): ResolvedConfig {
   const flags = { ...src.flags };
   for (const s of SETTINGS) if (s.flag && flags[s.key] === undefined && flags[camel(s.flag)] !== undefined) flags[s.key] = flags[camel(s.flag)];
   const c = defaultConfig((flags.dataDir as string | undefined) ?? src.env.SPARSIFY_DATA_DIR);
+  const origins = new Map<string, string>(SETTINGS.map((s) => [s.key, 'default']));
   const byKey = new Map(SETTINGS.map((s) => [s.key, s]));
-  const file = (flags.config as string | undefined) ?? src.env.SPARSIFY_CONFIG;
+  const configFile = chooseConfigFile(flags.config as string | undefined, src.env, c.dataDir);
+  const file = configFile.path;
   if (file) {
+    checkPrivateFile(file, 'config file');
     let parsed: unknown;
     try {
       parsed = JSON.parse(readFileSync(file, 'utf8'));
     } catch (e) {
-      throw new ConfigError(`config file ${file}: ${(e as Error).message}`);
+      // The parser quotes the text it choked on, which may be a secret: say only where.
+      throw new ConfigError(`config file ${file}: ${e instanceof SyntaxError ? 'not valid JSON' : (e as Error).message}`);
     }
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new ConfigError(`config file ${file}: expected a JSON object`);
     for (const [k, v] of Object.entries(parsed)) {
       const s = byKey.get(k);
       if (!s) throw new ConfigError(`config file ${file}: unknown setting '${k}'`);
-      if (v !== undefined && v !== null) s.set(c, convert(s, v, `config file ${file}: ${k}`));
+      if (k === 'dataDir' && file === join(c.dataDir, 'config.json')) throw new ConfigError(`config file ${file}: the data folder's own config file cannot move the data folder (set dataDir in /etc/sparsify/config.json, SPARSIFY_DATA_DIR or --data-dir)`);
+      if (v === undefined || v === null) continue;
+      s.set(c, convert(s, v, `config file ${file}: ${k}`));
+      origins.set(k, `config file ${file}`);
     }
   }
   for (const s of SETTINGS) {
     const v = s.env ? src.env[s.env] : undefined;
-    if (v !== undefined && v !== '') s.set(c, convert(s, v, `environment: ${s.env} (${s.key})`));
+    if (v === undefined || v === '') continue;
+    s.set(c, convert(s, v, `environment: ${s.env} (${s.key})`));
+    origins.set(s.key, `environment ${s.env}`);
   }
   for (const s of SETTINGS) {
     const v = flags[s.key];
     if (v === undefined || (Array.isArray(v) && !v.length)) continue;
     s.set(c, convert(s, v, `flag --${s.flag ?? s.key}`));
+    origins.set(s.key, `flag --${s.flag ?? s.key}`);
   }
   if (!c.tlsCert !== !c.tlsKey) throw new ConfigError('--tls-cert and --tls-key go together: give both, or neither');
   // No domain given anywhere: one under the data folder, so it works out of the box.
-  if (!c.domains.length) c.domains = [join(c.dataDir, 'images')];
-  if (c.libvirt === undefined && existsSync(LIBVIRT_SOCKET)) c.libvirt = 'qemu:///system';
+  if (!c.domains.length) {
+    c.domains = [join(c.dataDir, 'images')];
+    origins.set('domains', 'default: DATA_DIR/images');
+  }
+  if (c.libvirt === undefined && existsSync(LIBVIRT_SOCKET)) {
+    c.libvirt = 'qemu:///system';
+    origins.set('libvirt', `default: ${LIBVIRT_SOCKET} exists`);
+  }
   if (c.libvirt === 'none') c.libvirt = undefined;
-  return c;
+  let keysFile: FileChoice;
+  if (c.keysFile) keysFile = { path: c.keysFile, why: `set by ${origins.get('keysFile')}` };
+  else {
+    keysFile = defaultKeysFile(src.env, c.dataDir);
+    if (keysFile.path) {
+      c.keysFile = keysFile.path;
+      origins.set('keysFile', `default: ${keysFile.why}`);
+    }
+  }
+  return { config: c, origins, configFile, keysFile };
 }

@@ -1,13 +1,19 @@
 /**
- * Structured logs: JSON lines through pino (fastify's own logger), on stderr, one object per line
- * with the level, the time, this host's name and a message; request lines carry fastify's request
- * id, job lines the job's id. `--log-level` chooses how much.
+ * Logs through pino (fastify's own logger) on stderr, in one of two forms:
+ * - json: one object per line with the level, the time, this host's name and a message; request
+ *   lines carry fastify's request id, job lines the job's id. For journald, a collector, jq.
+ * - pretty: the same lines made short for a person (log-pretty.ts).
+ * By default pretty when stderr is a terminal, json otherwise; `--log-format` chooses.
+ * `--log-level` chooses how much.
  */
 import pino from 'pino';
 import type { Logger } from './context.js';
+import { PrettyLog } from './log-pretty.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+export const LOG_FORMATS = ['json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 
 function wrap(p: pino.Logger): Logger {
   return {
@@ -19,9 +25,28 @@ function wrap(p: pino.Logger): Logger {
   };
 }
 
-export function createLogger(level: LogLevel, host: string): { log: Logger; pino: pino.Logger } {
+/** The format a start uses: the one asked for, else pretty on a terminal. */
+export function chooseLogFormat(asked: LogFormat | undefined, stderrIsTerminal: boolean): { format: LogFormat; why: string } {
+  if (asked) return { format: asked, why: 'asked for' };
+  return stderrIsTerminal ? { format: 'pretty', why: 'stderr is a terminal' } : { format: 'json', why: 'stderr is not a terminal' };
+}
+
+export function createLogger(level: LogLevel, host: string, format: LogFormat = 'json'): { log: Logger; pino: pino.Logger } {
   // Synchronous: the last lines before an exit are not lost.
-  const p = pino({ level, base: { pid: process.pid, host }, name: 'sparsify' }, pino.destination({ dest: 2, sync: true }));
+  const stderr = pino.destination({ dest: 2, sync: true });
+  const dest =
+    format === 'json'
+      ? stderr
+      : (() => {
+          const pretty = new PrettyLog(Boolean(process.stderr.isTTY) && !process.env.NO_COLOR);
+          return {
+            write: (line: string) => {
+              const text = pretty.line(line);
+              if (text) stderr.write(text);
+            },
+          };
+        })();
+  const p = pino({ level, base: { pid: process.pid, host }, name: 'sparsify' }, dest);
   return { log: wrap(p), pino: p };
 }
 

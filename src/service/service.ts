@@ -33,6 +33,7 @@ import { ClusterState } from './cluster-state.js';
 import { Metrics } from './metrics.js';
 import { diskView, domainViews, hostViews, jobView, type DiskView, type DomainView, type JobView, type HostView } from './views.js';
 import { VERSION } from './version.js';
+import { checkPrivateFile } from './config-files.js';
 import { VmInventory } from './vms/inventory.js';
 import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
 import { vmViews, type VmListView } from './vms/views.js';
@@ -109,6 +110,9 @@ export class Service {
   static async open(config: ServiceConfig, log: Logger): Promise<Service> {
     mkdirSync(config.dataDir, { recursive: true });
     const keysFile = await checkKeysFile(config);
+    // Whoever can read the token can change every disk: it stays its owner's alone, as the keys file does.
+    const tokenFile = join(config.dataDir, 'token');
+    if (!config.token && existsSync(tokenFile)) checkPrivateFile(tokenFile, 'token file');
     const lock = DataDirLock.acquire(config.dataDir);
     let opened: Awaited<ReturnType<typeof openStore>>;
     try {

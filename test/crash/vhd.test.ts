@@ -129,7 +129,7 @@ test('power cut: dynamic vhd in place, discard (zero first, then the BAT)', { sk
   const pristine = smallBlockVhd(small.raw, join(work.dir, 'discard.vhd'), SMALL_BLOCK);
   const st = await runScenario({
     name: 'vhd-discard', format: 'vpc', pristine, guest: small, request: {},
-    states: { seed: 17, prefixes: 12, randoms: 60 }, rerunEvery: 12,
+    states: { seed: 17, prefixes: 12, randoms: 60 }, rerunEvery: 20,
     extra: (s) => [...opensWithFooter(s), ...zeroPastAppendPoint(s, SMALL_BLOCK)],
   });
   t.diagnostic(JSON.stringify(st));
@@ -142,7 +142,7 @@ test('power cut: dynamic vhd in place --compact (moves, footer, truncation)', { 
   const pristine = smallBlockVhd(small.raw, join(work.dir, 'compact.vhd'), SMALL_BLOCK);
   const st = await runScenario({
     name: 'vhd-compact', format: 'vpc', pristine, guest: small, request: { compact: true },
-    states: { seed: 29, prefixes: 8, randoms: 16, tearRate: 0.4 }, rerunEvery: 12,
+    states: { seed: 29, prefixes: 8, randoms: 16, tearRate: 0.4 }, rerunEvery: 20,
     extra: (s) => {
       // Counted, not failed: the windows the discarder's opening comment names.
       if (zeroPastAppendPoint(s, SMALL_BLOCK).length) stale++;
@@ -159,7 +159,7 @@ test('power cut: qemu-made dynamic vhd (2 MiB blocks) in place --compact', { ski
   const pristine = convertGuest(big, 'vpc', join(work.dir, 'qemu.vhd'));
   const st = await runScenario({
     name: 'vhd-qemu', format: 'vpc', pristine, guest: big, request: { compact: true },
-    states: { seed: 3, prefixes: 6, randoms: 16, tearRate: 0.4 }, rerunEvery: 7,
+    states: { seed: 3, prefixes: 6, randoms: 16, tearRate: 0.4 }, rerunEvery: 20,
     extra: (s) => opensWithFooter(s),
   });
   t.diagnostic(JSON.stringify(st));
@@ -173,7 +173,7 @@ test('power cut: fixed vhd in place (holes before the footer)', { skip, timeout:
   const footer = readBytes(pristine, statSync(pristine).size - 512, 512);
   const st = await runScenario({
     name: 'vhd-fixed', format: 'vpc', pristine, guest: small, request: {},
-    states: { seed: 5, prefixes: 4, randoms: 10 }, rerunEvery: 7,
+    states: { seed: 5, prefixes: 4, randoms: 10 }, rerunEvery: 20,
     extra: (s) => opensWithFooter(s, footer),
   });
   t.diagnostic(JSON.stringify(st));

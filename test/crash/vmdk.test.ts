@@ -114,7 +114,7 @@ function vmdkScenario(s: Omit<Scenario, 'format' | 'guest' | 'extra' | 'readable
 
 test('power cut: vmdk in place, discard only (entries, then holes)', { skip, timeout: 600_000 }, async (t) => {
   const pristine = convertGuest(suite.guest, 'vmdk', join(suite.dir, 'disk.vmdk'));
-  const s = vmdkScenario({ name: 'vmdk', pristine, request: {}, states: { seed: 2024, prefixes: 6, randoms: 110 }, rerunEvery: 10, corruptEpochs: 0 });
+  const s = vmdkScenario({ name: 'vmdk', pristine, request: {}, states: { seed: 2024, prefixes: 6, randoms: 110 }, rerunEvery: 20, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));
   assert.deepEqual(st.problems, []);
@@ -124,7 +124,7 @@ test('power cut: vmdk in place, discard only (entries, then holes)', { skip, tim
 
 test('power cut: vmdk --compact (copies, entries switched, file cut)', { skip, timeout: 600_000 }, async (t) => {
   const pristine = convertGuest(suite.guest, 'vmdk', join(suite.dir, 'compact.vmdk'));
-  const s = vmdkScenario({ name: 'vmdk-compact', pristine, request: { compact: true }, states: { seed: 4242, prefixes: 8, randoms: 90 }, rerunEvery: 10, corruptEpochs: 0 });
+  const s = vmdkScenario({ name: 'vmdk-compact', pristine, request: { compact: true }, states: { seed: 4242, prefixes: 8, randoms: 90 }, rerunEvery: 20, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));
   assert.deepEqual(st.problems, []);
@@ -141,7 +141,7 @@ test('power cut: delta vmdk with zeroed grains, --compact', { skip, timeout: 600
   run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', parentRaw, join(dir, 'parent.vmdk')]);
   const pristine = join(dir, 'delta.vmdk');
   run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'zeroed_grain=on', '-B', 'parent.vmdk', '-F', 'vmdk', suite.guest.raw, pristine]);
-  const s = vmdkScenario({ name: 'vmdk-delta', pristine, request: { compact: true }, states: { seed: 77, prefixes: 4, randoms: 15 }, rerunEvery: 10, corruptEpochs: 0 });
+  const s = vmdkScenario({ name: 'vmdk-delta', pristine, request: { compact: true }, states: { seed: 77, prefixes: 4, randoms: 15 }, rerunEvery: 20, corruptEpochs: 0 });
   const st = await runScenario(s);
   t.diagnostic(JSON.stringify({ ...st, statesWithUnreferencedSpace: s.unreferenced() }));
   assert.deepEqual(st.problems, []);

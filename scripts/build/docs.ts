@@ -1,7 +1,8 @@
 /**
  * The build's last step (`npm run build:files`): the files generated from sparsify's own tables,
  * written under dist/ where the package ships them from:
- * - dist/man/sparsify.1 and dist/man/sparsify-serve.1 (package.json's `man` installs them);
+ * - dist/man/man1/sparsify.1 and sparsify-serve.1 (package.json's `man` installs them; in a
+ *   checkout, MANPATH=dist/man finds them);
  * - dist/completion/sparsify, bash completion for sparsify and virt-sparsify;
  * - dist/build-info.json, the commit for --version.
  */
@@ -24,7 +25,7 @@ function write(rel: string, text: string): void {
   writeFileSync(path, text);
 }
 
-write('man/sparsify.1', sparsifyManPage(VERSION));
-write('man/sparsify-serve.1', serveManPage(VERSION));
+write('man/man1/sparsify.1', sparsifyManPage(VERSION));
+write('man/man1/sparsify-serve.1', serveManPage(VERSION));
 write('completion/sparsify', bashCompletion());
 write('build-info.json', JSON.stringify(buildInfo(root), null, 2) + '\n');

@@ -65,7 +65,12 @@ export async function serveMain(argv: readonly string[]): Promise<number> {
   }
   const { log, pino } = createLogger(config.logLevel, config.hostName, chooseLogFormat(config.logFormat, Boolean(process.stderr.isTTY)).format);
   if (flags.seedDemo) {
-    const seeded = await seedDemoDisk(config.domains[0]!);
+    let seeded: string | undefined;
+    try {
+      seeded = await seedDemoDisk(config.domains[0]!);
+    } catch (e) {
+      return fail((e as Error).message);
+    }
     if (seeded) log.info(`seeded ${seeded} with the embedded demo disk`);
   }
 

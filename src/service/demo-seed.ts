@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
+import { SparsifyError } from '../io/errors.js';
 
 function demoArchive(): string | undefined {
   const here = fileURLToPath(new URL('.', import.meta.url));
@@ -23,7 +24,8 @@ export async function seedDemoDisk(domain: string): Promise<string | undefined> 
   mkdirSync(domain, { recursive: true });
   if (readdirSync(domain).some((f) => !f.startsWith('.'))) return undefined;
   const archive = demoArchive();
-  if (!archive) throw new Error('the embedded demo disk (examples/demo-disk.img.gz) is missing');
+  // The npm package leaves it out (680 KiB that no hypervisor needs): it is in the source tree.
+  if (!archive) throw new SparsifyError('--seed-demo: the demo disk (examples/demo-disk.img.gz) comes with the source tree, not with the npm package; run it from a checkout (npm start)');
   const out = join(domain, 'demo-disk.img');
   await pipeline(createReadStream(archive), createGunzip(), createWriteStream(out, { flags: 'wx' }));
   return out;

@@ -57,18 +57,22 @@ export interface ServerOptions {
   args?: string[];
   /** Options for node itself (a profiler, say). */
   nodeArgs?: string[];
+  /** An installed `sparsify` command to run as `sparsify serve` instead of this tree's service. */
+  command?: string;
 }
 
 export async function startServer(opts: ServerOptions): Promise<Server> {
-  const args = [...(opts.nodeArgs ?? []), ...entry().args, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
+  const serve = opts.command ? ['serve'] : [...(opts.nodeArgs ?? []), ...entry().args];
+  const args = [...serve, '--data-dir', opts.dataDir, '--port', '0', '--host', '127.0.0.1'];
   for (const d of opts.domains ?? []) args.push('--domain', d);
   if (opts.token !== null) args.push('--token', opts.token ?? TOKEN);
   if (opts.database) args.push('--database', opts.database);
   if (opts.hostName) args.push('--host-name', opts.hostName);
   args.push(...(opts.args ?? []));
-  const proc = spawn(process.execPath, args, {
-    // No VMs from this machine's libvirt unless a test asks: tests never depend on what runs here.
-    env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', SPARSIFY_LIBVIRT: 'none', ...opts.env },
+  const proc = spawn(opts.command ?? process.execPath, args, {
+    // No VMs from this machine's libvirt and no /etc/sparsify unless a test asks: tests never
+    // depend on what runs or is configured here.
+    env: { ...process.env, SPARSIFY_SCAN_INTERVAL: '0', SPARSIFY_LIBVIRT: 'none', SPARSIFY_CONFIG_DIR: '/nonexistent/sparsify-tests', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   live.add(proc);

@@ -57,13 +57,13 @@ export function serveManPage(version: string): string {
   m.section('Signals').para('SIGTERM and SIGINT stop the service cleanly: it stops taking jobs, and the jobs it is running hand themselves back within --shutdown-timeout seconds (they run again on another host, or here after the restart; sparsify is safe to repeat), then it exits with status 0. Whatever hangs (a database that does not answer, a stuck share), it exits 5 seconds later with status 1.');
 
   m.section('Running under systemd')
-    .para('The package ships a hardened unit, packaging/sparsify.service: a dedicated user, NoNewPrivileges, ProtectSystem=strict with the data folder and the storage domains as the only writable paths, ProtectHome, PrivateTmp, no capabilities (block devices need only the disk group), an EnvironmentFile for the database URL and the token, a restart on failure, and a stop timeout longer than --shutdown-timeout. To install it:')
+    .para('The package ships a hardened unit, packaging/sparsify.service: a dedicated user, NoNewPrivileges, ProtectSystem=strict with the data folder and the storage domains as the only writable paths, ProtectHome, PrivateTmp, no capabilities (block devices need only the disk group), an EnvironmentFile for the database URL and the token, a restart on failure, and a stop timeout longer than --shutdown-timeout. It starts the sparsify that the PATH finds (/usr/local/bin or /usr/bin, as npm's prefix has it). The images must be writable by its user: on an oVirt host, where they belong to vdsm:kvm, add SupplementaryGroups=kvm; to read VMs from qemu:///system, add libvirt. To install it:')
     .example([
       'useradd --system --home-dir /var/lib/sparsify --shell /usr/sbin/nologin sparsify',
       'cp "$(npm root -g)/sparsify/packaging/sparsify.service" /etc/systemd/system/',
       'install -d -m 0750 -o sparsify /etc/sparsify',
-      'install -m 0600 -o sparsify /dev/null /etc/sparsify/sparsify.env   # then edit it',
-      'systemctl edit sparsify   # ReadWritePaths= for each storage domain, ExecStart= if not /usr/local/bin',
+      'install -m 0600 -o sparsify "$(npm root -g)/sparsify/packaging/sparsify.env" /etc/sparsify/   # then edit it',
+      'systemctl edit sparsify   # ReadWritePaths= for each storage domain',
       'systemctl enable --now sparsify',
     ])
     .para('Without systemd (a plain init, a container), run sparsify serve in the foreground as an unprivileged user with the same environment, let the supervisor restart it on failure, and stop it with SIGTERM, giving it --shutdown-timeout plus 5 seconds before SIGKILL. In a container, mount the data folder and the domains as volumes, pass --host 0.0.0.0 and the token in the environment, and publish the port.');

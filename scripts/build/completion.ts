@@ -88,6 +88,7 @@ _sparsify() {
   if [[ \${COMP_WORDS[1]} == serve && $COMP_CWORD -gt 1 ]]; then
     case $prev in
 ${caseArms(serveArms)}
+      ${serveArms.filter((a) => a.offer === 'none').flatMap((a) => a.names).join('|')}) return 0 ;;
     esac
     if [[ $cur == -* || -z $cur ]]; then
       _sparsify_reply "$(compgen -W '${serveOptions.join(' ')}' -- "$cur")"

@@ -137,6 +137,7 @@ describe('bash completion', { skip: haveTool('bash') ? false : 'no bash', timeou
     assert.deepEqual(complete(['sparsify', 'serve', '--log-format', '']), ['json', 'pretty']);
     assert.deepEqual(complete(['sparsify', 'serve', '--default-mode', '']), ['copy-and-replace', 'in-place']);
     assert.deepEqual(complete(['sparsify', 'serve', '--data-dir', 'vm']), ['vms']);
+    assert.deepEqual(complete(['sparsify', 'serve', '--port', '']), [], 'a number: nothing to offer');
     assert.ok(complete(['sparsify', 'serve', '--']).includes('--check-config'));
   });
 

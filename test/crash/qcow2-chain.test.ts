@@ -19,7 +19,7 @@ test('power cut: qcow2 --compact of a backing chain\'s leaf', { skip, timeout: 9
   const pristine = join(suite.dir, 'leaf.qcow2');
   run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=1.1,cluster_size=4096', '-b', 'base.raw', '-F', 'raw', pristine]);
   run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'qcow2', suite.guest.raw, pristine]);
-  await suite.check(t, { name: 'qcow2-leaf', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 17, prefixes: 6, randoms: 20 }, rerunEvery: 20 }, 60);
+  await suite.check(t, { name: 'qcow2-leaf', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 17, prefixes: 6, randoms: 30 }, rerunEvery: 20 }, 60);
 });
 
 test('power cut: qcow2 --compact with an enabled persistent dirty bitmap', { skip, timeout: 900_000 }, async (t) => {
@@ -33,5 +33,5 @@ test('power cut: qcow2 --compact with an enabled persistent dirty bitmap', { ski
     if (bm.flags.includes('in-use')) return ['bitmap backup0 is marked in use'];
     return [];
   };
-  await suite.check(t, { name: 'qcow2-bitmap', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 19, prefixes: 6, randoms: 20 }, rerunEvery: 20, extra }, 60);
+  await suite.check(t, { name: 'qcow2-bitmap', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 19, prefixes: 6, randoms: 30 }, rerunEvery: 20, extra }, 60);
 });

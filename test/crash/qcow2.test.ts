@@ -15,16 +15,16 @@ const { skip } = suite;
 
 test('power cut: qcow2 discard, 512-byte clusters', { skip, timeout: 900_000 }, async (t) => {
   const pristine = convertGuest(suite.guest, 'qcow2', join(suite.dir, 'd512.qcow2'), ['cluster_size=512']);
-  await suite.check(t, { name: 'qcow2-discard', format: 'qcow2', pristine, request: {}, states: { seed: 7, prefixes: 2, randoms: 3 }, rerunEvery: 20 }, 100);
+  await suite.check(t, { name: 'qcow2-discard', format: 'qcow2', pristine, request: {}, states: { seed: 7, prefixes: 3, randoms: 5 }, rerunEvery: 20 }, 100);
 });
 
 test('power cut: qcow2 --compact, 4 KiB clusters', { skip, timeout: 900_000 }, async (t) => {
   const pristine = convertGuest(suite.guest, 'qcow2', join(suite.dir, 'c4k.qcow2'), ['cluster_size=4096']);
-  await suite.check(t, { name: 'qcow2-compact', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 11, prefixes: 6, randoms: 20 }, rerunEvery: 20 }, 100);
+  await suite.check(t, { name: 'qcow2-compact', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 11, prefixes: 6, randoms: 30 }, rerunEvery: 20 }, 100);
 });
 
 test('power cut: qcow2 --compact of compressed clusters', { skip, timeout: 900_000 }, async (t) => {
   const pristine = join(suite.dir, 'z.qcow2');
   run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4096', suite.guest.raw, pristine]);
-  await suite.check(t, { name: 'qcow2-compressed', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 13, prefixes: 6, randoms: 20 }, rerunEvery: 20 }, 60);
+  await suite.check(t, { name: 'qcow2-compressed', format: 'qcow2', pristine, request: { compact: true }, states: { seed: 13, prefixes: 6, randoms: 30 }, rerunEvery: 20 }, 60);
 });

@@ -70,7 +70,7 @@ test('power cut: vhdx in place from a pending log (replay, then discard through 
   const pristine = await withPendingHalfDiscard('discard.vhdx');
   const st = await runScenario({
     name: 'vhdx-discard', format: 'vhdx', pristine, guest: suite.guest, request: {},
-    states: { seed: 4242, prefixes: 8, randoms: 40 }, rerunEvery: 20, readable: replayedByQemu,
+    states: { seed: 4242, prefixes: 8, randoms: 60 }, rerunEvery: 20, readable: replayedByQemu,
   });
   t.diagnostic(JSON.stringify(st));
   assert.deepEqual(st.problems, []);
@@ -82,7 +82,7 @@ test('power cut: vhdx in place with --compact (moves, repointing through the log
   const pristine = convertGuest(suite.guest, 'vhdx', join(suite.dir, 'compact.vhdx'), ['block_size=1M']);
   const st = await runScenario({
     name: 'vhdx-compact', format: 'vhdx', pristine, guest: suite.guest, request: { compact: true },
-    states: { seed: 777, prefixes: 6, randoms: 20 }, rerunEvery: 20, readable: replayedByQemu,
+    states: { seed: 777, prefixes: 6, randoms: 30 }, rerunEvery: 20, readable: replayedByQemu,
   });
   t.diagnostic(JSON.stringify(st));
   assert.deepEqual(st.problems, []);

@@ -91,8 +91,9 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
   const canRelease = await backend.canRelease();
   const compact = compactor !== undefined && (compactor.required === true || opts.compact === true || (opts.compact === 'auto' && !canRelease));
   if (compact && opts.findZeros && backend.granularity) {
+    const t0 = Date.now();
     const zeros = await opts.findZeros(backend.granularity);
-    opts.onTrace?.(`in-place: ${zeros.total()} more bytes read as zero and go too`);
+    opts.onTrace?.(`in-place: ${zeros.total()} more bytes read as zero and go too (looked in ${((Date.now() - t0) / 1000).toFixed(2)} s)`);
     discard = discard.union(zeros);
   }
   const ranges = backend.align(discard);
@@ -127,6 +128,7 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
     else opts.onWarning?.(`${edges.total()} bytes at the unaligned edges of --zero devices were left as they were`);
   }
   opts.onProgress?.({ done: compact ? total / 2 : planned, total });
+  opts.onTrace?.('in-place: discard done');
   if (compact) {
     const half = total / 2;
     result.compaction = await compactor.compact({
@@ -137,6 +139,7 @@ export async function discardInPlace(backend: DiscardBackend, discard: Extents, 
       zero: opts.zero,
     });
     result.aborted = result.compaction.aborted;
+    opts.onTrace?.(`in-place: compaction moved ${result.compaction.moved} bytes; the image ends at ${result.compaction.endAfter}`);
     if (!result.aborted) opts.onProgress?.({ done: total, total });
   } else if (compactor) {
     result.compactableEnd = await compactor.plannedEnd();

@@ -183,6 +183,8 @@ export class BlockFile {
     if (!observing()) {
       try {
         await sys.copyFileRange(this.fd, from, this.fd, to, length);
+        // Start writing the copy out now, so the caller's fdatasync finds little left to do.
+        if (!this.isBlockDevice) sys.startWriteback(this.fd, to, length);
         return;
       } catch (e) {
         if (!(e instanceof sys.SyscallError) || !COPY_UNSUPPORTED.has(e.code)) throw e;

@@ -27,6 +27,7 @@ import {
   type DiscardContext,
   type DiscardResult,
 } from './discard-types.js';
+import { writeU32Entries } from './common/runs.js';
 
 const SIGNATURE = 0xbeda107f;
 const TYPE_DYNAMIC = 1;
@@ -238,14 +239,6 @@ export class VdiDiscarder implements DiscardBackend, Compactor {
   /** Write changed map entries, one write per run of neighbouring entries. */
   private async writeEntries(changed: Map<number, number>): Promise<void> {
     const blocks = [...changed.keys()].sort((a, b) => a - b);
-    let i = 0;
-    while (i < blocks.length) {
-      let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1) j++;
-      const buf = Buffer.alloc((j - i) * 4);
-      for (let k = i; k < j; k++) buf.writeUInt32LE(changed.get(blocks[k]!)! >>> 0, (k - i) * 4);
-      await this.file.write(buf, this.g.offsetBmap + blocks[i]! * 4);
-      i = j;
-    }
+    await writeU32Entries(this.file, this.g.offsetBmap, blocks, (b) => changed.get(b)!, 'le');
   }
 }

@@ -32,6 +32,7 @@ import { L2_COMPRESSED, L2_COPIED, Qcow2Layout, standardHost } from './discard-l
 import { reclaimLeaks } from './discard-leaks.js';
 import { Qcow2Bitmaps, type ClusterSource } from './bitmaps.js';
 import { Qcow2Compactor } from './compact.js';
+import { consecutiveRuns } from '../common/runs.js';
 
 /** L2 tables changed per batch (two fdatasyncs each). */
 const TABLES_PER_BATCH = 32;
@@ -355,12 +356,6 @@ export class Qcow2Discarder implements DiscardBackend {
     const free = [...after].filter(([, v]) => v === 0).map(([c]) => c).sort((a, b) => a - b);
     this.pool.freed.push(...free);
     if (!ctx.release) return;
-    let i = 0;
-    while (i < free.length) {
-      let j = i + 1;
-      while (j < free.length && free[j] === free[j - 1]! + 1) j++;
-      this.file.release(free[i]! * this.cs, (j - i) * this.cs);
-      i = j;
-    }
+    for (const run of consecutiveRuns(free)) this.file.release(run.first * this.cs, run.count * this.cs);
   }
 }

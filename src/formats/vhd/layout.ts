@@ -22,6 +22,7 @@ import { CorruptError, SparsifyError, hex } from '../../io/errors.js';
 import { Extents } from '../../io/extents.js';
 import { u64be } from '../common/bytes.js';
 import type { HostSlot } from '../common/slot-moves.js';
+import { writeU32Entries } from '../common/runs.js';
 import { DYN_HEADER_SIZE, FOOTER_SIZE, TYPE_DIFFERENCING, TYPE_DYNAMIC, isFooter, parseFooter, vhdChecksum } from '../common/vhd-footer.js';
 
 export const NO_BLOCK = 0xffffffff;
@@ -186,16 +187,8 @@ export class VhdLayout {
    */
   async writeEntries(changed: ReadonlyMap<number, number>): Promise<void> {
     const blocks = [...changed.keys()].sort((a, b) => a - b);
-    let i = 0;
-    while (i < blocks.length) {
-      let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1) j++;
-      const buf = Buffer.alloc((j - i) * 4);
-      for (let k = i; k < j; k++) buf.writeUInt32BE(changed.get(blocks[k]!)! >>> 0, (k - i) * 4);
-      await this.file.write(buf, this.batAt + blocks[i]! * 4);
-      buf.copy(this.bat, blocks[i]! * 4);
-      i = j;
-    }
+    const runs = await writeU32Entries(this.file, this.batAt, blocks, (b) => changed.get(b)!, 'be');
+    for (const r of runs) r.bytes.copy(this.bat, r.first * 4);
   }
 }
 

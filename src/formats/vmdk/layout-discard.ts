@@ -21,6 +21,7 @@ import { Extents } from '../../io/extents.js';
 import { parseDescriptor } from './descriptor.js';
 import { FLAG_COMPRESSED, FLAG_MARKERS, FLAG_RGD, FLAG_ZERO_GRAIN, SECTOR, isSparseHeader, parseSparseHeader, type SparseHeader } from './header.js';
 import { GrainSlots } from './slots-discard.js';
+import { writeU32Entries } from '../common/runs.js';
 
 /** The GT value of a zeroed grain (with FLAG_ZERO_GRAIN). */
 export const GTE_ZERO = 1;
@@ -231,16 +232,7 @@ export class VmdkLayout {
    * of neighbouring entries. The caller syncs.
    */
   async writeEntries(set: GrainTableSet, t: number, ks: readonly number[], values: (k: number) => number): Promise<void> {
-    const base = set.dir[t]! * SECTOR;
-    let i = 0;
-    while (i < ks.length) {
-      let j = i + 1;
-      while (j < ks.length && ks[j] === ks[j - 1]! + 1) j++;
-      const buf = Buffer.alloc((j - i) * 4);
-      for (let x = i; x < j; x++) buf.writeUInt32LE(values(ks[x]!) >>> 0, (x - i) * 4);
-      await this.file.write(buf, base + ks[i]! * 4);
-      i = j;
-    }
+    await writeU32Entries(this.file, set.dir[t]! * SECTOR, ks, values, 'le');
   }
 
   /** Point grain table entries (flat indices) at new values, in the GT and the RGT. The caller syncs. */

@@ -100,17 +100,8 @@ test('qcow2 --compact: an L1 table that qemu moved to the end (resize) comes bac
 test('qcow2 --compact: compressed clusters are repacked', { skip, timeout: 300_000 }, () => {
   const p = join(work.dir, 'z.qcow2');
   run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', guest.raw, p]);
-  const plain = join(work.dir, 'z.plain.qcow2');
-  const compact = join(work.dir, 'z.compact.qcow2');
-  copyFileSync(p, plain);
-  copyFileSync(p, compact);
-  assert.equal(sparsify(['--in-place', plain]).status, 0);
-  const r = sparsify(['--in-place', '--compact', compact]);
-  assert.equal(r.status, 0, r.stderr);
-  assert.equal(check(compact).status, 0, check(compact).output);
-  assert.equal(runStatus('qemu-img', ['compare', plain, compact]).status, 0);
-  assert.deepEqual(guestProblems(compact, 'qcow2', guest, work.dir), []);
-  assert.ok(statSync(compact).size < statSync(plain).size * 0.8, `${statSync(plain).size} -> ${statSync(compact).size}`);
+  const s = compactAndCheck('z', p);
+  assert.ok(s.compact < s.plain * 0.8, `${s.plain} -> ${s.compact}`);
 });
 
 test('qcow2 --compact: extended L2 entries (subclusters)', { skip, timeout: 300_000 }, () => {
@@ -125,17 +116,8 @@ test('qcow2 --compact: the leaf of a backing chain keeps reading through to its 
   const leaf = join(work.dir, 'chain-leaf.qcow2');
   run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', '-b', 'chain-base.raw', '-F', 'raw', leaf]);
   run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'qcow2', guest.raw, leaf]);
-  const plain = join(work.dir, 'chain-leaf.plain.qcow2');
-  const compact = join(work.dir, 'chain-leaf.compact.qcow2');
-  copyFileSync(leaf, plain);
-  copyFileSync(leaf, compact);
-  assert.equal(sparsify(['--in-place', plain]).status, 0);
-  const r = sparsify(['--in-place', '--compact', compact]);
-  assert.equal(r.status, 0, r.stderr);
-  assert.equal(check(compact).status, 0, check(compact).output);
-  assert.equal(runStatus('qemu-img', ['compare', plain, compact]).status, 0);
-  assert.deepEqual(guestProblems(compact, 'qcow2', guest, work.dir), []);
-  assert.ok(statSync(compact).size < statSync(plain).size, `${statSync(plain).size} -> ${statSync(compact).size}`);
+  // qemu-img convert of a leaf flattens the chain: our length stays well under its bound.
+  compactAndCheck('chain-leaf', leaf);
 });
 
 test('qcow2 without --compact: the summary says how much compaction would give back, and it does', { skip, timeout: 300_000 }, () => {

@@ -52,7 +52,14 @@ export interface Luks1Spec {
 export function encryptLuks1(plain: string, out: string, spec: Luks1Spec): void {
   const [mode, ivgen] = spec.mode === 'xts-plain64' ? ['xts', 'ivgen-alg=plain64'] : ['cbc', 'ivgen-alg=essiv,ivgen-hash-alg=sha256'];
   const o = `key-secret=sec0,cipher-alg=aes-256,cipher-mode=${mode},${ivgen},hash-alg=${spec.hash},iter-time=10`;
-  run('qemu-img', ['convert', '-f', 'raw', '-O', 'luks', '--object', `secret,id=sec0,data=${spec.passphrase ?? PASSPHRASE}`, '-o', o, plain, out]);
+  const args = ['convert', '-f', 'raw', '-O', 'luks', '--object', `secret,id=sec0,data=${spec.passphrase ?? PASSPHRASE}`, '-o', o, plain, out];
+  // qemu times its first 32768 PBKDF2 rounds by the thread's CPU time, which counts in scheduler
+  // ticks: a few ms of work can read as 0 and it gives up ("Unable to get accurate CPU usage").
+  for (let attempt = 1; ; attempt++) {
+    const r = runStatus('qemu-img', args);
+    if (r.status === 0) return;
+    if (attempt === 3 || !r.stderr.includes('Unable to get accurate CPU usage')) throw new Error(`qemu-img ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  }
 }
 
 /** `cryptsetup luksDump` of an image (the header as cryptsetup sees it), without the file's name. */

@@ -88,7 +88,9 @@ export async function benchCompact(opts: { runs: number; log: (s: string) => voi
       const row: CompactBenchRow = { name: d.name, ourSeconds: [], refSeconds: [], ourPeakRss: 0, refPeakRss: 0, ourExtra: 0, refExtra: 0, ourLength: 0, refLength: 0, convertOfOurs: 0 };
       for (let i = 0; i < opts.runs; i++) {
         // Ours: the image itself; extra space is any growth of its allocation above the start.
+        // The copy is made durable before the clock starts: neither tool should pay for its write-back.
         sh('cp', ['--sparse=always', d.qcow2, ours]);
+        sh('sync', ['-f', ours]);
         const start = du(ours);
         const a = await timedWatch(process.execPath, [CLI, '-q', '--in-place', '--compact', ours], work, () => du(ours));
         row.ourSeconds.push(a.seconds);
@@ -104,6 +106,7 @@ export async function benchCompact(opts: { runs: number; log: (s: string) => voi
         rmSync(ours, { force: true });
         // qemu-img convert to a new file, made durable, renamed over the old one.
         sh('cp', ['--sparse=always', d.qcow2, ref]);
+        sh('sync', ['-f', ref]);
         rmSync(refNew, { force: true });
         const b = await timedWatch('sh', ['-c', `qemu-img convert -O qcow2 "${ref}" "${refNew}" && sync -f "${refNew}"`], work, () => du(refNew));
         renameSync(refNew, ref);

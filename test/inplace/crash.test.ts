@@ -57,14 +57,22 @@ interface Scenario {
   name: string;
   format: string;
   make: (raw: string, out: string) => void;
+  /**
+   * Whether a random kill can be expected to land between two batches. A raw run punches its
+   * holes in a handful of syscalls that take a few ms, so a kill lands before or after them; its
+   * intermediate states are proven instead by test/crash/vdi-raw.test.ts, which replays every
+   * subset of the recorded punches.
+   */
+  batched: boolean;
 }
 
 const SCENARIOS: Scenario[] = [
-  { name: 'raw', format: 'raw', make: (r, o) => copyFileSync(r, o) },
+  { name: 'raw', format: 'raw', make: (r, o) => copyFileSync(r, o), batched: false },
   {
     name: 'qcow2, 512-byte clusters, no backing file',
     format: 'qcow2',
     make: (r, o) => run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=512', r, o]),
+    batched: true,
   },
   {
     name: 'qcow2 v3, 4 KiB clusters, with a backing file',
@@ -75,6 +83,7 @@ const SCENARIOS: Scenario[] = [
       run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=1.1,cluster_size=4096', '-b', base, '-F', 'raw', o]);
       run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'qcow2', r, o]);
     },
+    batched: true,
   },
 ];
 
@@ -122,7 +131,7 @@ for (const s of SCENARIOS) {
     }
     t.diagnostic(`${kills} kills, ${midRun} mid-discard; uninterrupted discard phase ${full.workMs} ms`);
     assert.ok(kills >= 3, `only ${kills} runs were killed`);
-    // Most kills should land while discarding (not before or after): otherwise the test proves little.
-    assert.ok(midRun >= 1, `no kill landed in the middle of the discard phase (${kills} kills)`);
+    // Some kills should land while discarding (not before or after): otherwise the test proves little.
+    if (s.batched) assert.ok(midRun >= 1, `no kill landed in the middle of the discard phase (${kills} kills)`);
   });
 }

@@ -8,7 +8,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { SparsifyError } from '../../io/errors.js';
-import { canonicalDevice, mapperToLvm } from '../../plan/devices.js';
+import { canonicalDevice, mapperToLvm } from '../device-names.js';
 
 /** The encrypted volume a key is asked for. */
 export interface KeyRequest {

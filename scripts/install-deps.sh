@@ -10,7 +10,8 @@ set -euo pipefail
 PACKAGES=(e2fsprogs xfsprogs btrfs-progs ntfs-3g dosfstools exfatprogs mtools qemu-utils gdisk fdisk
           util-linux lvm2 cryptsetup-bin time chromium make g++ postgresql
           jfsutils reiserfsprogs f2fs-tools nilfs-tools udftools squashfs-tools genisoimage erofs-utils makefs
-          libvirt-daemon-system libvirt-clients qemu-system-x86 systemd man-db)
+          libvirt-daemon-system libvirt-clients qemu-system-x86 systemd man-db
+          nbdkit libnbd-bin gnutls-bin)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -5,6 +5,8 @@
 import { dirname, resolve, isAbsolute } from 'node:path';
 import { realpathSync } from 'node:fs';
 import { BlockFile } from '../io/file.js';
+import { NbdFile } from '../io/nbd/nbd-file.js';
+import { isNbdUri } from '../io/nbd/uri.js';
 import { acquireImageLock, READ_LOCK, WRITE_LOCK } from '../io/image-lock.js';
 import { SparsifyError } from '../io/errors.js';
 import { RawImage } from './raw.js';
@@ -41,8 +43,9 @@ class ChainOpener implements OpenContext {
 
   async open(path: string, format: string | undefined): Promise<DiskImage> {
     let real: string;
+    const nbd = isNbdUri(path);
     try {
-      real = realpathSync(path);
+      real = nbd ? path : realpathSync(path);
     } catch (e) {
       throw new SparsifyError(`cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
@@ -54,9 +57,11 @@ class ChainOpener implements OpenContext {
     }
     const top = this.opened.length === 0;
     this.opened.push(real);
-    const file = await BlockFile.open(path, top && this.opts.writable ? 'r+' : 'r');
+    const mode = top && this.opts.writable ? 'r+' : 'r';
+    const file = nbd ? await NbdFile.openAddress(path, mode) : await BlockFile.open(path, mode);
     try {
-      const lock = top ? (this.opts.lock ?? 'read') : 'read';
+      // An export has no host lock: the server decides who may connect.
+      const lock = nbd ? 'none' : top ? (this.opts.lock ?? 'read') : 'read';
       if (lock !== 'none') {
         const warning = acquireImageLock(file.fd, path, lock === 'write' ? WRITE_LOCK : READ_LOCK);
         if (warning) this.opts.warn?.(warning);
@@ -64,7 +69,7 @@ class ChainOpener implements OpenContext {
       const name = format ?? (await probeFormat(file));
       if (name === 'raw') return await RawImage.open(file);
       const driver = findDriver(name);
-      if (!driver) throw new SparsifyError(`${path}: input format '${name}' is not supported yet`);
+      if (!driver) throw new SparsifyError(`${file.path}: input format '${name}' is not supported yet`);
       return await driver.open(file, this);
     } catch (e) {
       await file.close().catch(() => undefined);
@@ -73,6 +78,9 @@ class ChainOpener implements OpenContext {
   }
 
   openBacking(path: string, format: string | undefined, referrer: string): Promise<DiskImage> {
+    if (isNbdUri(referrer) && !isNbdUri(path)) {
+      return Promise.reject(new SparsifyError(`${referrer}: the image has a backing file (${path}), which cannot be reached through the export; serve the guest's view instead (qemu-nbd -f FORMAT), or open the image as a file`));
+    }
     const full = isAbsolute(path) ? path : resolve(dirname(referrer), path);
     return this.open(full, format).catch((e: unknown) => {
       if (e instanceof SparsifyError) throw new SparsifyError(`backing file of ${referrer}: ${e.message}`);

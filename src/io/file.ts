@@ -17,10 +17,11 @@ const COPY_UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL', '
 const COPY_CHUNK = 1 << 20;
 
 export class BlockFile {
-  private constructor(
+  /** Subclasses (an NBD export, io/nbd/) pass no handle and override every method that uses it. */
+  protected constructor(
     readonly path: string,
-    private readonly handle: FileHandle,
-    private length: number,
+    private readonly fileHandle: FileHandle | undefined,
+    protected length: number,
     readonly isBlockDevice: boolean,
     readonly writable: boolean,
     /** Device number of a block device (0 for a file). */
@@ -54,8 +55,18 @@ export class BlockFile {
     }
   }
 
+  private get handle(): FileHandle {
+    if (!this.fileHandle) throw new Error(`${this.path}: not a local file`);
+    return this.fileHandle;
+  }
+
   get fd(): number {
     return this.handle.fd;
+  }
+
+  /** Served by a remote peer (NBD), not a local file or device: no descriptor, no host locks. */
+  get isRemote(): boolean {
+    return false;
   }
 
   /** Read exactly buf.length bytes at `offset`; anything short is a truncated file. */

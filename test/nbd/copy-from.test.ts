@@ -1,0 +1,114 @@
+/**
+ * Copy mode from NBD exports served by qemu-nbd and nbdkit: the copy equals the copy of the same
+ * file (byte for byte, qemu-img compare for container formats), the filesystem checks clean and
+ * every file is intact; also without structured replies (--no-sr), without block status
+ * (noextents) and with a server that insists on 64 KiB blocks.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { tempDir, run, sha256, fileContent, releaseAll } from '../helpers/fixtures.js';
+import { buildDisk } from '../helpers/disk-builder.js';
+import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
+import { sparsifyCopy } from '../../src/operations/copy.js';
+import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+
+const T = { timeout: 120_000 };
+let dir = '';
+let cleanup = (): void => undefined;
+const servers: TestServer[] = [];
+let disk = '';
+let ref = '';
+const PART = { offset: 1 << 20, size: 60 << 20 };
+let wantSums = new Map<string, string>();
+
+function fileSha(p: string): string {
+  return sha256(readFileSync(p));
+}
+
+before(async () => {
+  ({ dir, cleanup } = tempDir('sparsify-nbd-copy-'));
+  disk = join(dir, 'disk.raw');
+  const files: Record<string, Buffer> = {};
+  for (let i = 0; i < 12; i++) files[`d/f${i}`] = fileContent(`f${i}`, 300_000 + i * 4099);
+  const gone: Record<string, Buffer> = {};
+  for (let i = 0; i < 8; i++) gone[`x/g${i}`] = fileContent(`g${i}`, 2_000_000);
+  buildDisk(disk, { sizeMiB: 96, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 60, ext: { type: 'ext4', files: { ...files, ...gone }, remove: Object.keys(gone) } }, { sizeMiB: 30 }] });
+  ref = join(dir, 'ref.raw');
+  await sparsifyCopy({ input: disk, output: ref });
+  const p = join(dir, 'ref-part.img');
+  extract(ref, PART.offset, PART.size, p);
+  wantSums = extFileSums(p, dir);
+  assert.equal(wantSums.size, 12);
+});
+
+after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
+
+async function serve(s: Promise<TestServer>): Promise<TestServer> {
+  const server = await s;
+  servers.push(server);
+  return server;
+}
+
+/** The output's filesystem checks clean and holds every file as it was. */
+function checkGuest(raw: string): void {
+  const p = join(dir, 'check-part.img');
+  extract(raw, PART.offset, PART.size, p);
+  assert.equal(e2fsck(p).status, 0, 'e2fsck clean');
+  assert.deepEqual(extFileSums(p, dir), wantSums);
+}
+
+test('raw export (qemu-nbd): the copy equals the file copy; holes and free space are never read', T, async () => {
+  const s = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const out = join(dir, 'from-nbd.raw');
+  const r = await sparsifyCopy({ input: s.uri, output: out });
+  assert.equal(fileSha(out), fileSha(ref));
+  checkGuest(out);
+  assert.ok(r.bytesRead <= r.plan.keep.total(), `read ${r.bytesRead} of ${r.plan.keep.total()} kept`);
+  await s.stop();
+});
+
+test('guest view of a qcow2 (qemu-nbd -f qcow2) to qcow2: qemu-img compare and check', T, async () => {
+  const q = join(dir, 'guest.qcow2');
+  run('qemu-img', ['convert', '-O', 'qcow2', disk, q]);
+  const s = await serve(qemuNbd(dir, q, { format: 'qcow2' }));
+  const out = join(dir, 'from-guest.qcow2');
+  await sparsifyCopy({ input: s.uri, output: out, convert: 'qcow2' });
+  run('qemu-img', ['check', out]);
+  assert.match(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', out, ref]), /identical/);
+  await s.stop();
+});
+
+for (const fmt of ['qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx']) {
+  test(`an export serving a ${fmt} file's bytes is probed as ${fmt} and copies as the file does`, T, async () => {
+    const img = join(dir, `disk.${fmt}`);
+    run('qemu-img', ['convert', '-O', fmt, disk, img]);
+    const fileCopy = join(dir, `file-copy.${fmt}`);
+    await sparsifyCopy({ input: img, output: fileCopy });
+    const s = await serve(qemuNbd(dir, img, { format: 'raw' }));
+    const out = join(dir, `nbd-copy.${fmt}`);
+    const r = await sparsifyCopy({ input: s.uri, output: out });
+    assert.equal(r.outputFormat, fmt);
+    assert.match(run('qemu-img', ['compare', '-f', fmt, '-F', fmt, out, fileCopy]), /identical/);
+    assert.match(run('qemu-img', ['compare', '-f', fmt, '-F', 'raw', out, ref]), /identical/);
+    if (fmt === 'qcow2') run('qemu-img', ['check', out]);
+    await s.stop();
+  });
+}
+
+const NBDKIT_CASES: Array<[string, string[]]> = [
+  ['without structured replies (--no-sr)', ['--no-sr', 'file', disk]],
+  ['without block status (noextents)', ['--filter=noextents', 'file', disk]],
+  ['with a 64 KiB minimum block size (blocksize-policy, errors on smaller requests)', ['--filter=blocksize-policy', 'file', disk, 'blocksize-minimum=65536', 'blocksize-preferred=65536', 'blocksize-maximum=4194304', 'blocksize-error-policy=error']],
+];
+for (const [what, args] of NBDKIT_CASES) {
+  test(`nbdkit ${what}: the copy equals the file copy`, T, async () => {
+    const s = await serve(nbdkit(dir, args.map((a) => (a === disk ? disk : a))));
+    const out = join(dir, 'from-nbdkit.raw');
+    await sparsifyCopy({ input: s.uri, output: out });
+    assert.equal(fileSha(out), fileSha(ref));
+    checkGuest(out);
+    await s.stop();
+  });
+}

@@ -40,6 +40,12 @@ function checkInPlaceConflicts(o: CliOptions): void {
 function inPlaceSummary(out: Output, report: InPlaceReport): void {
   const freed = Math.max(0, report.allocatedBefore - report.allocatedAfter);
   const discarded = `${humanSize(report.bytesDiscarded)} of free space discarded`;
+  if (report.nbd) {
+    // Only block status is trusted: a server may answer TRIM with success and free nothing.
+    const figures = `(block status: ${humanSize(report.allocatedBefore)} allocated before, ${humanSize(report.allocatedAfter)} after)`;
+    out.info(freed > 0 ? `${discarded}; the server gave back ${humanSize(freed)} ${figures}` : `${discarded}; the server gave nothing back ${figures}: it may ignore discards (qemu-nbd without --discard=unmap)`);
+    return;
+  }
   if (report.isBlockDevice) {
     // A block device's allocation is the storage's business: only what we did is known.
     out.info(report.released ? `${discarded} on the device` : `${discarded} (the device cannot discard)`);

@@ -18,6 +18,8 @@ import { openVmdkDiscarder } from '../formats/vmdk/discard.js';
 import { openVhdDiscarder } from '../formats/vhd-discard.js';
 import { openVhdxDiscarder } from '../formats/vhdx/discard.js';
 import type { ProgressListener } from './progress.js';
+import { NbdFile } from '../io/nbd/nbd-file.js';
+import { NbdDiscarder } from './nbd-discard.js';
 import { discardUnsupported, type CompactResult, type DiscardBackend } from '../formats/discard-types.js';
 
 /** Compact after discarding: always, never, or 'auto': only where the storage cannot release space. */
@@ -64,6 +66,7 @@ export async function discardBackendFor(image: DiskImage): Promise<DiscardBacken
     case 'raw': {
       if (!(image instanceof RawImage)) throw new Error('raw image is not a RawImage');
       const file = image.file;
+      if (file instanceof NbdFile) return new NbdDiscarder(file);
       if (file.isBlockDevice) return BlockDeviceDiscarder.open(file, (await stat(file.path)).rdev);
       return RawFileDiscarder.open(file);
     }

@@ -26,6 +26,8 @@ export interface OpenOptions {
   writable?: boolean;
   /** Receives non-fatal remarks (e.g. locking unavailable). */
   warn?: (msg: string) => void;
+  /** Called with the top layer's file once open (in place over NBD measures allocation through it). */
+  onTopFile?: (file: BlockFile) => void;
 }
 
 /** Detect the format of an open file by its magic; raw when nothing matches. */
@@ -61,6 +63,7 @@ class ChainOpener implements OpenContext {
     const file = nbd ? await NbdFile.openAddress(path, mode) : await BlockFile.open(path, mode);
     try {
       // An export has no host lock: the server decides who may connect.
+      if (top) this.opts.onTopFile?.(file);
       const lock = nbd ? 'none' : top ? (this.opts.lock ?? 'read') : 'read';
       if (lock !== 'none') {
         const warning = acquireImageLock(file.fd, path, lock === 'write' ? WRITE_LOCK : READ_LOCK);

@@ -19,6 +19,7 @@ import { discardBackendFor, discardInPlace, type CompactMode } from '../execute/
 import { zeroBlocks } from '../execute/zero-blocks.js';
 import type { OperationEvents } from './events.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
+import { isNbdUri } from '../io/nbd/uri.js';
 
 export interface InPlaceRequest extends OperationEvents {
   path: string;
@@ -68,6 +69,11 @@ export interface InPlaceReport {
   /** When the format can compact and compaction did not run: where it would end the image. */
   compactableEnd?: number;
   isBlockDevice: boolean;
+  /**
+   * The image is an NBD export: allocatedBefore/After are what the server's block status says is
+   * allocated (not holes), read before the first change and after the final FLUSH.
+   */
+  nbd?: boolean;
 }
 
 /** Image formats we know by magic: a file carrying one of these is never sparsified as raw by guess. */
@@ -130,15 +136,22 @@ function announce(map: DiskMap, plan: Plan, status: (t: string) => void): void {
 }
 
 export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceReport> {
-  const allocatedBefore = await allocated(req.path).catch(() => 0);
+  const nbd = isNbdUri(req.path);
+  let allocatedBefore = nbd ? 0 : await allocated(req.path).catch(() => 0);
   req.onStatus?.('Examine disk');
-  const image = await openImage(req.path, { format: req.format, lock: 'write', writable: true, warn: req.onWarning });
+  let top: BlockFile | undefined;
+  const image = await openImage(req.path, { format: req.format, lock: 'write', writable: true, warn: req.onWarning, onTopFile: (f) => (top = f) });
   let report: Omit<InPlaceReport, 'allocatedAfter' | 'endAfter'> & { endAfter?: number };
+  let nbdAllocatedAfter = 0;
   try {
     await refuseDisguisedFormat(image, req.format);
     // Refusals (format, dirty qcow2, snapshots...) come before the analysis.
     const backend = await discardBackendFor(image);
-    const isBlockDevice = (await stat(req.path)).isBlockDevice();
+    if (nbd && (req.compact === true || backend.compactor?.required)) {
+      throw new SparsifyError(`${image.path}: compacting ${image.format} in place over NBD is not supported yet (an export cannot be shortened); ${req.compact === true ? 'leave out --compact' : 'use copy mode'}`);
+    }
+    if (nbd && top) allocatedBefore = await top.allocatedBytes();
+    const isBlockDevice = nbd || (await stat(req.path)).isBlockDevice();
     if (req.compact === true && !backend.compactor) req.onInfo?.(noCompaction(image.format, isBlockDevice));
     const map = await analyzeDisk(image, { trace: req.onTrace, keys: req.keys });
     for (const i of allInfo(map)) req.onInfo?.(i);
@@ -150,15 +163,15 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
     if (req.signal?.aborted) throw new SparsifyError('quit (^C) at user request');
     announce(map, plan, (t) => req.onStatus?.(t));
 
-    const endBefore = await fileEnd(req.path);
+    const endBefore = nbd ? (top?.size ?? 0) : await fileEnd(req.path);
     const r = await discardInPlace(backend, plan.discard, {
       zero: plan.zero,
       onProgress: req.onProgress,
       onWarning: req.onWarning,
       onTrace: req.onTrace,
       signal: req.signal,
-      compact: req.compact ?? false,
-      path: req.path,
+      compact: nbd ? false : (req.compact ?? false),
+      path: image.path,
       findZeros: (g) => zeroBlocks(image, plan.discard.complement(0, image.virtualSize), g, req.signal),
     });
     if (r.aborted) throw new SparsifyError('quit (^C) at user request');
@@ -179,10 +192,13 @@ export async function sparsifyInPlace(req: InPlaceRequest): Promise<InPlaceRepor
       releasedByTruncation: c?.releasedByTruncation ?? 0,
       compactableEnd: r.compactableEnd,
       isBlockDevice,
+      ...(nbd ? { nbd } : {}),
     };
+    if (nbd && top) nbdAllocatedAfter = await top.allocatedBytes();
   } finally {
     await image.close();
   }
+  if (nbd) return { ...report, endAfter: report.endAfter ?? report.endBefore, allocatedAfter: nbdAllocatedAfter };
   return {
     ...report,
     endAfter: report.endAfter ?? (await fileEnd(req.path)),

@@ -1,0 +1,121 @@
+/**
+ * In place over NBD: the guest's free space goes with WRITE_ZEROES (no NO_HOLE) and a FLUSH.
+ * Oracles: the result equals the same in-place run on a local copy of the file (byte for byte
+ * for raw, qemu-img compare for qcow2), the file behind the export really shrinks (du), block
+ * status figures agree with it, qemu-img check and e2fsck are clean, every file is intact.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { copyFileSync, readFileSync } from 'node:fs';
+import { tempDir, run, sha256, fileContent, releaseAll, allocatedBytes } from '../helpers/fixtures.js';
+import { buildDisk } from '../helpers/disk-builder.js';
+import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
+import { sparsifyInPlace } from '../../src/operations/in-place.js';
+import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+
+const T = { timeout: 120_000 };
+const MiB = 1 << 20;
+let dir = '';
+let cleanup = (): void => undefined;
+const servers: TestServer[] = [];
+let disk = '';
+/** The same in-place run on a local copy: what the NBD runs must give. */
+let fileResult = '';
+const PART = { offset: 1 << 20, size: 60 << 20 };
+let wantSums = new Map<string, string>();
+
+before(async () => {
+  ({ dir, cleanup } = tempDir('sparsify-nbd-inplace-'));
+  disk = join(dir, 'disk.raw');
+  const files: Record<string, Buffer> = {};
+  for (let i = 0; i < 12; i++) files[`d/f${i}`] = fileContent(`f${i}`, 300_000 + i * 4099);
+  const gone: Record<string, Buffer> = {};
+  for (let i = 0; i < 8; i++) gone[`x/g${i}`] = fileContent(`g${i}`, 2_000_000);
+  buildDisk(disk, { sizeMiB: 96, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 60, ext: { type: 'ext4', files: { ...files, ...gone }, remove: Object.keys(gone) } }, { sizeMiB: 30 }] });
+  const p = join(dir, 'orig-part.img');
+  extract(disk, PART.offset, PART.size, p);
+  wantSums = extFileSums(p, dir);
+  fileResult = join(dir, 'file-result.raw');
+  copyFileSync(disk, fileResult);
+  await sparsifyInPlace({ path: fileResult });
+});
+
+after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
+
+async function serve(s: Promise<TestServer>): Promise<TestServer> {
+  const server = await s;
+  servers.push(server);
+  return server;
+}
+
+function checkGuest(raw: string): void {
+  const p = join(dir, 'check-part.img');
+  extract(raw, PART.offset, PART.size, p);
+  assert.equal(e2fsck(p).status, 0, 'e2fsck clean');
+  assert.deepEqual(extFileSums(p, dir), wantSums);
+}
+
+test('raw file behind qemu-nbd --discard=unmap: the same bytes as in place on the file, and the file shrinks as much', T, async () => {
+  const img = join(dir, 'unmap.raw');
+  copyFileSync(disk, img);
+  const before = allocatedBytes(img);
+  const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  const r = await sparsifyInPlace({ path: s.uri });
+  await s.stop();
+  assert.equal(r.nbd, true);
+  assert.equal(sha256(readFileSync(img)), sha256(readFileSync(fileResult)));
+  checkGuest(img);
+  const freedOnHost = before - allocatedBytes(img);
+  const expected = before - allocatedBytes(fileResult);
+  assert.ok(expected > 40 * MiB, `the file run freed ${expected}`);
+  assert.ok(Math.abs(freedOnHost - expected) <= MiB, `freed ${freedOnHost} on the host, the file run ${expected}`);
+  // What block status said agrees with what the host shows.
+  assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freedOnHost) <= MiB, `block status: ${r.allocatedBefore} -> ${r.allocatedAfter}`);
+});
+
+test('a qcow2 guest view (qemu-nbd -f qcow2 --discard=unmap): the qcow2 file shrinks, qemu-img check clean, same guest as the file run', T, async () => {
+  const q = join(dir, 'guest.qcow2');
+  run('qemu-img', ['convert', '-O', 'qcow2', disk, q]);
+  const before = allocatedBytes(q);
+  const s = await serve(qemuNbd(dir, q, { format: 'qcow2', writable: true, extra: ['--discard=unmap'] }));
+  const r = await sparsifyInPlace({ path: s.uri });
+  await s.stop();
+  run('qemu-img', ['check', q]);
+  assert.match(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', q, fileResult]), /identical/);
+  const freed = before - allocatedBytes(q);
+  assert.ok(freed > 40 * MiB, `the qcow2 file gave back ${freed}`);
+  assert.ok(r.allocatedBefore - r.allocatedAfter > 40 * MiB);
+});
+
+test('a qcow2 file served as bytes (qemu-nbd -f raw): probed as qcow2, sparsified in place through the export as the file would be', T, async () => {
+  const q = join(dir, 'bytes.qcow2');
+  run('qemu-img', ['convert', '-O', 'qcow2', disk, q]);
+  const local = join(dir, 'local.qcow2');
+  copyFileSync(q, local);
+  await sparsifyInPlace({ path: local });
+  const s = await serve(qemuNbd(dir, q, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  const r = await sparsifyInPlace({ path: s.uri });
+  await s.stop();
+  assert.equal(r.format, 'qcow2');
+  run('qemu-img', ['check', q]);
+  assert.match(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', q, local]), /identical/);
+  const guest = join(dir, 'bytes-guest.raw');
+  run('qemu-img', ['convert', '-O', 'raw', q, guest]);
+  checkGuest(guest);
+  assert.ok(allocatedBytes(q) < allocatedBytes(local) + 2 * MiB && r.bytesDiscarded > 40 * MiB);
+  assert.ok(Math.abs(allocatedBytes(q) - allocatedBytes(local)) <= 2 * MiB, `${allocatedBytes(q)} vs ${allocatedBytes(local)}`);
+});
+
+test('a server without WRITE_ZEROES (nbdkit nozero): TRIM instead, and the figures come from block status', T, async () => {
+  const img = join(dir, 'trim.raw');
+  copyFileSync(disk, img);
+  const before = allocatedBytes(img);
+  const s = await serve(nbdkit(dir, ['--filter=nozero', 'file', img]));
+  const r = await sparsifyInPlace({ path: s.uri });
+  await s.stop();
+  checkGuest(img);
+  const freed = before - allocatedBytes(img);
+  assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
+  assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
+});

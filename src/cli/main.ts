@@ -43,7 +43,7 @@ function inPlaceSummary(out: Output, report: InPlaceReport): void {
   if (report.nbd) {
     // Only block status is trusted: a server may answer TRIM with success and free nothing.
     const figures = `(block status: ${humanSize(report.allocatedBefore)} allocated before, ${humanSize(report.allocatedAfter)} after)`;
-    out.info(freed > 0 ? `${discarded}; the server gave back ${humanSize(freed)} ${figures}` : `${discarded}; the server gave nothing back ${figures}: it may ignore discards (qemu-nbd without --discard=unmap)`);
+    out.info(freed > 0 ? `${discarded}; the server reports ${humanSize(freed)} fewer bytes allocated ${figures}` : `${discarded}; the server reports nothing given back ${figures}: it may ignore discards (qemu-nbd without --discard=unmap)`);
     return;
   }
   if (report.isBlockDevice) {

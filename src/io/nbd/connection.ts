@@ -10,7 +10,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { SparsifyError, hex } from '../errors.js';
+import { FatalError, SparsifyError, hex } from '../errors.js';
 import { ByteReader } from './byte-reader.js';
 import { Handshake, type ExportInfo } from './handshake.js';
 import * as P from './protocol.js';
@@ -40,7 +40,7 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-export class NbdError extends SparsifyError {
+export class NbdError extends FatalError {
   constructor(
     message: string,
     /** The server's errno name for a failed request (ENOTSUP, EINVAL...), when it gave one. */

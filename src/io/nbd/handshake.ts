@@ -86,7 +86,7 @@ export class Handshake {
     this.sendOption(P.OPT.STARTTLS);
     const r = await this.readReply(P.OPT.STARTTLS);
     if (r.type !== P.REP.ACK) {
-      if (r.type === P.REP_ERR_UNSUP || r.type === (P.REP_ERROR_BIT | 2)) throw new HandshakeError('the server does not offer TLS (use nbd:// without the s)');
+      if (r.type === P.REP_ERR_UNSUP || r.type === P.REP_ERR_POLICY) throw new HandshakeError('the server does not offer TLS (use nbd:// without the s)');
       throw this.refusal('STARTTLS', r);
     }
   }

@@ -46,8 +46,9 @@ const REP_ERRORS: Record<number, string> = {
 export function optionErrorName(type: number): string {
   return REP_ERRORS[type & 0x7fffffff] ?? `error ${type & 0x7fffffff}`;
 }
-export const REP_ERR_UNSUP = REP_ERROR_BIT | 1;
-export const REP_ERR_TLS_REQD = REP_ERROR_BIT | 5;
+export const REP_ERR_UNSUP = (REP_ERROR_BIT | 1) >>> 0;
+export const REP_ERR_TLS_REQD = (REP_ERROR_BIT | 5) >>> 0;
+export const REP_ERR_POLICY = (REP_ERROR_BIT | 2) >>> 0;
 
 export const INFO = {
   EXPORT: 0,

@@ -10,7 +10,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { FatalError, SparsifyError, hex } from '../errors.js';
+import { FatalError, hex } from '../errors.js';
 import { ByteReader } from './byte-reader.js';
 import { Handshake, type ExportInfo } from './handshake.js';
 import * as P from './protocol.js';

@@ -22,6 +22,8 @@ import type { OperationEvents } from './events.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 import { parseOutputOptions } from './output-options.js';
 import { availableParallelism } from 'node:os';
+import { isNbdUri, parseNbdUri } from '../io/nbd/uri.js';
+import { NbdRawWriter } from '../execute/nbd-writer.js';
 
 export interface CopyRequest extends OperationEvents {
   input: string;
@@ -97,8 +99,16 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
+  // An NBD output receives the guest's view (raw); it is written in place, never renamed.
+  const toNbd = isNbdUri(req.output);
+  if (toNbd) {
+    const out = parseNbdUri(req.output).display;
+    if (req.input === req.output) throw new SparsifyError('you cannot use the same disk image for input and output');
+    if (req.convert !== undefined && req.convert !== 'raw') throw new SparsifyError(`${out}: writing a ${req.convert} image into an NBD export is not supported yet; the export receives the guest's view (leave out --convert)`);
+    if (req.keepBacking || req.compress) throw new SparsifyError(`${out}: ${req.keepBacking ? '--keep-backing' : '--compress'} cannot be used with an NBD export as the output`);
+  }
   if (await sameFile(req.input, req.output)) throw new SparsifyError('you cannot use the same disk image for input and output');
-  const outStat = await stat(req.output).catch(() => undefined);
+  const outStat = toNbd ? undefined : await stat(req.output).catch(() => undefined);
   if (outStat && !outStat.isFile()) throw new SparsifyError(`${req.output}: output must be a regular file (writing to a ${outStat.isDirectory() ? 'directory' : 'device'} is not supported yet)`);
 
   req.onStatus?.('Examine source disk');
@@ -107,7 +117,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
     for (const layer of image.layers().slice(1)) {
       if (await sameFile(layer.path, req.output)) throw new SparsifyError(`you cannot write the output over ${req.output}: it is a backing file of ${req.input}`);
     }
-    const outputFormat = req.convert ?? image.format;
+    const outputFormat = toNbd ? 'raw' : (req.convert ?? image.format);
     const driver = findDriver(outputFormat);
     if (req.compress && outputFormat === 'raw') {
       throw new SparsifyError('--compress cannot be used for raw output.  Remove this option or use --convert qcow2.');
@@ -138,8 +148,10 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
 
     const temp = join(dirname(req.output), `.${basename(req.output)}.sparsify-${process.pid}.tmp`);
     let writer: ImageWriter | undefined;
+    let nbdWriter: NbdRawWriter | undefined;
     try {
-      writer = await driver.createWriter(temp, image.virtualSize, options, {
+      if (toNbd) writer = nbdWriter = await NbdRawWriter.open(req.output, image.virtualSize, (m) => req.onWarning?.(m));
+      else writer = await driver.createWriter(temp, image.virtualSize, options, {
         compress: req.compress ?? false,
         // Compression runs on libuv's thread pool, which bin/sparsify.js sizes to the cores.
         threads: Math.max(1, availableParallelism()),
@@ -149,7 +161,7 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       req.onStatus?.('Copy to destination and make sparse');
       if (overlay) req.onVerbose?.(`output: a qcow2 overlay on ${overlay.backing.file}, holding the input's own clusters minus the wholly free ones`);
       const r = await copyImage(image, plan, writer, {
-        checkSpace: (bytes, shared) => checkSpace(dirname(req.output), bytes, shared),
+        ...(toNbd ? {} : { checkSpace: (bytes: number, shared: boolean) => checkSpace(dirname(req.output), bytes, shared) }),
         onProgress: req.onProgress,
         signal: req.signal,
         data: map.data,
@@ -159,9 +171,15 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       await writer.finish();
       writer = undefined;
       req.onVerbose?.(`read ${r.bytesRead} bytes of data, wrote ${r.bytesWritten} bytes (${outputFormat}; ${r.bytesCloned} shared with the input by reflink, ${r.bytesCopied} copied by the kernel)`);
-      await rename(temp, req.output);
-      await syncDir(dirname(req.output));
-      const outputAllocated = (await stat(req.output)).blocks * 512;
+      let outputAllocated: number;
+      if (nbdWriter) {
+        req.onVerbose?.(`${nbdWriter.path}: the rest zeroed with ${nbdWriter.zeroRequests} WRITE_ZEROES calls, then FLUSH`);
+        outputAllocated = nbdWriter.allocatedAfter;
+      } else {
+        await rename(temp, req.output);
+        await syncDir(dirname(req.output));
+        outputAllocated = (await stat(req.output)).blocks * 512;
+      }
       return {
         map,
         plan,
@@ -174,6 +192,10 @@ export async function sparsifyCopy(req: CopyRequest): Promise<CopyReport> {
       };
     } catch (e) {
       await writer?.abort();
+      if (toNbd) {
+        if (e instanceof SparsifyError) throw new SparsifyError(`${e.message} (the copy into ${parseNbdUri(req.output).display} did not complete)`, e.exitCode);
+        throw e;
+      }
       await unlink(temp).catch(() => undefined);
       throw e;
     }

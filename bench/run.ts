@@ -2,7 +2,7 @@
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
  * Options: --runs N (default 5), --quick (3 runs, no --compress bench),
- * --only copy|reflink|analysis|inplace|compact|service|acceptance.
+ * --only copy|reflink|analysis|inplace|compact|nbd|service|acceptance.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -61,6 +61,13 @@ async function main(): Promise<void> {
     if (!only || only === 'compact') {
       const { benchCompact, compactTable } = (await import(new URL('./compact.js', import.meta.url).href)) as typeof import('./compact.js');
       lines.push('', ...compactTable(await benchCompact({ runs, log })));
+    }
+    if (!only || only === 'nbd') {
+      const { benchNbd } = (await import(new URL('./nbd.js', import.meta.url).href)) as typeof import('./nbd.js');
+      const rows = await benchNbd(work, { runs, log });
+      const base = median(rows.find((r) => r.name.startsWith('nbdcopy'))!.seconds);
+      lines.push('', '| copy from NBD (qemu-nbd, Unix socket, 4 GiB half used) | median | ratio to nbdcopy | peak RSS | output allocated | target |', '|---|---|---|---|---|---|');
+      for (const r of rows) lines.push(`| ${r.name} | ${median(r.seconds).toFixed(2)} s | ${(median(r.seconds) / base).toFixed(2)} | ${mib(r.peakRss)} | ${mib(r.outputBytes)} | ${r.name.startsWith('sparsify') ? '<= 0.6x nbdcopy, <= 200 MiB' : ''} |`);
     }
     if (!only || only === 'service') {
       try {

@@ -11,8 +11,9 @@ import * as P from './protocol.js';
 import type { NbdAddress } from './uri.js';
 import type { ExportInfo } from './handshake.js';
 
-/** The largest READ or WRITE we send: the server's maximum, at most this. */
-const IO_REQUEST = 2 << 20;
+/** The largest READ or WRITE we send (the server's maximum, at most this): qemu-nbd serves 256 KiB requests
+ * many times faster than 2 MiB ones (measured: 4 GiB in 3.4 s against 33 s with nbdcopy). */
+const IO_REQUEST = 256 << 10;
 /** Zero/trim/status requests may be much larger (no payload). */
 const BIG_REQUEST = 1 << 30;
 

@@ -1,0 +1,86 @@
+/**
+ * nbds+unix:// against qemu-nbd with an x509 tls-creds object, certificates made in the test
+ * with certtool (a CA, a server certificate for localhost, a client certificate): the copy is
+ * the file's copy; a client trusting another CA is refused by the handshake, and a plain
+ * nbd+unix:// address is told the server requires TLS. Each a clear error, exit 1.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { mkdirSync, writeFileSync, readFileSync, copyFileSync } from 'node:fs';
+import { tempDir, run, sha256, releaseAll } from '../helpers/fixtures.js';
+import { buildDisk } from '../helpers/disk-builder.js';
+import { sparsifyCopy } from '../../src/operations/copy.js';
+import { sparsify } from '../helpers/cli.js';
+import { qemuNbd, type TestServer } from './servers.js';
+
+const T = { timeout: 60_000 };
+let dir = '';
+let cleanup = (): void => undefined;
+const servers: TestServer[] = [];
+let disk = '';
+let serverDir = '';
+let clientDir = '';
+let strangerDir = '';
+
+/** A CA in `dir` (ca-key.pem, ca-cert.pem). */
+function makeCa(d: string, cn: string): void {
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, 'ca.info'), `cn = ${cn}\nca\ncert_signing_key\nexpiration_days = 2\n`);
+  run('certtool', ['--generate-privkey', '--outfile', join(d, 'ca-key.pem')]);
+  run('certtool', ['--generate-self-signed', '--load-privkey', join(d, 'ca-key.pem'), '--template', join(d, 'ca.info'), '--outfile', join(d, 'ca-cert.pem')]);
+}
+
+/** A certificate signed by the CA in `ca`, written as NAME-key.pem and NAME-cert.pem in `out`. */
+function makeCert(ca: string, out: string, name: 'server' | 'client'): void {
+  mkdirSync(out, { recursive: true });
+  const info = join(out, `${name}.info`);
+  writeFileSync(info, name === 'server' ? 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' : 'cn = sparsify-test\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n');
+  run('certtool', ['--generate-privkey', '--outfile', join(out, `${name}-key.pem`)]);
+  run('certtool', ['--generate-certificate', '--load-privkey', join(out, `${name}-key.pem`), '--load-ca-certificate', join(ca, 'ca-cert.pem'), '--load-ca-privkey', join(ca, 'ca-key.pem'), '--template', info, '--outfile', join(out, `${name}-cert.pem`)]);
+  copyFileSync(join(ca, 'ca-cert.pem'), join(out, 'ca-cert.pem'));
+}
+
+before(() => {
+  ({ dir, cleanup } = tempDir('sparsify-nbd-tls-'));
+  disk = join(dir, 'disk.raw');
+  buildDisk(disk, { sizeMiB: 32, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 24, ext: { type: 'ext4', files: { 'a/b': Buffer.alloc(1 << 20, 9) } } }] });
+  const ca = join(dir, 'ca');
+  makeCa(ca, 'sparsify test CA');
+  serverDir = join(dir, 'server');
+  clientDir = join(dir, 'client');
+  makeCert(ca, serverDir, 'server');
+  makeCert(ca, clientDir, 'client');
+  const other = join(dir, 'other-ca');
+  makeCa(other, 'another CA');
+  strangerDir = join(dir, 'stranger');
+  makeCert(other, strangerDir, 'client');
+});
+
+after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
+
+async function tlsServer(): Promise<TestServer> {
+  const s = await qemuNbd(dir, disk, { format: 'raw', extra: ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${serverDir}`, '--tls-creds', 'tls0'] });
+  servers.push(s);
+  return s;
+}
+
+test('nbds+unix with certificates: the copy equals the copy of the file', T, async () => {
+  const s = await tlsServer();
+  const ref = join(dir, 'ref.raw');
+  await sparsifyCopy({ input: disk, output: ref });
+  const out = join(dir, 'tls.raw');
+  await sparsifyCopy({ input: `nbds+unix:///?socket=${s.socket}&tls-certificates=${clientDir}`, output: out });
+  assert.equal(sha256(readFileSync(out)), sha256(readFileSync(ref)));
+});
+
+test('a client trusting another CA is refused, and a plain address is told TLS is required', T, async () => {
+  const s = await tlsServer();
+  let r = sparsify([`nbds+unix:///?socket=${s.socket}&tls-certificates=${strangerDir}`, join(dir, 'x.raw')]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /TLS handshake failed/);
+  assert.doesNotMatch(r.stderr, /tls-certificates|stranger/, 'no TLS file paths in messages');
+  r = sparsify([`nbd+unix:///?socket=${s.socket}`, join(dir, 'x.raw')]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /the server requires TLS \(use nbds/);
+});

@@ -11,6 +11,8 @@ import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
 import { sparsifyInPlace, type InPlaceReport } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
+import type { BlockFile } from '../io/file.js';
+import { NbdFile } from '../io/nbd/nbd-file.js';
 import { analyzeDisk } from '../analyze/analyze.js';
 import { toJson, toText } from '../analyze/report.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
@@ -92,10 +94,12 @@ function eventsFor(out: Output, signal: AbortSignal): OperationEvents {
 
 async function runAnalyze(o: CliOptions, out: Output, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} --analyze [--json] disk`);
-  const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w) });
+  let top: BlockFile | undefined;
+  const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w), onTopFile: (f) => (top = f) });
   try {
     const map = await analyzeDisk(image, { trace: (t) => out.traceLine(t), keys });
     process.stdout.write((o.json ? JSON.stringify(toJson(map), null, 2) : toText(map)) + '\n');
+    if (top instanceof NbdFile) out.verbose(`${top.path}: read ${top.bytesRead} bytes of the export's ${top.size}`);
   } finally {
     await image.close();
   }
@@ -197,6 +201,11 @@ export async function main(argv: readonly string[]): Promise<number> {
       for (const c of CAPABILITIES) out.machineLine(c);
       return 0;
     }
+    if (o.trimVm !== undefined) {
+      if (o.operands.length || o.inPlace || o.analyze) throw new UsageError('--trim-vm takes no disk, and neither --in-place nor --analyze');
+      return await (await import('./trim-vm.js')).runTrimVm(o.trimVm, o.connect ?? 'qemu:///system', out);
+    }
+    if (o.connect !== undefined) throw new UsageError('--connect is only for --trim-vm');
     if (o.inPlace) checkInPlaceConflicts(o);
     else if (o.compact) throw new SparsifyError('--compact is only for --in-place mode (a copy is always written compact)');
     keys = await keyStoreFromOptions(o);

@@ -12,6 +12,7 @@ import { tempDir, run, sha256, fileContent, releaseAll } from '../helpers/fixtur
 import { buildDisk } from '../helpers/disk-builder.js';
 import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
+import { sparsify } from '../helpers/cli.js';
 import { qemuNbd, nbdkit, type TestServer } from './servers.js';
 
 const T = { timeout: 120_000 };
@@ -112,3 +113,15 @@ for (const [what, args] of NBDKIT_CASES) {
     await s.stop();
   });
 }
+
+test('--analyze over NBD reads only metadata, and -v says how much', T, async () => {
+  const s = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const r = sparsify(['-v', '--analyze', s.uri]);
+  await s.stop();
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /Reclaimable/);
+  const m = /read (\d+) bytes of the export's (\d+)/.exec(r.stderr);
+  assert.ok(m, r.stderr);
+  assert.ok(Number(m[1]) > 0 && Number(m[1]) < 2 << 20, `read ${m[1]} bytes`);
+  assert.equal(Number(m[2]), 96 << 20);
+});

@@ -13,6 +13,8 @@ import { buildDisk } from '../helpers/disk-builder.js';
 import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
 import { sparsify } from '../helpers/cli.js';
+import { NbdClient } from '../../src/io/nbd/client.js';
+import { parseNbdUri } from '../../src/io/nbd/uri.js';
 import { qemuNbd, nbdkit, type TestServer } from './servers.js';
 
 const T = { timeout: 120_000 };
@@ -124,4 +126,26 @@ test('--analyze over NBD reads only metadata, and -v says how much', T, async ()
   assert.ok(m, r.stderr);
   assert.ok(Number(m[1]) > 0 && Number(m[1]) < 2 << 20, `read ${m[1]} bytes`);
   assert.equal(Number(m[2]), 96 << 20);
+});
+
+test('a server that sets CAN_MULTI_CONN (qemu-nbd -e 4) gets 4 connections, and the copy is the same', T, async () => {
+  const s = await serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-e', '4'] }));
+  const c = await NbdClient.connect(parseNbdUri(s.uri));
+  try {
+    assert.equal(c.connections, 4);
+  } finally {
+    await c.close();
+  }
+  const one = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const c1 = await NbdClient.connect(parseNbdUri(one.uri));
+  try {
+    assert.equal(c1.connections, 1, 'qemu-nbd -e 1 (the default) does not set CAN_MULTI_CONN');
+  } finally {
+    await c1.close();
+  }
+  const out = join(dir, 'multi.raw');
+  await sparsifyCopy({ input: s.uri, output: out });
+  assert.equal(fileSha(out), fileSha(ref));
+  await s.stop();
+  await one.stop();
 });

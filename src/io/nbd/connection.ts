@@ -179,6 +179,11 @@ export class NbdConnection {
     this.stream.destroy();
   }
 
+  /** Requests sent and not yet answered, with those waiting for a slot. */
+  get load(): number {
+    return this.active + this.slots.length;
+  }
+
   private async acquire(): Promise<void> {
     if (this.active < this.inFlight) {
       this.active++;

@@ -11,7 +11,8 @@ export class ByteReader {
   private waiter: { n: number; resolve: () => void; reject: (e: Error) => void } | undefined;
   private failure: Error | undefined;
   private stream: Duplex | undefined;
-  private readonly onData = (b: Buffer): void => {
+  /** Add received bytes (the stream's 'data', or a socket's onread callback with a copy). */
+  readonly push = (b: Buffer): void => {
     this.chunks.push(b);
     this.buffered += b.length;
     const w = this.waiter;
@@ -26,7 +27,7 @@ export class ByteReader {
   attach(stream: Duplex): void {
     this.detach();
     this.stream = stream;
-    stream.on('data', this.onData);
+    stream.on('data', this.push);
     stream.on('end', this.onEnd);
     stream.on('close', this.onEnd);
     stream.on('error', this.onError);
@@ -35,7 +36,7 @@ export class ByteReader {
   detach(): void {
     const s = this.stream;
     if (!s) return;
-    s.off('data', this.onData);
+    s.off('data', this.push);
     s.off('end', this.onEnd);
     s.off('close', this.onEnd);
     s.off('error', this.onError);

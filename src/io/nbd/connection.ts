@@ -56,9 +56,14 @@ function describe(addr: NbdAddress, type: number, offset: number, length: number
   return type === P.CMD.FLUSH ? `${addr.display}: FLUSH` : `${addr.display}: ${name} at ${hex(offset)} (+${length})`;
 }
 
-async function openStream(addr: NbdAddress): Promise<Socket> {
+/** Socket reads go into one buffer this big (fewer system calls and allocations than 64 KiB 'data' chunks). */
+const READ_BUFFER = 1 << 20;
+
+async function openStream(addr: NbdAddress, reader: ByteReader): Promise<Socket> {
+  // Plain connections read through `onread`; a TLS one needs the socket's ordinary 'data' events.
+  const onread = addr.tls ? {} : { onread: { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array): boolean => (reader.push(Buffer.from(buf.subarray(0, n))), true) } };
   return new Promise((resolve, reject) => {
-    const s = addr.socket !== undefined ? netConnect({ path: addr.socket }) : netConnect({ host: addr.host!, port: addr.port! });
+    const s = addr.socket !== undefined ? netConnect({ path: addr.socket, ...onread }) : netConnect({ host: addr.host!, port: addr.port!, ...onread });
     s.once('connect', () => {
       s.off('error', reject);
       resolve(s);
@@ -138,7 +143,7 @@ export class NbdConnection {
       let plain: Socket;
       try {
         plain = await Promise.race([
-          openStream(addr),
+          openStream(addr, reader),
           new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timed out')), timeouts.connectMs).unref()),
         ]);
       } catch (e) {

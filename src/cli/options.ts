@@ -57,6 +57,11 @@ export const OPTION_SPECS: readonly CliOptionSpec[] = [
     manual: ['Compress the output image: qcow2 clusters with zlib (or zstd with -o compression_type=zstd), or a streamOptimized vmdk. Copy mode only.'],
   },
   {
+    long: 'connect', arg: 'required', usage: ['--connect URI'],
+    summary: 'With --trim-vm: the libvirt connection (default qemu:///system)',
+    manual: ['With --trim-vm, the libvirt connection that runs the VM (default qemu:///system). A sparsify extension.'],
+  },
+  {
     long: 'convert', arg: 'required', usage: ['--convert FMT'], complete: 'output-formats',
     summary: "Output format (default: the input's)",
     manual: ["Write the copy in format FMT: raw, qcow2, vdi, vmdk, vpc or vhdx (qemu-img's names). The default is the input's format. Copy mode only."],
@@ -126,6 +131,13 @@ export const OPTION_SPECS: readonly CliOptionSpec[] = [
     manual: ["Accepted as virt-sparsify accepts it, and checked: a directory, a block device, or prebuilt:FILE (an overlay that must be backed by the input). sparsify needs no temporary space and writes nothing there; unlike virt-sparsify it never erases the block device. Copy mode only."],
   },
   {
+    long: 'trim-vm', arg: 'required', usage: ['--trim-vm NAME'],
+    summary: 'Give a running VM\'s free space back without downtime: its guest agent runs fstrim (needs discard=\'unmap\' on its disks)',
+    manual: [
+      "Trim the running libvirt VM NAME (name or UUID) instead of sparsifying an image: the guest's own agent (qemu-guest-agent) runs fstrim on its mounted filesystems, and QEMU turns the discards into holes in the images. Checked first, each refused with its reason (exit 1): the VM runs and is not migrating; every writable disk's live <driver> has discard='unmap' (without it the trim stops at QEMU); its format is raw or qcow2; the agent answers guest-ping within 5 s. Then each image's allocated bytes before and after are printed, and what the guest says it trimmed per mountpoint. A sparsify extension.",
+    ],
+  },
+  {
     long: 'verbose', short: 'v', arg: 'none', usage: ['-v, --verbose'],
     summary: 'Verbose messages',
     manual: ['Print more about what is done: the layers opened, each decision with its reason.'],
@@ -165,6 +177,9 @@ export interface CliOptions {
   compact: boolean;
   compress: boolean;
   convert?: string;
+  /** --trim-vm: the VM, and --connect: its libvirt. */
+  trimVm?: string;
+  connect?: string;
   debugGc: boolean;
   echoKeys: boolean;
   format?: string;
@@ -226,6 +241,8 @@ export function parseCommandLine(argv: readonly string[]): CliOptions {
       case 'compact': o.compact = true; break;
       case 'compress': o.compress = true; break;
       case 'convert': o.convert = value; break;
+      case 'connect': o.connect = value; break;
+      case 'trim-vm': o.trimVm = value; break;
       case 'debug-gc': o.debugGc = true; break;
       case 'echo-keys': o.echoKeys = true; break;
       case 'format': o.format = value; break;

@@ -69,6 +69,10 @@ export interface ServiceConfig {
   libvirt?: string;
   /** Re-read the VMs this often (0: only on demand and before each sparsify request). */
   libvirtIntervalSeconds: number;
+  /** Seconds a guest agent gets to answer guest-ping (trim's precondition). */
+  agentPingTimeoutSeconds?: number;
+  /** Seconds a guest gets to finish guest-fstrim before the trim job fails. */
+  agentTrimTimeoutSeconds?: number;
   /** Tests only: pause this long (abortable) before the engine runs, so a test can cancel or kill mid-job. */
   testJobDelayMs: number;
 }
@@ -133,6 +137,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'keysFile', flag: 'keys-file', arg: 'file', env: 'SPARSIFY_KEYS_FILE', kind: { t: 'path' }, help: 'LUKS keys by volume UUID, JSON {"UUID": "passphrase"} or UUID:key:... lines; must be mode 0600', defaultText: '/etc/sparsify/luks-keys, else DATA_DIR/luks-keys, when it exists', set: field('keysFile') },
   { key: 'libvirt', flag: 'libvirt', arg: 'uri', env: 'SPARSIFY_LIBVIRT', kind: { t: 'string', min: 1, pattern: /^(none|[a-z][a-z0-9+.-]*:\/\/\S*)$/, what: 'a libvirt URI (qemu:///system) or none' }, help: 'libvirt connection whose VMs this host reads (virsh): a disk a VM uses is sparsified only while that VM is down (none: no VMs)', defaultText: 'qemu:///system when /run/libvirt/libvirt-sock exists, else none', set: field('libvirt') },
   { key: 'libvirtIntervalSeconds', flag: 'libvirt-interval', arg: 's', env: 'SPARSIFY_LIBVIRT_INTERVAL', kind: { t: 'int', min: 0, max: 86400 }, help: 'read the VMs again this often (0: on demand and before each sparsify request)', defaultText: '10', set: field('libvirtIntervalSeconds') },
+  { key: 'agentPingTimeoutSeconds', flag: 'agent-ping-timeout', arg: 's', env: 'SPARSIFY_AGENT_PING_TIMEOUT', kind: { t: 'int', min: 1, max: 600 }, help: "a running VM is trimmed only when its guest agent answers guest-ping within this", defaultText: '5', set: field('agentPingTimeoutSeconds') },
+  { key: 'agentTrimTimeoutSeconds', flag: 'agent-trim-timeout', arg: 's', env: 'SPARSIFY_AGENT_TRIM_TIMEOUT', kind: { t: 'int', min: 1, max: 86400 }, help: "a trim job fails when the guest has not finished guest-fstrim within this (the guest keeps running)", defaultText: '300', set: field('agentTrimTimeoutSeconds') },
   { key: 'testJobDelayMs', env: 'SPARSIFY_TEST_JOB_DELAY_MS', kind: { t: 'int', min: 0, max: 600_000 }, help: 'tests: pause before the engine runs', hidden: true, set: field('testJobDelayMs') },
 ];
 

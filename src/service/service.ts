@@ -9,7 +9,7 @@ import { loadKeysFile } from '../index.js';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ServiceConfig, PolicyConfig } from './config.js';
-import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSetting, type JobOptions, type JobRecord, type EventRecord } from './store/records.js';
+import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSetting, type JobOptions, type JobRecord, type EventRecord, type SparsifyMode } from './store/records.js';
 import { Store, openStore, describeStore } from './store/store.js';
 import { PgNotifier } from './store/pg-notify.js';
 import { Bus } from './bus.js';
@@ -22,7 +22,7 @@ import { PgBossQueue } from './queue/pg-queue.js';
 import { Dispatcher } from './queue/dispatcher.js';
 import { JobWorker } from './jobs/worker.js';
 import * as requests from './jobs/requests.js';
-import { defaultModeOf, type Refusal } from './jobs/validate.js';
+import { defaultModeOf, storageCanRelease, type Refusal } from './jobs/validate.js';
 import { HostRegistry } from './hosts/registry.js';
 import { DataDirLock } from './hosts/data-dir-lock.js';
 import { ClusterMonitor } from './hosts/monitor.js';
@@ -35,6 +35,8 @@ import { diskView, domainViews, hostViews, jobView, type DiskView, type DomainVi
 import { VERSION } from './version.js';
 import { checkPrivateFile } from './config-files.js';
 import { VmInventory } from './vms/inventory.js';
+import { TrimRunner } from './jobs/trim.js';
+import { PING_TIMEOUT_S, DEFAULT_FSTRIM_TIMEOUT_S } from './vms/agent.js';
 import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
 import { vmViews, type VmListView } from './vms/views.js';
 import { historySeries, type HistoryView } from './history/series.js';
@@ -72,6 +74,8 @@ export class Service {
   /** This host's VMs (its libvirt), and every host's as the disks see them. */
   readonly vmInventory: VmInventory;
   readonly vms: VmAttachments;
+  /** Trim jobs of this host's running VMs, through their guest agents. */
+  readonly trims: TrimRunner;
   readonly token: string;
   readonly tokenGenerated: boolean;
   private timers: NodeJS.Timeout[] = [];
@@ -103,6 +107,15 @@ export class Service {
     this.monitor = new ClusterMonitor(this.ctx, this.registry, this.queue, async () => new Set([...(await this.cluster.domainStates()).values()].filter((d) => d.reachable).map((d) => d.id)));
     this.vmInventory = new VmInventory(this.ctx, this.mounts, config.libvirt, config.libvirtIntervalSeconds, (id) => this.scanner.refreshDisk(id));
     this.vms = new VmAttachments(store, bus);
+    this.trims = new TrimRunner({
+      ctx: this.ctx,
+      mounts: this.mounts,
+      uri: config.libvirt,
+      refreshVms: () => this.vmInventory.refresh(),
+      refreshDisk: (id) => this.scanner.refreshDisk(id),
+      pingTimeoutS: config.agentPingTimeoutSeconds ?? PING_TIMEOUT_S,
+      fstrimTimeoutS: config.agentTrimTimeoutSeconds ?? DEFAULT_FSTRIM_TIMEOUT_S,
+    });
     this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() }));
   }
 
@@ -212,7 +225,7 @@ export class Service {
     this.catalog.close();
     this.cluster.close();
     if (this.started) {
-      await this.worker.stop(timeoutMs);
+      await Promise.all([this.worker.stop(timeoutMs), this.trims.stop(timeoutMs)]);
       await this.registry.stop();
     }
     await this.queue.stop().catch(() => undefined);
@@ -248,10 +261,10 @@ export class Service {
   // ---- jobs
 
   /** POST /disks/{id}/sparsify. */
-  async submit(diskId: string, opts: Partial<JobOptions>, origin: JobRecord['origin'] = 'api'): Promise<{ job: JobView } | { refusal: Refusal }> {
+  async submit(diskId: string, opts: Partial<Omit<JobOptions, 'mode' | 'trim'>> & { mode?: SparsifyMode }, origin: JobRecord['origin'] = 'api'): Promise<{ job: JobView } | { refusal: Refusal }> {
     // A request naming no mode gets the configured one, but a block device is only ever sparsified in place.
     const mode = opts.mode ?? defaultModeOf(await this.store.disks.get(diskId), this.config.defaultMode);
-    const options: JobOptions = { mode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] };
+    const options: JobOptions & { mode: SparsifyMode } = { mode, ignore: opts.ignore ?? [], zero: opts.zero ?? [] };
     const r = await requests.submit(
       {
         ctx: this.ctx,
@@ -276,6 +289,12 @@ export class Service {
     return vmsOf(await this.vms.index(), d);
   }
 
+  /** POST /vms/{id}/trim: the guest trims its filesystems through its agent; the job measures what the host got back. */
+  async trimVm(vmId: string, origin: JobRecord['origin'] = 'api'): Promise<{ job: JobView } | { refusal: Refusal }> {
+    const r = await this.trims.submit(vmId, origin);
+    return 'job' in r ? { job: jobView(this.trims.active(r.job.id) ?? r.job) } : r;
+  }
+
   // ---- history
 
   /** Finished jobs since `since` as chart series (space given back, each domain's actual size). */
@@ -288,7 +307,7 @@ export class Service {
 
   async listVms(): Promise<VmListView> {
     const [vms, inventories, disks] = await Promise.all([this.store.vms.list(), this.store.vms.inventories(), this.store.disks.list()]);
-    return vmViews(vms, inventories, disks);
+    return vmViews(vms, inventories, disks, { host: this.ctx.host, liveOf: (u) => this.vmInventory.liveOf(u), canPunch: (d) => storageCanRelease(d, this.mounts.get(d.domainId)?.canDiscard ?? false) });
   }
 
   /** Read this host's libvirt now, and ask every other host to (on the bus). */
@@ -305,15 +324,15 @@ export class Service {
 
   /** A job, with this host's fresher progress when it runs here. */
   async getJob(id: string): Promise<JobRecord | undefined> {
-    return this.worker.active(id) ?? (await this.store.jobs.get(id));
+    return this.worker.active(id) ?? this.trims.active(id) ?? (await this.store.jobs.get(id));
   }
 
   async listJobs(opts: { status?: JobRecord['status'][]; diskId?: string; limit?: number }): Promise<JobView[]> {
-    return (await this.store.jobs.list(opts)).map((j) => jobView(this.worker.active(j.id) ?? j));
+    return (await this.store.jobs.list(opts)).map((j) => jobView(this.worker.active(j.id) ?? this.trims.active(j.id) ?? j));
   }
 
   jobView(j: JobRecord): JobView {
-    return jobView(this.worker.active(j.id) ?? j);
+    return jobView(this.worker.active(j.id) ?? this.trims.active(j.id) ?? j);
   }
 
   // ---- storage domains

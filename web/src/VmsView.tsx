@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'react';
 import { bytes, type Disk, type Job } from './api';
 import { vmApi, VM_STATE_TEXT, type Vm, type VmSource } from './api-vms';
+import { TrimDialog } from './TrimDialog';
 
 /** The VM list is read again this often while the view is open (VMs come and go outside the service). */
 const REFRESH_MS = 3000;
@@ -67,6 +68,8 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
               <th>Host</th>
               <th>Status</th>
               <th className="num">Disks</th>
+              <th title="The guest agent's channel: connected when qemu-guest-agent runs in the guest">Agent</th>
+              <th title="Every disk passes the guest's discards through (discard='unmap')">Discard</th>
             </tr>
           </thead>
           <tbody>
@@ -84,6 +87,8 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
                   </span>
                 </td>
                 <td className="num">{v.disks.length}</td>
+                <td data-testid="vm-agent">{v.agent === null ? '—' : v.agent === 'connected' ? 'yes' : v.agent === 'none' ? 'no' : 'not connected'}</td>
+                <td data-testid="vm-discard">{v.discard === null ? '—' : v.discard ? 'unmap' : 'no'}</td>
               </tr>
             ))}
           </tbody>
@@ -119,10 +124,33 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
               </dd>
             </dl>
           ) : (
-            <VmDisks vm={vm} disks={props.disks} activeJobs={props.activeJobs} onSparsify={props.onSparsify} onOpenDisk={props.onOpenDisk} />
+            <>
+              {vm.trim && <TrimBar vm={vm} disks={props.disks} />}
+              <VmDisks vm={vm} disks={props.disks} activeJobs={props.activeJobs} onSparsify={props.onSparsify} onOpenDisk={props.onOpenDisk} />
+            </>
           )}
         </section>
       )}
+    </div>
+  );
+}
+
+/** A running VM's action: Trim through its guest agent (its disks cannot be sparsified while it runs). */
+function TrimBar(props: { vm: Vm; disks: Map<string, Disk> }) {
+  const [open, setOpen] = useState(false);
+  const t = props.vm.trim!;
+  return (
+    <div className="toolbar" data-testid="vm-trim">
+      <button className="primary" onClick={() => setOpen(true)} disabled={!t.allowed} title={t.reason} data-testid="trim-button">
+        Trim
+      </button>
+      <span className="small muted"> The guest gives its free space back through its agent, without downtime.</span>
+      {!t.allowed && t.reason && (
+        <div className="reason" data-testid="trim-reason" data-code={t.code}>
+          {t.reason}
+        </div>
+      )}
+      {open && <TrimDialog vm={props.vm} disks={props.disks} onClose={() => setOpen(false)} />}
     </div>
   );
 }

@@ -18,6 +18,12 @@ export interface Vm {
   state: string;
   reason: string | null;
   up: boolean;
+  /** The guest agent's channel, as the host that runs the VM sees it (null: not known here). */
+  agent: 'connected' | 'disconnected' | 'none' | null;
+  /** Every writable disk passes discards through (discard='unmap'); null: not known here. */
+  discard: boolean | null;
+  /** The Trim button of a VM that is up (null when it is down: its disks are sparsified instead). */
+  trim: { allowed: boolean; code?: string; reason?: string } | null;
   disks: VmDisk[];
 }
 
@@ -52,6 +58,8 @@ export const vmApi = {
   policy: () => call<{ policy: Policy }>('GET', '/api/policy').then((r) => r.policy),
   setPolicy: (p: Partial<Policy>) => call<{ policy: Policy }>('PUT', '/api/policy', p).then((r) => r.policy),
   history: (days: number) => call<History>('GET', `/api/history?days=${days}`),
+  trim: (vmId: string) => call<{ job: Job }>('POST', `/api/vms/${vmId}/trim`).then((r) => r.job),
+  job: (jobId: string) => call<{ job: Job }>('GET', `/api/jobs/${jobId}`).then((r) => r.job),
   diskJobs: (diskId: string) => call<{ jobs: Job[] }>('GET', `/api/jobs?diskId=${diskId}&limit=100`).then((r) => r.jobs),
 };
 

@@ -97,9 +97,18 @@ export interface Job {
   actualAfter: number | null;
   bytesReclaimed: number | null;
   result?: JobResult | null;
+  /** A trim job's figures: each image's allocation before and after, and the guest agent's per-mountpoint figures. */
+  trimResult?: TrimResult | null;
   error: string | null;
   progress: { done: number; total: number; percent: number };
   step: string | null;
+}
+
+export interface TrimResult {
+  images: Array<{ target: string; source: string; diskId: string | null; allocatedBefore: number | null; allocatedAfter: number | null; givenBack: number | null }>;
+  givenBack: number | null;
+  guest: Array<{ path: string; trimmed: number | null; error: string | null }>;
+  seconds: number;
 }
 
 export interface ServiceEvent {

@@ -19,6 +19,15 @@ import { fencedWrite, type Fence } from './fence.js';
 const STEPS: readonly StepName[] = ['validating', 'executing', 'finalizing'];
 export const ENDED: readonly JobStatus[] = ['finished', 'failed', 'cancelled'];
 
+/** Every disk a job holds locked: its own, and a trim job's other disks of the VM. */
+export function lockedDisks(job: Pick<JobRecord, 'diskId' | 'options'>): string[] {
+  return [...new Set([job.diskId, ...(job.options.trim?.diskIds ?? [])])];
+}
+
+async function unlockAll(tx: Store, job: JobRecord): Promise<void> {
+  for (const id of lockedDisks(job)) await tx.disks.unlock(id, job.id);
+}
+
 export function newSteps(): JobStep[] {
   return STEPS.map((name) => ({ name, status: 'pending', startedAt: null, endedAt: null, done: 0, total: 0 }));
 }
@@ -103,7 +112,7 @@ export async function end(store: Store, job: JobRecord, fence: Fence, status: 'f
   settle(next, status, error);
   await store.transaction(async (tx) => {
     await fencedWrite(tx, next, fence);
-    await tx.disks.unlock(next.diskId, next.id);
+    await unlockAll(tx, next);
     await tx.jobs.endAttempt(next.id, fence.attempt, status, error);
   });
   Object.assign(job, next);
@@ -152,7 +161,7 @@ export async function takeOver(store: Store, queue: JobQueue, stored: JobRecord,
     if (!(await tx.jobs.write(job, { status: ['running'], attempt }))) return undefined;
     await tx.jobs.endAttempt(job.id, attempt, opts.outcome, opts.reason);
     if (result === 'requeued') await queue.send(job, tx);
-    else await tx.disks.unlock(job.diskId, job.id);
+    else await unlockAll(tx, job);
     return result;
   });
 }
@@ -163,7 +172,7 @@ export async function cancelPending(store: Store, stored: JobRecord, error: stri
   settle(job, status, error);
   return store.transaction(async (tx) => {
     if (!(await tx.jobs.write(job, { status: ['pending'], attempt: job.attempts }))) return false;
-    await tx.disks.unlock(job.diskId, job.id);
+    await unlockAll(tx, job);
     return true;
   });
 }

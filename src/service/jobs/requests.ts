@@ -3,7 +3,7 @@
  * and lock in one transaction, oVirt's order of checks), and cancel one, wherever it runs.
  */
 import type { ServiceContext } from '../context.js';
-import type { CompactionSetting, JobOptions, JobRecord } from '../store/records.js';
+import type { CompactionSetting, JobOptions, JobRecord, SparsifyMode } from '../store/records.js';
 import type { JobQueue } from '../queue/types.js';
 import type { Mounts } from '../domains/mounts.js';
 import type { Scanner } from '../domains/scanner.js';
@@ -24,7 +24,7 @@ export interface RequestDeps {
 
 export type JobOrRefusal = { job: JobRecord } | { refusal: Refusal };
 
-export async function submit(deps: RequestDeps, diskId: string, options: JobOptions, origin: JobRecord['origin']): Promise<JobOrRefusal> {
+export async function submit(deps: RequestDeps, diskId: string, options: JobOptions & { mode: SparsifyMode }, origin: JobRecord['origin']): Promise<JobOrRefusal> {
   const { store, bus } = deps.ctx;
   const known = await store.disks.get(diskId);
   if (!known || !known.present) return { refusal: { status: 404, code: 'disk-not-found', detail: 'no such disk' } };

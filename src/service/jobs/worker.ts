@@ -180,6 +180,8 @@ export class JobWorker {
     try {
       // validating: the world may have changed since the request was accepted.
       let s = await this.step(e, undefined, 'validating');
+      // A trim (jobs/trim.ts) runs only on its VM's host, never from the queue (it comes here only when taken over).
+      if (job.options.mode === 'trim') throw new Error(`a trim of VM ${job.options.trim?.vmName ?? job.diskName} runs only where it was started, and that host stopped; ask for the trim again`);
       // What the file is now (the record may predate a restart or an upgrade).
       const d = await untilAvailable(() => this.scanner.refreshDisk(job.diskId), { onWait: () => undefined });
       if (!d || !d.present) throw new Error('the disk is no longer in its storage domain');

@@ -166,9 +166,31 @@ export interface JobStep {
 }
 
 export interface JobOptions {
-  mode: SparsifyMode;
+  /** 'trim': a running VM's guest trims its own filesystems through its agent (jobs/trim.ts). */
+  mode: SparsifyMode | 'trim';
   ignore: string[];
   zero: string[];
+  /** A trim job's VM and every disk of it that lies in a storage domain (all locked by the job; diskId is the first). */
+  trim?: TrimTarget;
+}
+
+export interface TrimTarget {
+  vmId: string;
+  vmName: string;
+  /** The host whose libvirt runs the VM: the job runs there. */
+  vmHost: string;
+  diskIds: string[];
+}
+
+/** What a trim job measured: each image's allocation around the guest's fstrim, and the guest's own figures. */
+export interface TrimResult {
+  images: Array<{ target: string; source: string; diskId: string | null; allocatedBefore: number | null; allocatedAfter: number | null; givenBack: number | null }>;
+  /** Sum of the images' givenBack (null when no image could be measured, e.g. only block devices). */
+  givenBack: number | null;
+  /** guest-fstrim's answer per mountpoint: what the guest trimmed, not what the host got back. */
+  guest: Array<{ path: string; trimmed: number | null; error: string | null }>;
+  /** Seconds the guest took to trim. */
+  seconds: number;
 }
 
 /**
@@ -233,6 +255,8 @@ export interface JobRecord {
   bytesReclaimed: number | null;
   /** In place: the engine's measured figures (absent in jobs older than compaction, and for copy-and-replace). */
   result?: JobResult | null;
+  /** A trim job's figures. */
+  trimResult?: TrimResult | null;
   error: string | null;
   warnings: string[];
 }

@@ -11,7 +11,7 @@ import type { ServiceContext } from '../context.js';
 import type { Mounts } from '../domains/mounts.js';
 import type { VmDisk, VmRecord } from '../store/vms.js';
 import { isUnavailable } from '../store/db.js';
-import { readVms, type LibvirtVm } from './virsh.js';
+import { readVms, type LibvirtVm, type LiveFacts } from './virsh.js';
 
 export type VmReader = (uri: string) => Promise<LibvirtVm[]>;
 
@@ -24,6 +24,8 @@ export class VmInventory {
   private lastError: string | null = null;
   /** When the last read began that succeeded. */
   private readAt = 0;
+  /** The live XML's facts of this host's VMs at the last read (kept in memory: only this host can ask its libvirt). */
+  private live = new Map<string, LiveFacts>();
 
   constructor(
     private readonly ctx: ServiceContext,
@@ -80,6 +82,11 @@ export class VmInventory {
     return this.reading ?? Promise.resolve();
   }
 
+  /** What the last read's live XML said of one of this host's VMs. */
+  liveOf(uuid: string): LiveFacts | undefined {
+    return this.live.get(uuid);
+  }
+
   /** A disk source's storage domain and path inside it, when its real path lies in a domain reachable here. */
   private locate(source: string | null): Pick<VmDisk, 'domainId' | 'rel'> {
     if (!source) return { domainId: null, rel: null };
@@ -109,6 +116,7 @@ export class VmInventory {
       await store.vms.touch(host, uri, msg).catch(() => undefined);
       return;
     }
+    this.live = new Map(found.flatMap((v) => (v.live ? [[v.uuid, v.live] as const] : [])));
     if (this.lastError) log.info(`VMs read from ${uri} again`);
     this.lastError = null;
     const vms: VmRecord[] = found.map((v) => ({

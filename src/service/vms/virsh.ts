@@ -1,13 +1,14 @@
 /**
  * Reading VMs from libvirt through `virsh` (libvirt-clients), read-only: which VMs a connection
  * knows, their state, and the disks each uses. Two processes per read, whatever the number of
- * VMs: one lists the UUIDs, one runs `dominfo`, `domstate --reason` and `domblklist --details` for
- * all of them (virsh runs `;`-separated commands in order, and a VM that vanished meanwhile only
+ * VMs: one lists the UUIDs, one runs `dominfo`, `domstate --reason`, `domblklist --details` and
+ * `dumpxml` (the live drivers' discard, the agent channel's state) for all of them (virsh runs `;`-separated commands in order, and a VM that vanished meanwhile only
  * leaves its sections empty). Each section starts with an `echo` marker, as virsh prints no
  * separators of its own. Commands are given by UUID, so a VM's name never reaches a command line.
  */
 import { execFile } from 'node:child_process';
 import type { VmState } from '../store/vms.js';
+import { parseLiveDisks, type LiveDisk } from './agent.js';
 
 /** A VM as libvirt describes it, its disks' sources not yet matched to domains. */
 export interface LibvirtVm {
@@ -16,6 +17,21 @@ export interface LibvirtVm {
   state: VmState;
   reason: string | null;
   disks: Array<{ type: string; device: string; target: string; source: string | null }>;
+  /** What the live XML says (dumpxml, read in the same call): each disk's driver, and the guest agent's channel. */
+  live?: LiveFacts;
+}
+
+export interface LiveFacts {
+  disks: LiveDisk[];
+  /** The org.qemu.guest_agent.0 channel: connected (an agent listens in the guest), disconnected, or none in the XML. */
+  agent: 'connected' | 'disconnected' | 'none';
+}
+
+/** The agent channel's state in a live domain XML (libvirt adds state='connected' when the guest's agent opened its port). */
+export function agentChannel(xml: string): LiveFacts['agent'] {
+  const m = /<target\b[^>]*name=(['"])org\.qemu\.guest_agent\.0\1[^>]*>/.exec(xml);
+  if (!m) return 'none';
+  return /state=(['"])connected\1/.test(m[0]) ? 'connected' : 'disconnected';
 }
 
 export class VirshError extends Error {}
@@ -99,7 +115,7 @@ function parseDisks(text: string): LibvirtVm['disks'] {
 /** Split output at `@@name@@` markers into [name, text] sections, in order. */
 function sections(text: string): Array<[string, string]> {
   const out: Array<[string, string]> = [];
-  const re = /@@(info|state|disks)@@/g;
+  const re = /@@(info|state|disks|xml)@@/g;
   let last: { name: string; from: number } | undefined;
   for (let m = re.exec(text); m; m = re.exec(text)) {
     if (last) out.push([last.name, text.slice(last.from, m.index)]);
@@ -116,7 +132,7 @@ export async function readVms(uri: string): Promise<LibvirtVm[]> {
     .map((s) => s.trim())
     .filter((s) => UUID.test(s));
   if (!uuids.length) return [];
-  const script = uuids.map((u) => `echo @@info@@; dominfo ${u}; echo @@state@@; domstate ${u} --reason; echo @@disks@@; domblklist ${u} --details`).join('; ');
+  const script = uuids.map((u) => `echo @@info@@; dominfo ${u}; echo @@state@@; domstate ${u} --reason; echo @@disks@@; domblklist ${u} --details; echo @@xml@@; dumpxml ${u}`).join('; ');
   // A VM undefined between the two calls makes virsh exit non-zero after printing the others.
   return parseVms(await virsh(uri, script, true));
 }
@@ -131,7 +147,9 @@ export function parseVms(text: string): LibvirtVm[] {
     if (!uuid || !UUID.test(uuid)) return;
     const st = parseState(cur?.get('state') ?? '');
     const reason = st?.reason ?? null;
-    vms.push({ uuid: uuid.toLowerCase(), name: info.get('name') ?? uuid, state: stateOf(st?.state ?? info.get('state') ?? '', reason), reason, disks: parseDisks(cur?.get('disks') ?? '') });
+    const xml = cur?.get('xml') ?? '';
+    const live = xml.includes('<domain') ? { disks: parseLiveDisks(xml), agent: agentChannel(xml) } : undefined;
+    vms.push({ uuid: uuid.toLowerCase(), name: info.get('name') ?? uuid, state: stateOf(st?.state ?? info.get('state') ?? '', reason), reason, disks: parseDisks(cur?.get('disks') ?? ''), ...(live ? { live } : {}) });
   };
   for (const [name, body] of sections(text)) {
     if (name === 'info') {

@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fas
 import type { Service } from '../../service.js';
 import { vmParams, vmsQuery } from '../schemas.js';
 import { fault as faultBody, secured } from '../docs.js';
-import { fault } from '../faults.js';
+import { fault, refuse } from '../faults.js';
 
 const tags = ['vms'];
 const open = (description: string, properties: Record<string, object> = {}) => ({ type: 'object', description, additionalProperties: true, properties });
@@ -39,6 +39,30 @@ export function vmRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHoo
       const found = (await svc.listVms()).vms.filter((v) => v.id === req.params.id.toLowerCase());
       // One VM may be known to several hosts' libvirt (defined on each): all of them are shown.
       return found.length ? { vms: found } : fault(reply, 404, 'vm-not-found', 'no VM with this UUID is known to any host');
+    },
+  );
+
+  app.post(
+    '/api/vms/:id/trim',
+    {
+      schema: {
+        tags,
+        summary: "Trim a running VM through its guest agent: the guest's fstrim gives space back without downtime",
+        description:
+          'Checked first, each refused with its code: 404 vm-not-found; 409 vm-on-other-host (ask the API of the host that runs it); 409 vm-migrating; 409 vm-not-running; ' +
+          "409 discard-not-enabled (a disk's live <driver> lacks discard='unmap'); 400 format-cannot-discard (only raw and qcow2); 400 storage-cannot-punch; " +
+          '409 vm-disks-unmanaged (no disk in a storage domain); 409 agent-unavailable (no answer to guest-ping within --agent-ping-timeout); 409 disk-locked (a job holds one of its disks). ' +
+          "Then 202 with the job (mode trim); its trimResult has each image's allocated bytes before and after, and the guest agent's own per-mountpoint figures.",
+        security: secured,
+        params: vmParams,
+        response: { 202: open('Accepted: {"job": Job}, Location: the job URL', { job: open('Job') }), 400: faultBody, 401: faultBody, 404: faultBody, 409: faultBody },
+      },
+      preHandler: auth,
+    },
+    async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
+      const r = await svc.trimVm(req.params.id.toLowerCase());
+      if ('refusal' in r) return refuse(reply, r.refusal);
+      return reply.code(202).header('location', r.job.href).send({ job: r.job });
     },
   );
 

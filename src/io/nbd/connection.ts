@@ -61,7 +61,7 @@ const READ_BUFFER = 1 << 20;
 
 async function openStream(addr: NbdAddress, reader: ByteReader): Promise<Socket> {
   // Plain connections read through `onread`; a TLS one needs the socket's ordinary 'data' events.
-  const onread = addr.tls ? {} : { onread: { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array): boolean => (reader.push(Buffer.from(buf.subarray(0, n))), true) } };
+  const onread = addr.tls ? {} : { onread: { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array): boolean => (reader.push(Buffer.from(buf.buffer, buf.byteOffset, n), true), true) } };
   return new Promise((resolve, reject) => {
     const s = addr.socket !== undefined ? netConnect({ path: addr.socket, ...onread }) : netConnect({ host: addr.host!, port: addr.port!, ...onread });
     s.once('connect', () => {

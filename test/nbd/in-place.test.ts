@@ -135,3 +135,16 @@ test('a server without WRITE_ZEROES (nbdkit nozero): TRIM instead, and the figur
   assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
   assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
 });
+
+test('WRITE_ZEROES offered but refused with EINVAL (nbdkit error filter): TRIM from then on, same result', T, async () => {
+  const img = join(dir, 'zero-enotsup.raw');
+  copyFileSync(disk, img);
+  const before = allocatedBytes(img);
+  const s = await serve(nbdkit(dir, ['--filter=error', 'file', img, 'error-zero=EINVAL', 'error-zero-rate=100%']));
+  const r = await sparsifyInPlace({ path: s.uri });
+  await s.stop();
+  checkGuest(img);
+  const freed = before - allocatedBytes(img);
+  assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
+  assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
+});

@@ -22,6 +22,8 @@ let disk = '';
 let serverDir = '';
 let clientDir = '';
 let strangerDir = '';
+/** Our client certificate, but trusting another CA: the server's certificate does not verify. */
+let wrongCaDir = '';
 
 /** A CA in `dir` (ca-key.pem, ca-cert.pem). */
 function makeCa(d: string, cn: string): void {
@@ -55,6 +57,10 @@ before(() => {
   makeCa(other, 'another CA');
   strangerDir = join(dir, 'stranger');
   makeCert(other, strangerDir, 'client');
+  wrongCaDir = join(dir, 'wrong-ca');
+  mkdirSync(wrongCaDir);
+  for (const f of ['client-cert.pem', 'client-key.pem']) copyFileSync(join(clientDir, f), join(wrongCaDir, f));
+  copyFileSync(join(other, 'ca-cert.pem'), join(wrongCaDir, 'ca-cert.pem'));
 });
 
 after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
@@ -83,4 +89,15 @@ test('a client trusting another CA is refused, and a plain address is told TLS i
   r = sparsify([`nbd+unix:///?socket=${s.socket}`, join(dir, 'x.raw')]);
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /the server requires TLS \(use nbds/);
+});
+
+test('tls-verify-peer: a server certificate from an unknown CA is refused, and accepted with tls-verify-peer=false', T, async () => {
+  const s = await tlsServer();
+  const r = sparsify([`nbds+unix:///?socket=${s.socket}&tls-certificates=${wrongCaDir}`, join(dir, 'y.raw')]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /TLS handshake failed/);
+  const out = join(dir, 'noverify.raw');
+  await sparsifyCopy({ input: `nbds+unix:///?socket=${s.socket}&tls-certificates=${wrongCaDir}&tls-verify-peer=false`, output: out });
+  await sparsifyCopy({ input: disk, output: join(dir, 'ref2.raw') });
+  assert.equal(sha256(readFileSync(out)), sha256(readFileSync(join(dir, 'ref2.raw'))));
 });

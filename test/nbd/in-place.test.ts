@@ -12,6 +12,7 @@ import { tempDir, run, sha256, fileContent, releaseAll, allocatedBytes } from '.
 import { buildDisk } from '../helpers/disk-builder.js';
 import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
+import { sparsify } from '../helpers/cli.js';
 import { qemuNbd, nbdkit, type TestServer } from './servers.js';
 
 const T = { timeout: 120_000 };
@@ -147,4 +148,17 @@ test('WRITE_ZEROES offered but refused with EINVAL (nbdkit error filter): TRIM f
   const freed = before - allocatedBytes(img);
   assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
   assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
+});
+
+test('the CLI says what block status reports: space given back, then nothing on a second run', T, async () => {
+  const img = join(dir, 'cli.raw');
+  copyFileSync(disk, img);
+  const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  let r = sparsify(['--in-place', s.uri]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout + r.stderr, /the server reports [\d.]+M fewer bytes allocated \(block status: 96\.0M allocated before, [\d.]+M after\)/);
+  r = sparsify(['--in-place', s.uri]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout + r.stderr, /the server reports nothing given back/);
+  await s.stop();
 });

@@ -82,3 +82,16 @@ test('refusals before anything is written: a smaller export, another output form
   await s.stop();
   assert.equal(sha256(readFileSync(small)), before);
 });
+
+test('64 GiB exports: block status and zeroing are split into 32-bit requests, and zeros are never sent as data', T, async () => {
+  const from = await serve(nbdkit(dir, ['memory', 'size=64G']));
+  // noextents: the target cannot say it is zero already, so all 64 GiB must be zeroed.
+  const into = await serve(nbdkit(dir, ['--filter=noextents', 'memory', 'size=64G']));
+  const t0 = Date.now();
+  const r = await sparsifyCopy({ input: from.uri, output: into.uri });
+  assert.ok(Date.now() - t0 < 60_000, 'sending 64 GiB of zeros would take minutes');
+  assert.equal(r.bytesWritten, 0);
+  assert.equal(r.map.virtualSize, 64 * 2 ** 30);
+  await from.stop();
+  await into.stop();
+});

@@ -55,3 +55,10 @@ export function nbdkit(dir: string, args: string[]): Promise<TestServer> {
   const socket = join(dir, `nbdkit-${++serial}.sock`);
   return start('nbdkit', ['-f', '-U', socket, ...args], socket);
 }
+
+/** nbdkit on TCP 127.0.0.1:`port` (ready once its pid file exists); `args` as for `nbdkit`. */
+export async function nbdkitTcp(dir: string, port: number, args: string[]): Promise<TestServer> {
+  const pidFile = join(dir, `nbdkit-tcp-${++serial}.pid`);
+  const server = await start('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pidFile, ...args], pidFile);
+  return { ...server, uri: `nbd://127.0.0.1:${port}/` };
+}

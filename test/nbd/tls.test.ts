@@ -12,7 +12,7 @@ import { tempDir, run, sha256, releaseAll } from '../helpers/fixtures.js';
 import { buildDisk } from '../helpers/disk-builder.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
 import { sparsify } from '../helpers/cli.js';
-import { qemuNbd, type TestServer } from './servers.js';
+import { qemuNbd, nbdkitTcp, type TestServer } from './servers.js';
 
 const T = { timeout: 60_000 };
 let dir = '';
@@ -100,4 +100,23 @@ test('tls-verify-peer: a server certificate from an unknown CA is refused, and a
   await sparsifyCopy({ input: `nbds+unix:///?socket=${s.socket}&tls-certificates=${wrongCaDir}&tls-verify-peer=false`, output: out });
   await sparsifyCopy({ input: disk, output: join(dir, 'ref2.raw') });
   assert.equal(sha256(readFileSync(out)), sha256(readFileSync(join(dir, 'ref2.raw'))));
+});
+
+test('over TCP: nbd:// and nbds:// (nbdkit on 127.0.0.1, the same certificates)', T, async () => {
+  const ref = join(dir, 'ref-tcp.raw');
+  await sparsifyCopy({ input: disk, output: ref });
+  const port = 20000 + (process.pid % 20000);
+  const plain = await nbdkitTcp(dir, port, ['file', disk]);
+  servers.push(plain);
+  const out = join(dir, 'tcp.raw');
+  await sparsifyCopy({ input: `nbd://127.0.0.1:${port}/`, output: out });
+  assert.equal(sha256(readFileSync(out)), sha256(readFileSync(ref)));
+  await plain.stop();
+  const tls = await nbdkitTcp(dir, port + 1, ['--tls=require', `--tls-certificates=${serverDir}`, 'file', disk]);
+  servers.push(tls);
+  const out2 = join(dir, 'tcp-tls.raw');
+  await sparsifyCopy({ input: `nbds://localhost:${port + 1}/?tls-certificates=${clientDir}`, output: out2 });
+  assert.equal(sha256(readFileSync(out2)), sha256(readFileSync(ref)));
+  await assert.rejects(sparsifyCopy({ input: `nbd://localhost:${port + 1}/`, output: join(dir, 'z.raw') }), /requires TLS/);
+  await tls.stop();
 });

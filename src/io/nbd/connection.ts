@@ -5,7 +5,7 @@
  * is failed (never a hang). A server that goes away fails every outstanding request with the reason.
  * Errors name the address, the request and its range.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -100,7 +100,9 @@ async function upgradeTls(addr: NbdAddress, plain: Socket): Promise<TLSSocket> {
       socket: plain,
       ...tlsOptions(addr),
       rejectUnauthorized: addr.tlsVerifyPeer,
-      servername: addr.tlsHostname ?? addr.host ?? 'localhost',
+      // RFC 6066 allows no IP address as the server name (Node warns); the certificate is still checked against it.
+      ...(addr.host ? { host: addr.host } : {}),
+      ...(isIP(addr.tlsHostname ?? addr.host ?? '') ? {} : { servername: addr.tlsHostname ?? addr.host ?? 'localhost' }),
       ...(addr.tlsVerifyPeer ? {} : { checkServerIdentity: () => undefined }),
     });
     s.once('secureConnect', () => {

@@ -25,6 +25,12 @@ export interface PolicyConfig {
   /** Sparsify disks that need it, when they are not in use. Off by default. */
   scheduleEnabled: boolean;
   scheduleIntervalSeconds: number;
+  /** The schedule also trims these running VMs (UUIDs) through their guest agents; absent: none. */
+  trimVms?: string[];
+  /** ...and the running VMs with a disk in these storage domains (ids); absent: none. */
+  trimDomains?: string[];
+  /** One trim at a time on each host (default true). */
+  trimOneAtATime?: boolean;
 }
 
 export interface ServiceConfig {

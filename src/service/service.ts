@@ -36,6 +36,7 @@ import { VERSION } from './version.js';
 import { checkPrivateFile } from './config-files.js';
 import { VmInventory } from './vms/inventory.js';
 import { TrimRunner } from './jobs/trim.js';
+import { TrimSchedule } from './jobs/trim-schedule.js';
 import { PING_TIMEOUT_S, DEFAULT_FSTRIM_TIMEOUT_S } from './vms/agent.js';
 import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
 import { vmViews, type VmListView } from './vms/views.js';
@@ -76,6 +77,8 @@ export class Service {
   readonly vms: VmAttachments;
   /** Trim jobs of this host's running VMs, through their guest agents. */
   readonly trims: TrimRunner;
+  /** The schedule's opt-in trim of this host's running VMs. */
+  readonly trimSchedule: TrimSchedule;
   readonly token: string;
   readonly tokenGenerated: boolean;
   private timers: NodeJS.Timeout[] = [];
@@ -116,6 +119,7 @@ export class Service {
       pingTimeoutS: config.agentPingTimeoutSeconds ?? PING_TIMEOUT_S,
       fstrimTimeoutS: config.agentTrimTimeoutSeconds ?? DEFAULT_FSTRIM_TIMEOUT_S,
     });
+    this.trimSchedule = new TrimSchedule(this.ctx, () => this.policy.get(), (vmId) => this.trims.submit(vmId, 'schedule'), config.agentTrimTimeoutSeconds ?? DEFAULT_FSTRIM_TIMEOUT_S);
     this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() }));
   }
 
@@ -192,6 +196,7 @@ export class Service {
     this.registry.afterBeat(() => this.monitor.tick());
     this.registry.start();
     this.policy.start();
+    this.trimSchedule.start();
     await this.vmInventory.start();
     this.bus.subscribe((m) => {
       if (m.type === 'rescan') this.rescan();
@@ -218,6 +223,7 @@ export class Service {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     this.policy.stop();
+    this.trimSchedule.stop();
     this.vmInventory.stop();
     this.vms.close();
     this.dispatcher.stop();

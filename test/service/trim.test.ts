@@ -180,6 +180,15 @@ describe('trim of a running VM through its guest agent', { skip: missing || fals
     assert.match((await dialog.getByTestId('trim-given-back').textContent()) ?? '', /B$/);
     mkdirSync(testOutput, { recursive: true });
     await page.screenshot({ path: join(testOutput, 'service-ui-trim.png'), fullPage: true });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    // The schedule's opt-in, per VM.
+    const optIn = detail.getByTestId('trim-schedule');
+    // Controlled: it changes once the policy is saved.
+    await optIn.click();
+    await waitFor('the VM opted in', async () => ((await http(server!, 'GET', '/api/policy')).body.policy.trimVms ?? []).includes(vmId), 10_000);
+    await waitFor('the box checked', () => optIn.isChecked(), 10_000);
+    await optIn.click();
+    await waitFor('the VM opted out', async () => !((await http(server!, 'GET', '/api/policy')).body.policy.trimVms ?? []).includes(vmId), 10_000);
     assert.deepEqual(errors, []);
     await page.close();
   });

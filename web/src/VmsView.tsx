@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'react';
 import { bytes, type Disk, type Job } from './api';
-import { vmApi, VM_STATE_TEXT, type Vm, type VmSource } from './api-vms';
+import { vmApi, VM_STATE_TEXT, type Policy, type Vm, type VmSource } from './api-vms';
 import { TrimDialog } from './TrimDialog';
 
 /** The VM list is read again this often while the view is open (VMs come and go outside the service). */
@@ -138,13 +138,33 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
 /** A running VM's action: Trim through its guest agent (its disks cannot be sparsified while it runs). */
 function TrimBar(props: { vm: Vm; disks: Map<string, Disk> }) {
   const [open, setOpen] = useState(false);
+  const [policy, setPolicy] = useState<Policy | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    void vmApi.policy().then(setPolicy, () => undefined);
+  }, [props.vm.id]);
   const t = props.vm.trim!;
+  const opted = policy?.trimVms?.includes(props.vm.id) ?? false;
+  const toggle = async () => {
+    const list = policy?.trimVms ?? [];
+    try {
+      setPolicy(await vmApi.setPolicy({ trimVms: opted ? list.filter((x) => x !== props.vm.id) : [...list, props.vm.id] }));
+      setError(null);
+    } catch (e) {
+      setError((e as Error).message);
+    }
+  };
   return (
     <div className="toolbar" data-testid="vm-trim">
       <button className="primary" onClick={() => setOpen(true)} disabled={!t.allowed} title={t.reason} data-testid="trim-button">
         Trim
       </button>
-      <span className="small muted"> The guest gives its free space back through its agent, without downtime.</span>
+      <span className="small muted"> The guest gives its free space back through its agent, without downtime.</span>{' '}
+      <label className="small" title="While the schedule is on, trim this VM when one of its disks needs sparsify">
+        <input type="checkbox" checked={opted} disabled={!policy} onChange={() => void toggle()} data-testid="trim-schedule" /> Trim on the schedule
+        {policy && !policy.scheduleEnabled ? ' (the schedule is off)' : ''}
+      </label>
+      {error && <div className="reason">{error}</div>}
       {!t.allowed && t.reason && (
         <div className="reason" data-testid="trim-reason" data-code={t.code}>
           {t.reason}

@@ -39,6 +39,10 @@ export interface Policy {
   thresholdPercent: number;
   scheduleEnabled: boolean;
   scheduleIntervalSeconds: number;
+  /** Running VMs (UUIDs) the schedule trims through their agents (opt-in). */
+  trimVms?: string[];
+  trimDomains?: string[];
+  trimOneAtATime?: boolean;
 }
 
 /** [time ms, bytes] */

@@ -70,7 +70,7 @@ const SHAPES = {
     jobs: { type: 'array', items: obj('A job it runs', {}) },
   }),
   Event: obj('Something that happened', { id: int(''), time: int(''), severity: str('info, warning, error'), type: str(''), diskId: str('', true), jobId: str('', true), host: str('', true), message: str('') }),
-  Policy: obj('"Needs sparsify" threshold and schedule', { thresholdBytes: int(''), thresholdPercent: int(''), scheduleEnabled: { type: 'boolean' }, scheduleIntervalSeconds: int('') }),
+  Policy: obj('"Needs sparsify" threshold and schedule', { thresholdBytes: int(''), thresholdPercent: int(''), scheduleEnabled: { type: 'boolean' }, scheduleIntervalSeconds: int(''), trimVms: { type: 'array', items: { type: 'string' }, description: 'Running VMs (UUIDs) the schedule trims through their guest agents (opt-in)' }, trimDomains: { type: 'array', items: { type: 'string' }, description: 'Storage domains whose running VMs the schedule trims (opt-in)' }, trimOneAtATime: { type: 'boolean', description: 'One trim at a time on each host (default true)' } }),
 };
 
 export const ref = (name: keyof typeof SHAPES) => ({ $ref: `${name}#` });

@@ -89,6 +89,9 @@ export const policyBody = {
     thresholdPercent: { type: 'integer', minimum: 0, maximum: 100 },
     scheduleEnabled: { type: 'boolean' },
     scheduleIntervalSeconds: { type: 'integer', minimum: 1, maximum: 2592000 },
+    trimVms: { type: 'array', maxItems: 10000, items: { type: 'string', pattern: UUID_PATTERN } },
+    trimDomains: { type: 'array', maxItems: 10000, items: { type: 'string', minLength: 1, maxLength: 200 } },
+    trimOneAtATime: { type: 'boolean' },
   },
 } as const;
 

@@ -5,16 +5,7 @@ import type { ServiceConfig } from './config.js';
 import type { EventRecord, NewEvent } from './store/records.js';
 import { isUnavailable } from './store/db.js';
 import type { Metrics } from './metrics.js';
-
-/** A structured logger (pino underneath): a message, and fields that go in the JSON line. */
-export interface Logger {
-  info(msg: string, fields?: Record<string, unknown>): void;
-  warn(msg: string, fields?: Record<string, unknown>): void;
-  error(msg: string, fields?: Record<string, unknown>): void;
-  debug(msg: string, fields?: Record<string, unknown>): void;
-  /** A logger whose every line carries `fields` (a job's id, a request's id). */
-  child(fields: Record<string, unknown>): Logger;
-}
+import type { Logger } from './logging.js';
 
 export interface ServiceContext {
   readonly store: Store;

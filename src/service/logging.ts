@@ -7,8 +7,17 @@
  * `--log-level` chooses how much.
  */
 import pino from 'pino';
-import type { Logger } from './context.js';
 import { PrettyLog } from './log-pretty.js';
+
+/** A structured logger (pino underneath): a message, and fields that go in the JSON line. */
+export interface Logger {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  /** A logger whose every line carries `fields` (a job's id, a request's id). */
+  child(fields: Record<string, unknown>): Logger;
+}
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

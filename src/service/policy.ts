@@ -1,20 +1,15 @@
 /**
- * The "needs sparsify" policy and its schedule. A disk needs sparsify when it could give back at
- * least the threshold in bytes and in percent of its actual size. When the schedule is on, the
- * disks that need it are sparsified once per interval for the whole cluster: every host ticks, and
- * the one that claims the interval's slot in the store runs it.
+ * The "needs sparsify" policy's settings and its schedule (the rule itself: needs-sparsify.ts).
+ * When the schedule is on, the disks that need it are sparsified once per interval for the whole
+ * cluster: every host ticks, and the one that claims the interval's slot in the store runs it.
  */
 import type { ServiceContext } from './context.js';
 import type { PolicyConfig } from './config.js';
-import type { DiskRecord, JobRecord } from './store/records.js';
+import type { JobRecord } from './store/records.js';
 import { isUnavailable } from './store/db.js';
+import { needsSparsify } from './needs-sparsify.js';
 
 const SLOT = 'policy-schedule-last-run';
-
-export function needsSparsify(d: Pick<DiskRecord, 'analysis' | 'actualSize'>, p: PolicyConfig): boolean {
-  const r = d.analysis?.reclaimableBytes ?? 0;
-  return r > 0 && r >= p.thresholdBytes && r * 100 >= p.thresholdPercent * d.actualSize;
-}
 
 export class Policy {
   private timer: NodeJS.Timeout | undefined;

@@ -13,7 +13,8 @@ import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSe
 import { Store, openStore, describeStore } from './store/store.js';
 import { PgNotifier } from './store/pg-notify.js';
 import { Bus } from './bus.js';
-import { eventRecorder, type Logger, type ServiceContext } from './context.js';
+import { eventRecorder, type ServiceContext } from './context.js';
+import type { Logger } from './logging.js';
 import { Mounts } from './domains/mounts.js';
 import { Scanner } from './domains/scanner.js';
 import type { JobQueue } from './queue/types.js';

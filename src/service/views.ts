@@ -7,7 +7,7 @@ import type { PolicyConfig } from './config.js';
 import type { CompactionSetting, DeviceFacts, DiskRecord, DomainRecord, HostDomain, HostRecord, JobRecord, SparsifyMode, Allocation } from './store/records.js';
 import type { Store } from './store/store.js';
 import { validateSparsify, allocationOf, defaultModeOf, storageCanRelease, willCompact } from './jobs/validate.js';
-import { needsSparsify } from './policy.js';
+import { needsSparsify } from './needs-sparsify.js';
 import { vmsOf, type VmIndex, type VmRef } from './vms/attachments.js';
 import { recordKey } from './domains/stat-key.js';
 

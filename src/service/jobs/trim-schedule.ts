@@ -11,7 +11,7 @@ import type { PolicyConfig } from '../config.js';
 import type { JobRecord } from '../store/records.js';
 import type { Refusal } from './validate.js';
 import { isUnavailable } from '../store/db.js';
-import { needsSparsify } from '../policy.js';
+import { needsSparsify } from '../needs-sparsify.js';
 import { ENDED } from './lifecycle.js';
 import { sleep } from './retry.js';
 

@@ -9,7 +9,8 @@
 import { statSync, lstatSync } from 'node:fs';
 import type { OperationEvents } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
-import type { Logger, ServiceContext } from '../context.js';
+import type { ServiceContext } from '../context.js';
+import type { Logger } from '../logging.js';
 import type { JobRecord, JobStep, StepName } from '../store/records.js';
 import type { Dispatch, JobQueue } from '../queue/types.js';
 import type { Mount, Mounts } from '../domains/mounts.js';

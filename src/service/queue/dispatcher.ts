@@ -4,7 +4,7 @@
  * was queued, and every few seconds in case such a word was lost (the database was away).
  */
 import type { Bus } from '../bus.js';
-import type { Logger } from '../context.js';
+import type { Logger } from '../logging.js';
 import type { Dispatch, JobQueue } from './types.js';
 
 const SAFETY_POLL_MS = 2000;

@@ -171,7 +171,12 @@ describe('trim of a running VM through its guest agent', { skip: missing || fals
     const button = detail.getByTestId('trim-button');
     await button.waitFor();
     assert.equal(await button.isDisabled(), false);
-    await button.click();
+    // Each disk's row offers Trim where a VM that is down offers Sparsify.
+    const rowButton = detail.getByTestId('vm-disk-row').first().getByTestId('trim-disk-button');
+    await rowButton.waitFor();
+    assert.equal(await rowButton.isDisabled(), false);
+    assert.equal(await detail.getByTestId('sparsify-button').count(), 0);
+    await rowButton.click();
     const dialog = page.getByTestId('trim-dialog');
     await dialog.waitFor();
     assert.match((await dialog.textContent()) ?? '', /keeps running/);

@@ -101,7 +101,7 @@ describe('VMs from libvirt', { skip: missing || false, timeout: 300_000 }, () =>
     assert.equal((await http(server, 'GET', '/api/jobs')).body.jobs.length, 0);
   });
 
-  it('shows the VM running in the UI, its Disks subtab with the Sparsify button disabled and why', async () => {
+  it('shows the VM running in the UI, its Disks subtab with Trim in place of Sparsify, disabled and why', async () => {
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(`${server.url}/#token=${TOKEN}`);
@@ -114,8 +114,14 @@ describe('VMs from libvirt', { skip: missing || false, timeout: 300_000 }, () =>
     await detail.getByTestId('vm-tab-disks').click();
     const a = detail.locator('[data-testid=vm-disk-row][data-disk-name="vm-a.raw"]');
     await a.waitFor();
-    assert.equal(await a.getByTestId('sparsify-button').isDisabled(), true);
-    assert.match((await a.getByTestId('sparsify-reason').textContent()) ?? '', new RegExp(`attached to VM ${vmName}`));
+    // A running VM's disks are not sparsified from outside: the button is Trim (its guest agent),
+    // and this VM has neither an agent nor discard='unmap', so it says why it cannot work.
+    const why = a.getByTestId('trim-disk-reason');
+    await why.waitFor({ timeout: 15_000 });
+    assert.equal(await a.getByTestId('sparsify-button').count(), 0);
+    assert.equal(await a.getByTestId('trim-disk-button').isDisabled(), true);
+    assert.match((await why.getAttribute('data-code')) ?? '', /^(discard-not-enabled|agent-unavailable|format-cannot-discard|storage-cannot-punch)$/);
+    assert.match((await why.textContent()) ?? '', new RegExp(vmName));
     await page.screenshot({ path: join(testOutput, 'service-ui-vm-running.png'), fullPage: true });
     assert.deepEqual(errors, []);
   });

@@ -10,14 +10,17 @@ const vmKey = (v: Vm) => `${v.host}/${v.id}`;
 
 /**
  * oVirt's Virtual Machines tab: every host's VMs with their state; the selected VM's Disks subtab
- * lists its disks with what each would give back and the Sparsify button (disabled, with the
- * reason, while the VM is up or the disk cannot be sparsified).
+ * lists its disks with what each would give back. A VM that is down has each disk's Sparsify
+ * button; on a running VM that button becomes Trim (its guest agent trims every filesystem, the
+ * VM keeps running), disabled with the reason where trimming cannot work.
  */
 export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<string, Job>; onSparsify: (d: Disk) => void; onOpenDisk: (d: Disk) => void; onError: (m: string) => void }) {
   const [vms, setVms] = useState<Vm[] | null>(null);
   const [sources, setSources] = useState<VmSource[]>([]);
   const [selected, setSelected] = useState<string | null>(null);
   const [tab, setTab] = useState<'disks' | 'general'>('disks');
+  /** The VM whose Trim dialog is open. */
+  const [trimming, setTrimming] = useState<Vm | null>(null);
 
   useEffect(() => {
     let live = true;
@@ -125,19 +128,19 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
             </dl>
           ) : (
             <>
-              {vm.trim && <TrimBar vm={vm} disks={props.disks} />}
-              <VmDisks vm={vm} disks={props.disks} activeJobs={props.activeJobs} onSparsify={props.onSparsify} onOpenDisk={props.onOpenDisk} />
+              {vm.trim && <TrimBar vm={vm} onTrim={() => setTrimming(vm)} />}
+              <VmDisks vm={vm} disks={props.disks} activeJobs={props.activeJobs} onSparsify={props.onSparsify} onTrim={() => setTrimming(vm)} onOpenDisk={props.onOpenDisk} />
             </>
           )}
         </section>
       )}
+      {trimming && <TrimDialog vm={trimming} disks={props.disks} onClose={() => setTrimming(null)} />}
     </div>
   );
 }
 
 /** A running VM's action: Trim through its guest agent (its disks cannot be sparsified while it runs). */
-function TrimBar(props: { vm: Vm; disks: Map<string, Disk> }) {
-  const [open, setOpen] = useState(false);
+function TrimBar(props: { vm: Vm; onTrim: () => void }) {
   const [policy, setPolicy] = useState<Policy | null>(null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
@@ -156,7 +159,7 @@ function TrimBar(props: { vm: Vm; disks: Map<string, Disk> }) {
   };
   return (
     <div className="toolbar" data-testid="vm-trim">
-      <button className="primary" onClick={() => setOpen(true)} disabled={!t.allowed} title={t.reason} data-testid="trim-button">
+      <button className="primary" onClick={props.onTrim} disabled={!t.allowed} title={t.reason} data-testid="trim-button">
         Trim
       </button>
       <span className="small muted"> The guest gives its free space back through its agent, without downtime.</span>{' '}
@@ -170,12 +173,12 @@ function TrimBar(props: { vm: Vm; disks: Map<string, Disk> }) {
           {t.reason}
         </div>
       )}
-      {open && <TrimDialog vm={props.vm} disks={props.disks} onClose={() => setOpen(false)} />}
     </div>
   );
 }
 
-function VmDisks(props: { vm: Vm; disks: Map<string, Disk>; activeJobs: Map<string, Job>; onSparsify: (d: Disk) => void; onOpenDisk: (d: Disk) => void }) {
+function VmDisks(props: { vm: Vm; disks: Map<string, Disk>; activeJobs: Map<string, Job>; onSparsify: (d: Disk) => void; onTrim: () => void; onOpenDisk: (d: Disk) => void }) {
+  const trim = props.vm.trim;
   return (
     <table className="small" data-testid="vm-disks">
       <thead>
@@ -222,7 +225,19 @@ function VmDisks(props: { vm: Vm; disks: Map<string, Disk>; activeJobs: Map<stri
               </td>
               <td className="num">{d ? (d.analysis.state === 'done' ? bytes(d.reclaimableBytes) : d.analysis.state === 'failed' ? 'n/a' : 'analyzing…') : '—'}</td>
               <td>
-                {d && (
+                {d && trim && (
+                  <>
+                    <button onClick={props.onTrim} disabled={!trim.allowed} title={trim.allowed ? `Trim ${props.vm.name} through its guest agent (every filesystem; the VM keeps running)` : trim.reason} data-testid="trim-disk-button">
+                      Trim
+                    </button>
+                    {!trim.allowed && trim.reason && (
+                      <div className="reason" data-testid="trim-disk-reason" data-code={trim.code}>
+                        {trim.reason}
+                      </div>
+                    )}
+                  </>
+                )}
+                {d && !trim && (
                   <>
                     <button onClick={() => props.onSparsify(d)} disabled={!d.sparsify.allowed} title={d.sparsify.reason} data-testid="sparsify-button">
                       Sparsify

@@ -9,7 +9,7 @@ import { loadKeysFile } from '../index.js';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ServiceConfig, PolicyConfig } from './config.js';
-import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSetting, type JobOptions, type JobRecord, type EventRecord, type SparsifyMode } from './store/records.js';
+import { DEFAULT_COMPACTION, COMPACTION_TEXT, type Allocation, type CompactionSetting, type JobOptions, type JobRecord, type EventRecord, type HostRecord, type SparsifyMode } from './store/records.js';
 import { Store, openStore, describeStore } from './store/store.js';
 import { PgNotifier } from './store/pg-notify.js';
 import { Bus } from './bus.js';
@@ -311,6 +311,17 @@ export class Service {
   }
 
   // ---- virtual machines
+
+  /** The host that runs this VM (not this one), when another host's libvirt says it runs there. */
+  async hostOfRunningVm(vmId: string): Promise<HostRecord | undefined> {
+    const vm = (await this.store.vms.list()).find((v) => v.uuid === vmId && v.host !== this.ctx.host && v.state !== 'shut-off');
+    return vm ? this.store.hosts.get(vm.host) : undefined;
+  }
+
+  /** How long a request passed on to another host may take: its agent's ping bound, and room for its checks. */
+  get forwardTimeoutMs(): number {
+    return ((this.config.agentPingTimeoutSeconds ?? PING_TIMEOUT_S) + 30) * 1000;
+  }
 
   async listVms(): Promise<VmListView> {
     const [vms, inventories, disks] = await Promise.all([this.store.vms.list(), this.store.vms.inventories(), this.store.disks.list()]);

@@ -241,6 +241,19 @@ describe('VMs of another host of a cluster', { skip: libvirtMissing() ?? postgre
     assert.equal(r.status, 409, JSON.stringify(r.body));
     assert.equal(r.body.fault.code, 'vm-not-down');
     assert.match(r.body.fault.detail, new RegExp(`${vmName} \\(running on hv-libvirt\\)`));
+    // A trim asked of the plain host is passed on to the VM's host, which checks it against its
+    // live XML (this VM's disk has no discard='unmap') and answers; the plain host relays it.
+    const trim = await http(without, 'POST', `/api/vms/${seen.id}/trim`);
+    assert.equal(trim.headers.get('x-sparsify-host'), 'hv-libvirt', JSON.stringify(trim.body));
+    assert.equal(trim.status, 409, JSON.stringify(trim.body));
+    assert.equal(trim.body.fault.code, 'discard-not-enabled');
+    // A request already passed on is never passed on again.
+    const again = await fetch(`${without.url}/api/vms/${seen.id}/trim`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'x-sparsify-forwarded-by': 'hv-other' } });
+    assert.equal(again.status, 409);
+    assert.equal(((await again.json()) as { fault: { code: string } }).fault.code, 'vm-on-other-host');
+    // Its token is the caller's: without one, the VM's host is not even asked.
+    const anon = await fetch(`${without.url}/api/vms/${seen.id}/trim`, { method: 'POST' });
+    assert.equal(anon.status, 401);
     vm!.destroy();
     // The other host's next read (every second) reaches this one through the database's notifications.
     await waitFor('the disk allowed on the plain host', async () => (await http(without, 'GET', `/api/disks/${id}`)).body.disk.sparsify.allowed === true, 20_000);

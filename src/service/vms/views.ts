@@ -48,6 +48,8 @@ export interface TrimFacts {
 function trimState(v: VmRecord, live: LiveFacts | undefined, disks: readonly DiskRecord[], facts: TrimFacts): VmView['trim'] {
   if (isDown(v.state)) return null;
   const early = vmRefusal(v, facts.host);
+  // Another host's VM: a request is passed on to that host, which checks it against its live XML and agent.
+  if (early?.code === 'vm-on-other-host') return { allowed: true, reason: `${v.name} runs on host ${v.host}: the request is passed on to it, which makes the checks and runs the trim` };
   if (early) return { allowed: false, code: early.code, reason: early.detail };
   if (!live) return { allowed: true };
   const byPlace = new Map(disks.map((d) => [`${d.domainId}\u0000${d.rel}`, d]));

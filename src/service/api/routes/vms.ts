@@ -4,6 +4,7 @@ import type { Service } from '../../service.js';
 import { vmParams, vmsQuery } from '../schemas.js';
 import { fault as faultBody, secured } from '../docs.js';
 import { fault, refuse } from '../faults.js';
+import { ANSWERED_BY, forwardTo, wasForwarded } from '../forward.js';
 
 const tags = ['vms'];
 const open = (description: string, properties: Record<string, object> = {}) => ({ type: 'object', description, additionalProperties: true, properties });
@@ -49,7 +50,8 @@ export function vmRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHoo
         tags,
         summary: "Trim a running VM through its guest agent: the guest's fstrim gives space back without downtime",
         description:
-          'Checked first, each refused with its code: 404 vm-not-found; 409 vm-on-other-host (ask the API of the host that runs it); 409 vm-migrating; 409 vm-not-running; ' +
+          'A VM that runs on another host is passed on to that host\'s API with the caller\'s token, and its answer relayed (X-Sparsify-Host names the host that answered; 502 host-unreachable, 409 host-unavailable when it cannot be). ' +
+          'Checked first, each refused with its code: 404 vm-not-found; 409 vm-on-other-host (a request another host passed on, for a VM that is not here); 409 vm-migrating; 409 vm-not-running; ' +
           "409 discard-not-enabled (a disk's live <driver> lacks discard='unmap'); 400 format-cannot-discard (only raw and qcow2); 400 storage-cannot-punch; " +
           '409 vm-disks-unmanaged (no disk in a storage domain); 409 agent-unavailable (no answer to guest-ping within --agent-ping-timeout); 409 disk-locked (a job holds one of its disks). ' +
           "Then 202 with the job (mode trim); its trimResult has each image's allocated bytes before and after, and the guest agent's own per-mountpoint figures.",
@@ -60,9 +62,15 @@ export function vmRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHoo
       preHandler: auth,
     },
     async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
-      const r = await svc.trimVm(req.params.id.toLowerCase());
-      if ('refusal' in r) return refuse(reply, r.refusal);
-      return reply.code(202).header('location', r.job.href).send({ job: r.job });
+      const id = req.params.id.toLowerCase();
+      const r = await svc.trimVm(id);
+      if ('refusal' in r) {
+        // The agent is reached through the VM's own host: that host checks and runs the trim.
+        const target = r.refusal.code === 'vm-on-other-host' && !wasForwarded(req) ? await svc.hostOfRunningVm(id) : undefined;
+        if (target) return forwardTo(req, reply, target, svc.config.hostName, svc.forwardTimeoutMs);
+        return refuse(reply, r.refusal);
+      }
+      return reply.code(202).header('location', r.job.href).header(ANSWERED_BY, svc.config.hostName).send({ job: r.job });
     },
   );
 

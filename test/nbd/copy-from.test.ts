@@ -8,22 +8,20 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { tempDir, run, sha256, fileContent, releaseAll } from '../helpers/fixtures.js';
-import { buildDisk } from '../helpers/disk-builder.js';
-import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
+import { tempDir, run, sha256, releaseAll } from '../helpers/fixtures.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
 import { sparsify } from '../helpers/cli.js';
 import { NbdClient } from '../../src/io/nbd/client.js';
 import { parseNbdUri } from '../../src/io/nbd/uri.js';
-import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+import { qemuNbd, nbdkit, ServerPool } from './servers.js';
+import { buildGuest, guestSums, checkGuestFiles } from './guest.js';
 
 const T = { timeout: 120_000 };
 let dir = '';
 let cleanup = (): void => undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 let disk = '';
 let ref = '';
-const PART = { offset: 1 << 20, size: 60 << 20 };
 let wantSums = new Map<string, string>();
 
 function fileSha(p: string): string {
@@ -33,37 +31,20 @@ function fileSha(p: string): string {
 before(async () => {
   ({ dir, cleanup } = tempDir('sparsify-nbd-copy-'));
   disk = join(dir, 'disk.raw');
-  const files: Record<string, Buffer> = {};
-  for (let i = 0; i < 12; i++) files[`d/f${i}`] = fileContent(`f${i}`, 300_000 + i * 4099);
-  const gone: Record<string, Buffer> = {};
-  for (let i = 0; i < 8; i++) gone[`x/g${i}`] = fileContent(`g${i}`, 2_000_000);
-  buildDisk(disk, { sizeMiB: 96, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 60, ext: { type: 'ext4', files: { ...files, ...gone }, remove: Object.keys(gone) } }, { sizeMiB: 30 }] });
+  buildGuest(disk, dir);
   ref = join(dir, 'ref.raw');
   await sparsifyCopy({ input: disk, output: ref });
-  const p = join(dir, 'ref-part.img');
-  extract(ref, PART.offset, PART.size, p);
-  wantSums = extFileSums(p, dir);
+  wantSums = guestSums(ref, dir);
   assert.equal(wantSums.size, 12);
 });
 
-after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
-
-async function serve(s: Promise<TestServer>): Promise<TestServer> {
-  const server = await s;
-  servers.push(server);
-  return server;
-}
+after(() => releaseAll(...servers.stops, () => cleanup()));
 
 /** The output's filesystem checks clean and holds every file as it was. */
-function checkGuest(raw: string): void {
-  const p = join(dir, 'check-part.img');
-  extract(raw, PART.offset, PART.size, p);
-  assert.equal(e2fsck(p).status, 0, 'e2fsck clean');
-  assert.deepEqual(extFileSums(p, dir), wantSums);
-}
+const checkGuest = (raw: string): void => checkGuestFiles(raw, dir, wantSums);
 
 test('raw export (qemu-nbd): the copy equals the file copy; holes and free space are never read', T, async () => {
-  const s = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const s = await servers.serve(qemuNbd(dir, disk, { format: 'raw' }));
   const out = join(dir, 'from-nbd.raw');
   const r = await sparsifyCopy({ input: s.uri, output: out });
   assert.equal(fileSha(out), fileSha(ref));
@@ -75,7 +56,7 @@ test('raw export (qemu-nbd): the copy equals the file copy; holes and free space
 test('guest view of a qcow2 (qemu-nbd -f qcow2) to qcow2: qemu-img compare and check', T, async () => {
   const q = join(dir, 'guest.qcow2');
   run('qemu-img', ['convert', '-O', 'qcow2', disk, q]);
-  const s = await serve(qemuNbd(dir, q, { format: 'qcow2' }));
+  const s = await servers.serve(qemuNbd(dir, q, { format: 'qcow2' }));
   const out = join(dir, 'from-guest.qcow2');
   await sparsifyCopy({ input: s.uri, output: out, convert: 'qcow2' });
   run('qemu-img', ['check', out]);
@@ -89,7 +70,7 @@ for (const fmt of ['qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx']) {
     run('qemu-img', ['convert', '-O', fmt, disk, img]);
     const fileCopy = join(dir, `file-copy.${fmt}`);
     await sparsifyCopy({ input: img, output: fileCopy });
-    const s = await serve(qemuNbd(dir, img, { format: 'raw' }));
+    const s = await servers.serve(qemuNbd(dir, img, { format: 'raw' }));
     const out = join(dir, `nbd-copy.${fmt}`);
     const r = await sparsifyCopy({ input: s.uri, output: out });
     assert.equal(r.outputFormat, fmt);
@@ -107,7 +88,7 @@ const NBDKIT_CASES: Array<[string, string[]]> = [
 ];
 for (const [what, args] of NBDKIT_CASES) {
   test(`nbdkit ${what}: the copy equals the file copy`, T, async () => {
-    const s = await serve(nbdkit(dir, args.map((a) => (a === disk ? disk : a))));
+    const s = await servers.serve(nbdkit(dir, args.map((a) => (a === disk ? disk : a))));
     const out = join(dir, 'from-nbdkit.raw');
     await sparsifyCopy({ input: s.uri, output: out });
     assert.equal(fileSha(out), fileSha(ref));
@@ -117,7 +98,7 @@ for (const [what, args] of NBDKIT_CASES) {
 }
 
 test('--analyze over NBD reads only metadata, and -v says how much', T, async () => {
-  const s = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const s = await servers.serve(qemuNbd(dir, disk, { format: 'raw' }));
   const r = sparsify(['-v', '--analyze', s.uri]);
   await s.stop();
   assert.equal(r.status, 0, r.stderr);
@@ -129,14 +110,14 @@ test('--analyze over NBD reads only metadata, and -v says how much', T, async ()
 });
 
 test('a server that sets CAN_MULTI_CONN (qemu-nbd -e 4) gets 4 connections, and the copy is the same', T, async () => {
-  const s = await serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-e', '4'] }));
+  const s = await servers.serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-e', '4'] }));
   const c = await NbdClient.connect(parseNbdUri(s.uri));
   try {
     assert.equal(c.connections, 4);
   } finally {
     await c.close();
   }
-  const one = await serve(qemuNbd(dir, disk, { format: 'raw' }));
+  const one = await servers.serve(qemuNbd(dir, disk, { format: 'raw' }));
   const c1 = await NbdClient.connect(parseNbdUri(one.uri));
   try {
     assert.equal(c1.connections, 1, 'qemu-nbd -e 1 (the default) does not set CAN_MULTI_CONN');

@@ -11,13 +11,13 @@ import { readFileSync } from 'node:fs';
 import { tempDir, run, sha256, releaseAll, garbageFile, allocatedBytes } from '../helpers/fixtures.js';
 import { buildDisk } from '../helpers/disk-builder.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
-import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+import { qemuNbd, nbdkit, ServerPool } from './servers.js';
 
 const T = { timeout: 120_000 };
 const MiB = 1 << 20;
 let dir = '';
 let cleanup = (): void => undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 let disk = '';
 let ref = '';
 
@@ -31,18 +31,12 @@ before(async () => {
   await sparsifyCopy({ input: disk, output: ref, convert: 'raw' });
 });
 
-after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
-
-async function serve(s: Promise<TestServer>): Promise<TestServer> {
-  const server = await s;
-  servers.push(server);
-  return server;
-}
+after(() => releaseAll(...servers.stops, () => cleanup()));
 
 test('into a raw file full of garbage behind qemu-nbd --discard=unmap: the same bytes as the file copy, the rest made holes', T, async () => {
   const target = join(dir, 'target.raw');
   garbageFile(target, 48 * MiB);
-  const s = await serve(qemuNbd(dir, target, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  const s = await servers.serve(qemuNbd(dir, target, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
   const r = await sparsifyCopy({ input: disk, output: s.uri });
   await s.stop();
   assert.equal(r.outputFormat, 'raw');
@@ -54,7 +48,7 @@ test('into a raw file full of garbage behind qemu-nbd --discard=unmap: the same 
 test('into a qcow2 guest view (qemu-nbd -f qcow2): qemu-img compare and check', T, async () => {
   const target = join(dir, 'target.qcow2');
   run('qemu-img', ['create', '-q', '-f', 'qcow2', target, '48M']);
-  const s = await serve(qemuNbd(dir, target, { format: 'qcow2', writable: true }));
+  const s = await servers.serve(qemuNbd(dir, target, { format: 'qcow2', writable: true }));
   await sparsifyCopy({ input: disk, output: s.uri });
   await s.stop();
   run('qemu-img', ['check', target]);
@@ -64,7 +58,7 @@ test('into a qcow2 guest view (qemu-nbd -f qcow2): qemu-img compare and check', 
 test('a server without WRITE_ZEROES (nbdkit nozero): zeros are written, with a warning, and the result is the same', T, async () => {
   const target = join(dir, 'target-nozero.raw');
   garbageFile(target, 48 * MiB);
-  const s = await serve(nbdkit(dir, ['--filter=nozero', 'file', target]));
+  const s = await servers.serve(nbdkit(dir, ['--filter=nozero', 'file', target]));
   const warnings: string[] = [];
   await sparsifyCopy({ input: disk, output: s.uri, onWarning: (w) => warnings.push(w) });
   await s.stop();
@@ -76,7 +70,7 @@ test('refusals before anything is written: a smaller export, another output form
   const small = join(dir, 'small.raw');
   garbageFile(small, 16 * MiB);
   const before = sha256(readFileSync(small));
-  const s = await serve(qemuNbd(dir, small, { format: 'raw', writable: true }));
+  const s = await servers.serve(qemuNbd(dir, small, { format: 'raw', writable: true }));
   await assert.rejects(sparsifyCopy({ input: disk, output: s.uri }), /holds 16777216 bytes, the disk needs 50331648/);
   await assert.rejects(sparsifyCopy({ input: disk, output: s.uri, convert: 'qcow2' }), /writing a qcow2 image into an NBD export is not supported yet/);
   await s.stop();
@@ -84,9 +78,9 @@ test('refusals before anything is written: a smaller export, another output form
 });
 
 test('64 GiB exports: block status and zeroing are split into 32-bit requests, and zeros are never sent as data', T, async () => {
-  const from = await serve(nbdkit(dir, ['memory', 'size=64G']));
+  const from = await servers.serve(nbdkit(dir, ['memory', 'size=64G']));
   // noextents: the target cannot say it is zero already, so all 64 GiB must be zeroed.
-  const into = await serve(nbdkit(dir, ['--filter=noextents', 'memory', 'size=64G']));
+  const into = await servers.serve(nbdkit(dir, ['--filter=noextents', 'memory', 'size=64G']));
   const t0 = Date.now();
   const r = await sparsifyCopy({ input: from.uri, output: into.uri });
   assert.ok(Date.now() - t0 < 60_000, 'sending 64 GiB of zeros would take minutes');

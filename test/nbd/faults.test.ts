@@ -11,12 +11,12 @@ import { tempDir, releaseAll } from '../helpers/fixtures.js';
 import { buildDisk } from '../helpers/disk-builder.js';
 import { extract, e2fsck } from '../helpers/ext-fixtures.js';
 import { sparsify, sparsifyAsync } from '../helpers/cli.js';
-import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+import { qemuNbd, nbdkit, ServerPool } from './servers.js';
 
 const T = { timeout: 60_000 };
 let dir = '';
 let cleanup = (): void => undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 let disk = '';
 
 before(() => {
@@ -25,13 +25,7 @@ before(() => {
   buildDisk(disk, { sizeMiB: 48, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 40, ext: { type: 'ext4', files: {} } }] });
 });
 
-after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
-
-async function serve(s: Promise<TestServer>): Promise<TestServer> {
-  const server = await s;
-  servers.push(server);
-  return server;
-}
+after(() => releaseAll(...servers.stops, () => cleanup()));
 
 /** Nothing of a copy is left in the folder: no output, no temporary file. */
 function noOutput(name: string): void {
@@ -45,7 +39,7 @@ function oneLineError(stderr: string): void {
 }
 
 test('reads that fail (nbdkit error filter): the address and the failed READ are named, exit 1, no output', T, async () => {
-  const s = await serve(nbdkit(dir, ['--filter=error', 'file', disk, 'error-pread=EIO', 'error-pread-rate=100%']));
+  const s = await servers.serve(nbdkit(dir, ['--filter=error', 'file', disk, 'error-pread=EIO', 'error-pread-rate=100%']));
   const r = sparsify([s.uri, join(dir, 'out1.raw')]);
   assert.equal(r.status, 1, r.stderr);
   assert.ok(r.stderr.includes(`${s.uri}: READ at 0x`), r.stderr);
@@ -57,7 +51,7 @@ test('reads that fail (nbdkit error filter): the address and the failed READ are
 test('zeroing that fails in place (error filter on WRITE_ZEROES): WRITE_ZEROES named, exit 1, the filesystem still clean', T, async () => {
   const img = join(dir, 'zero-fails.raw');
   copyFileSync(disk, img);
-  const s = await serve(nbdkit(dir, ['--filter=error', 'file', img, 'error-zero=EIO', 'error-zero-rate=100%', 'error-trim=EIO', 'error-trim-rate=100%']));
+  const s = await servers.serve(nbdkit(dir, ['--filter=error', 'file', img, 'error-zero=EIO', 'error-zero-rate=100%', 'error-trim=EIO', 'error-trim-rate=100%']));
   const r = sparsify(['--in-place', s.uri]);
   await s.stop();
   assert.equal(r.status, 1, r.stderr);
@@ -69,7 +63,7 @@ test('zeroing that fails in place (error filter on WRITE_ZEROES): WRITE_ZEROES n
 });
 
 test('the server killed mid-copy: the failed request is named, exit 1, no output claimed complete', T, async () => {
-  const s = await serve(nbdkit(dir, ['--filter=delay', 'file', disk, 'rdelay=200ms']));
+  const s = await servers.serve(nbdkit(dir, ['--filter=delay', 'file', disk, 'rdelay=200ms']));
   const child = sparsifyAsync([s.uri, join(dir, 'out2.raw')]);
   let stderr = '';
   child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
@@ -88,7 +82,7 @@ test('the server killed mid-copy: the failed request is named, exit 1, no output
 });
 
 test('a server that stops answering: the request times out (SPARSIFY_NBD_TIMEOUT), exit 1, never a hang', T, async () => {
-  const s = await serve(nbdkit(dir, ['--filter=delay', 'file', disk, 'rdelay=30']));
+  const s = await servers.serve(nbdkit(dir, ['--filter=delay', 'file', disk, 'rdelay=30']));
   const t0 = Date.now();
   process.env['SPARSIFY_NBD_TIMEOUT'] = '2';
   let r;
@@ -109,7 +103,7 @@ test('bad addresses: no socket, unknown export, read-only export in place, nbds 
   assert.equal(r.status, 1);
   assert.match(r.stderr, /nope\.sock: cannot connect: ENOENT/);
 
-  const s = await serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-x', 'disk'] }));
+  const s = await servers.serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-x', 'disk'] }));
   r = sparsify([`nbd+unix:///other?socket=${s.socket}`, join(dir, 'o.raw')]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /export 'other' refused/);

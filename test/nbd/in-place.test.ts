@@ -8,60 +8,42 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { copyFileSync, readFileSync } from 'node:fs';
-import { tempDir, run, sha256, fileContent, releaseAll, allocatedBytes } from '../helpers/fixtures.js';
-import { buildDisk } from '../helpers/disk-builder.js';
-import { extract, e2fsck, extFileSums } from '../helpers/ext-fixtures.js';
+import { tempDir, run, sha256, releaseAll, allocatedBytes } from '../helpers/fixtures.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { sparsify } from '../helpers/cli.js';
-import { qemuNbd, nbdkit, type TestServer } from './servers.js';
+import { qemuNbd, nbdkit, ServerPool } from './servers.js';
+import { buildGuest, guestSums, checkGuestFiles } from './guest.js';
 
 const T = { timeout: 120_000 };
 const MiB = 1 << 20;
 let dir = '';
 let cleanup = (): void => undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 let disk = '';
 /** The same in-place run on a local copy: what the NBD runs must give. */
 let fileResult = '';
-const PART = { offset: 1 << 20, size: 60 << 20 };
 let wantSums = new Map<string, string>();
 
 before(async () => {
   ({ dir, cleanup } = tempDir('sparsify-nbd-inplace-'));
   disk = join(dir, 'disk.raw');
-  const files: Record<string, Buffer> = {};
-  for (let i = 0; i < 12; i++) files[`d/f${i}`] = fileContent(`f${i}`, 300_000 + i * 4099);
-  const gone: Record<string, Buffer> = {};
-  for (let i = 0; i < 8; i++) gone[`x/g${i}`] = fileContent(`g${i}`, 2_000_000);
-  buildDisk(disk, { sizeMiB: 96, label: 'gpt', garbage: true, workDir: dir, parts: [{ sizeMiB: 60, ext: { type: 'ext4', files: { ...files, ...gone }, remove: Object.keys(gone) } }, { sizeMiB: 30 }] });
-  const p = join(dir, 'orig-part.img');
-  extract(disk, PART.offset, PART.size, p);
-  wantSums = extFileSums(p, dir);
+  buildGuest(disk, dir);
+  wantSums = guestSums(disk, dir);
   fileResult = join(dir, 'file-result.raw');
   copyFileSync(disk, fileResult);
   await sparsifyInPlace({ path: fileResult });
 });
 
-after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
+after(() => releaseAll(...servers.stops, () => cleanup()));
 
-async function serve(s: Promise<TestServer>): Promise<TestServer> {
-  const server = await s;
-  servers.push(server);
-  return server;
-}
-
-function checkGuest(raw: string): void {
-  const p = join(dir, 'check-part.img');
-  extract(raw, PART.offset, PART.size, p);
-  assert.equal(e2fsck(p).status, 0, 'e2fsck clean');
-  assert.deepEqual(extFileSums(p, dir), wantSums);
-}
+/** The image's filesystem checks clean and holds every file as it was. */
+const checkGuest = (raw: string): void => checkGuestFiles(raw, dir, wantSums);
 
 test('raw file behind qemu-nbd --discard=unmap: the same bytes as in place on the file, and the file shrinks as much', T, async () => {
   const img = join(dir, 'unmap.raw');
   copyFileSync(disk, img);
   const before = allocatedBytes(img);
-  const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  const s = await servers.serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
   const r = await sparsifyInPlace({ path: s.uri });
   await s.stop();
   assert.equal(r.nbd, true);
@@ -79,7 +61,7 @@ test('a qcow2 guest view (qemu-nbd -f qcow2 --discard=unmap): the qcow2 file shr
   const q = join(dir, 'guest.qcow2');
   run('qemu-img', ['convert', '-O', 'qcow2', disk, q]);
   const before = allocatedBytes(q);
-  const s = await serve(qemuNbd(dir, q, { format: 'qcow2', writable: true, extra: ['--discard=unmap'] }));
+  const s = await servers.serve(qemuNbd(dir, q, { format: 'qcow2', writable: true, extra: ['--discard=unmap'] }));
   const r = await sparsifyInPlace({ path: s.uri });
   await s.stop();
   run('qemu-img', ['check', q]);
@@ -96,7 +78,7 @@ for (const fmt of ['qcow2', 'vmdk', 'vhdx']) {
     const local = join(dir, `local.${fmt}`);
     copyFileSync(img, local);
     await sparsifyInPlace({ path: local });
-    const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+    const s = await servers.serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
     const r = await sparsifyInPlace({ path: s.uri });
     await s.stop();
     assert.equal(r.format, fmt);
@@ -117,43 +99,39 @@ test('formats that must compact (vdi) or that qemu would append to over stale da
     const img = join(dir, `refused.${fmt}`);
     run('qemu-img', ['convert', '-O', fmt, disk, img]);
     const before = sha256(readFileSync(img));
-    const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true }));
+    const s = await servers.serve(qemuNbd(dir, img, { format: 'raw', writable: true }));
     await assert.rejects(sparsifyInPlace({ path: s.uri }), why);
     await s.stop();
     assert.equal(sha256(readFileSync(img)), before);
   }
 });
 
-test('a server without WRITE_ZEROES (nbdkit nozero): TRIM instead, and the figures come from block status', T, async () => {
-  const img = join(dir, 'trim.raw');
+/** In place through nbdkit serving a copy of the disk (`args(img)`: filters, the file plugin, its parameters), where TRIM must do the work: the guest intact, the file freed, block status agreeing. */
+async function trimsInstead(name: string, args: (img: string) => string[]): Promise<void> {
+  const img = join(dir, name);
   copyFileSync(disk, img);
   const before = allocatedBytes(img);
-  const s = await serve(nbdkit(dir, ['--filter=nozero', 'file', img]));
+  const s = await servers.serve(nbdkit(dir, args(img)));
   const r = await sparsifyInPlace({ path: s.uri });
   await s.stop();
   checkGuest(img);
   const freed = before - allocatedBytes(img);
   assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
   assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
-});
+}
 
-test('WRITE_ZEROES offered but refused with EINVAL (nbdkit error filter): TRIM from then on, same result', T, async () => {
-  const img = join(dir, 'zero-enotsup.raw');
-  copyFileSync(disk, img);
-  const before = allocatedBytes(img);
-  const s = await serve(nbdkit(dir, ['--filter=error', 'file', img, 'error-zero=EINVAL', 'error-zero-rate=100%']));
-  const r = await sparsifyInPlace({ path: s.uri });
-  await s.stop();
-  checkGuest(img);
-  const freed = before - allocatedBytes(img);
-  assert.ok(freed > 40 * MiB, `trim freed ${freed}`);
-  assert.ok(Math.abs(r.allocatedBefore - r.allocatedAfter - freed) <= MiB);
-});
+test('a server without WRITE_ZEROES (nbdkit nozero): TRIM instead, and the figures come from block status', T, () =>
+  trimsInstead('trim.raw', (img) => ['--filter=nozero', 'file', img]),
+);
+
+test('WRITE_ZEROES offered but refused with EINVAL (nbdkit error filter): TRIM from then on, same result', T, () =>
+  trimsInstead('zero-enotsup.raw', (img) => ['--filter=error', 'file', img, 'error-zero=EINVAL', 'error-zero-rate=100%']),
+);
 
 test('the CLI says what block status reports: space given back, then nothing on a second run', T, async () => {
   const img = join(dir, 'cli.raw');
   copyFileSync(disk, img);
-  const s = await serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
+  const s = await servers.serve(qemuNbd(dir, img, { format: 'raw', writable: true, extra: ['--discard=unmap'] }));
   let r = sparsify(['--in-place', s.uri]);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout + r.stderr, /the server reports [\d.]+M fewer bytes allocated \(block status: 96\.0M allocated before, [\d.]+M after\)/);

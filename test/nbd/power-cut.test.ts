@@ -14,17 +14,17 @@ import { run, releaseAll } from '../helpers/fixtures.js';
 import { sparsifyInPlace } from '../../src/operations/in-place.js';
 import { recordIo, epochsOf, crashStates, StateBuilder } from '../crash/harness.js';
 import { crashTempDir, makeGuestDisk, guestProblems, qemuCheck, convertGuest, type GuestDisk } from '../crash/scenario.js';
-import { qemuNbd, type TestServer } from './servers.js';
+import { qemuNbd, ServerPool } from './servers.js';
 
 let work: { dir: string; cleanup: () => void } | undefined;
 let guest: GuestDisk | undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 
 before(() => {
   work = crashTempDir('sparsify-nbd-crash-');
   guest = makeGuestDisk(work.dir, 16);
 });
-after(() => releaseAll(...servers.map((s) => s.stop), () => work?.cleanup()));
+after(() => releaseAll(...servers.stops, () => work?.cleanup()));
 
 test('power cut: qcow2 in place through an NBD export', { timeout: 300_000 }, async () => {
   const dir = work!.dir;
@@ -32,7 +32,7 @@ test('power cut: qcow2 in place through an NBD export', { timeout: 300_000 }, as
   const served = join(dir, 'served.qcow2');
   copyFileSync(pristine, served);
   const s = await qemuNbd(dir, served, { format: 'raw', writable: true, extra: ['--discard=unmap'] });
-  servers.push(s);
+  servers.add(s);
   const quiet = { onStatus: () => undefined, onWarning: () => undefined, onInfo: () => undefined };
   const { ops } = await recordIo(s.uri, () => sparsifyInPlace({ path: s.uri, ...quiet }));
   await s.stop();

@@ -62,3 +62,23 @@ export async function nbdkitTcp(dir: string, port: number, args: string[]): Prom
   const server = await start('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pidFile, ...args], pidFile);
   return { ...server, uri: `nbd://127.0.0.1:${port}/` };
 }
+
+/** The servers a test file started, each stopped in its `after` (releaseAll(...pool.stops)) whatever happened. */
+export class ServerPool {
+  private readonly started: TestServer[] = [];
+
+  /** Keep a started server, and give it back. */
+  add(server: TestServer): TestServer {
+    this.started.push(server);
+    return server;
+  }
+
+  /** Wait for a server to start, and keep it. */
+  async serve(starting: Promise<TestServer>): Promise<TestServer> {
+    return this.add(await starting);
+  }
+
+  get stops(): Array<() => Promise<void>> {
+    return this.started.map((s) => s.stop);
+  }
+}

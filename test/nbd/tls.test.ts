@@ -12,12 +12,12 @@ import { tempDir, run, sha256, releaseAll } from '../helpers/fixtures.js';
 import { buildDisk } from '../helpers/disk-builder.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
 import { sparsify } from '../helpers/cli.js';
-import { qemuNbd, nbdkitTcp, type TestServer } from './servers.js';
+import { qemuNbd, nbdkitTcp, ServerPool, type TestServer } from './servers.js';
 
 const T = { timeout: 60_000 };
 let dir = '';
 let cleanup = (): void => undefined;
-const servers: TestServer[] = [];
+const servers = new ServerPool();
 let disk = '';
 let serverDir = '';
 let clientDir = '';
@@ -63,11 +63,11 @@ before(() => {
   copyFileSync(join(other, 'ca-cert.pem'), join(wrongCaDir, 'ca-cert.pem'));
 });
 
-after(() => releaseAll(...servers.map((s) => s.stop), () => cleanup()));
+after(() => releaseAll(...servers.stops, () => cleanup()));
 
 async function tlsServer(): Promise<TestServer> {
   const s = await qemuNbd(dir, disk, { format: 'raw', extra: ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${serverDir}`, '--tls-creds', 'tls0'] });
-  servers.push(s);
+  servers.add(s);
   return s;
 }
 
@@ -107,13 +107,13 @@ test('over TCP: nbd:// and nbds:// (nbdkit on 127.0.0.1, the same certificates)'
   await sparsifyCopy({ input: disk, output: ref });
   const port = 20000 + (process.pid % 20000);
   const plain = await nbdkitTcp(dir, port, ['file', disk]);
-  servers.push(plain);
+  servers.add(plain);
   const out = join(dir, 'tcp.raw');
   await sparsifyCopy({ input: `nbd://127.0.0.1:${port}/`, output: out });
   assert.equal(sha256(readFileSync(out)), sha256(readFileSync(ref)));
   await plain.stop();
   const tls = await nbdkitTcp(dir, port + 1, ['--tls=require', `--tls-certificates=${serverDir}`, 'file', disk]);
-  servers.push(tls);
+  servers.add(tls);
   const out2 = join(dir, 'tcp-tls.raw');
   await sparsifyCopy({ input: `nbds://localhost:${port + 1}/?tls-certificates=${clientDir}`, output: out2 });
   assert.equal(sha256(readFileSync(out2)), sha256(readFileSync(ref)));

@@ -2,7 +2,9 @@
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
  * Options: --runs N (default 5), --quick (3 runs, no --compress bench),
- * --only copy|reflink|analysis|inplace|compact|nbd|service|acceptance.
+ * --only copy|reflink|analysis|inplace|compact|nbd|service|acceptance|scale.
+ * `scale` (issue 21: BENCH_SCALE_DISKS disks, default 100,000) runs only when asked by --only: it
+ * takes long and up to 15 GB of disk.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -79,6 +81,13 @@ async function main(): Promise<void> {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
       }
+    }
+    if (only === 'scale') {
+      const { benchScale, scaleTable } = (await import(new URL('./scale.js', import.meta.url).href)) as typeof import('./scale.js');
+      const r = await benchScale({ log });
+      lines.push('', ...scaleTable(r));
+      const { dirty: _dirty, dir: _dir, ...images } = r.images;
+      console.log(JSON.stringify({ bench: 'scale', ...r, images }));
     }
     if (!only || only === 'acceptance') {
       const mod = (await import(new URL('./acceptance.js', import.meta.url).href)) as {

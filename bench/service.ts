@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { randomFillSync } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { startPostgres, postgresMissing } from '../test/helpers/postgres.js';
-import { startServer, stopAllServers, type Server } from '../test/service/service-helpers.js';
+import { stopAllServers } from '../test/service/service-helpers.js';
+import { BENCH_TOKEN as TOKEN, getJson, pct, startHost as startBenchHost, timeRequests, type Host } from './service-lib.js';
 
-const TOKEN = 'bench-token-0123456789';
 const DISKS = Number(process.env['BENCH_SERVICE_DISKS'] ?? 2000);
 const JOBS = Number(process.env['BENCH_SERVICE_JOBS'] ?? 500);
 /** Jobs each host runs at once (BENCH_SERVICE_CONCURRENCY). */
@@ -35,8 +35,6 @@ function garbage(path: string, size: number): void {
   for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
   closeSync(fd);
 }
-
-const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 
 /** 2,000 images: JOBS guests (2 MiB ext4 on garbage, a deleted 1 MiB file) and thin ones. */
 function makeDomain(work: string): string {
@@ -61,36 +59,8 @@ function makeDomain(work: string): string {
   return domain;
 }
 
-type Host = Server;
-
-async function startHost(work: string, name: string, domain: string, database?: string): Promise<Host> {
-  // BENCH_CPU_PROF=DIR: each host writes a V8 CPU profile there when it stops.
-  const prof = process.env['BENCH_CPU_PROF'];
-  return startServer({
-    dataDir: join(work, `data-${name}`),
-    domains: [domain],
-    token: TOKEN,
-    hostName: name,
-    database,
-    args: ['--concurrency', String(CONCURRENCY), '--log-level', 'warn'],
-    nodeArgs: prof ? ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-name', `${name}.cpuprofile`] : [],
-  });
-}
-
-async function getJson<T>(url: string): Promise<T> {
-  const r = await fetch(url);
-  return (await r.json()) as T;
-}
-
-async function timeRequests(urls: string[], n: number): Promise<number[]> {
-  const times: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    const r = await fetch(`${urls[i % urls.length]}/api/disks`);
-    await r.arrayBuffer();
-    times.push(performance.now() - t0);
-  }
-  return times.sort((a, b) => a - b);
+function startHost(work: string, name: string, domain: string, database?: string): Promise<Host> {
+  return startBenchHost({ work, name, domains: [domain], database, concurrency: CONCURRENCY });
 }
 
 /**

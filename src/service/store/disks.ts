@@ -2,10 +2,11 @@
 import type { DiskMapJson } from '../../index.js';
 import type { Db } from './db.js';
 import type { AnalysisSummary, DiskRecord } from './records.js';
+import { recordKey } from '../domains/stat-key.js';
 
-type Row = { id: string; domain_id: string; rel: string; ino: number; present: number; locked_by: string | null; in_use: number; backing_id: string | null; first_seen: number; data: string; analysis: string | null };
+export type DiskRow = { id: string; domain_id: string; rel: string; ino: number; present: number; locked_by: string | null; in_use: number; backing_id: string | null; first_seen: number; data: string; analysis: string | null };
 
-const COLUMNS = 'id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis';
+export const DISK_COLUMNS = 'id, domain_id, rel, ino, present, locked_by, in_use, backing_id, first_seen, data, analysis';
 
 /**
  * Fields kept in columns, because they are queried or written on their own (the lock by job
@@ -24,8 +25,8 @@ export function analysisColumn(a: StoredAnalysis): string {
   return JSON.stringify({ summary: a.analysis, key: a.analysisKey, error: a.analysisError, at: a.analyzedAt } satisfies AnalysisColumn);
 }
 
-function decode(r: Row): DiskRecord {
-  const data = JSON.parse(r.data) as DataFields;
+export function decodeDisk(r: DiskRow): DiskRecord {
+  const { statKey: _s, ...data } = JSON.parse(r.data) as DataFields & { statKey?: string };
   const a = r.analysis ? (JSON.parse(r.analysis) as AnalysisColumn) : undefined;
   return {
     ...data,
@@ -47,7 +48,8 @@ function decode(r: Row): DiskRecord {
 
 function encode(d: DiskRecord): string {
   const { id: _i, domainId: _d, rel: _r, ino: _n, present: _p, lockedBy: _l, inUse: _u, backingId: _b, firstSeen: _f, analysis: _a, analysisKey: _k, analysisError: _e, analyzedAt: _t, ...data } = d;
-  return JSON.stringify(data satisfies DataFields);
+  // The stat key rides along so the database can tell a current analysis from a stale one (analysis_state).
+  return JSON.stringify({ ...(data satisfies DataFields), statKey: recordKey(d) });
 }
 
 /** A unique-constraint violation: another host recorded the same file first. */
@@ -55,6 +57,15 @@ export function isDuplicate(e: unknown): boolean {
   const code = (e as { code?: unknown }).code;
   return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
 }
+
+/** What a rescan needs of a known disk to tell that its file has not changed (kept light: a site may hold 100,000). */
+export type ScanEntry = Pick<DiskRecord, 'id' | 'rel' | 'present' | 'lockedBy' | 'inUse' | 'device' | 'health' | 'analysisKey' | 'analyzedAt' | 'backingRef' | 'backingId'> & {
+  /** The stat key of the file as recorded (recordKey). */
+  statKey: string;
+};
+
+/** Rows read at a time for the scan index. */
+const SCAN_BATCH = 5000;
 
 export class Disks {
   constructor(private readonly db: Db) {}
@@ -67,13 +78,32 @@ export class Disks {
       where.push('domain_id = ?');
       args.push(opts.domainId);
     }
-    const rows = await this.db.all<Row>(`SELECT ${COLUMNS} FROM disks ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_seen, id`, args);
-    return rows.map(decode);
+    const rows = await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_seen, id`, args);
+    return rows.map(decodeDisk);
+  }
+
+  /** Every disk of a domain (present or not) by its path, light, read in batches. */
+  async scanIndex(domainId: string): Promise<Map<string, ScanEntry>> {
+    const out = new Map<string, ScanEntry>();
+    let after = '';
+    for (;;) {
+      const rows = await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE domain_id = ? AND rel > ? ORDER BY rel LIMIT ?`, [domainId, after, SCAN_BATCH]);
+      for (const r of rows) {
+        const d = decodeDisk(r);
+        out.set(d.rel, { id: d.id, rel: d.rel, present: d.present, lockedBy: d.lockedBy, inUse: d.inUse, device: d.device ?? null, health: d.health, analysisKey: d.analysisKey, analyzedAt: d.analyzedAt, backingRef: d.backingRef, backingId: d.backingId, statKey: recordKey(d) });
+      }
+      if (rows.length < SCAN_BATCH) return out;
+      after = rows[rows.length - 1]!.rel;
+    }
+  }
+
+  async countPresent(): Promise<number> {
+    return Number((await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM disks WHERE present = 1'))?.n ?? 0);
   }
 
   async get(id: string): Promise<DiskRecord | undefined> {
-    const r = await this.db.get<Row>(`SELECT ${COLUMNS} FROM disks WHERE id = ?`, [id]);
-    return r && decode(r);
+    const r = await this.db.get<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE id = ?`, [id]);
+    return r && decodeDisk(r);
   }
 
   /** Several disks by id, in batches (missing ones are left out). */
@@ -81,16 +111,16 @@ export class Disks {
     const out: DiskRecord[] = [];
     for (let i = 0; i < ids.length; i += 500) {
       const part = ids.slice(i, i + 500);
-      const rows = await this.db.all<Row>(`SELECT ${COLUMNS} FROM disks WHERE id IN (${part.map(() => '?').join(', ')})`, part);
-      out.push(...rows.map(decode));
+      const rows = await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE id IN (${part.map(() => '?').join(', ')})`, part);
+      out.push(...rows.map(decodeDisk));
     }
     return out;
   }
 
   /** Inside a transaction: the row, held until commit against other lockers. */
   async getForUpdate(id: string): Promise<DiskRecord | undefined> {
-    const r = await this.db.get<Row>(`SELECT ${COLUMNS} FROM disks WHERE id = ?${this.db.lockRows}`, [id]);
-    return r && decode(r);
+    const r = await this.db.get<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE id = ?${this.db.lockRows}`, [id]);
+    return r && decodeDisk(r);
   }
 
   async map(id: string): Promise<DiskMapJson | null> {
@@ -99,13 +129,13 @@ export class Disks {
   }
 
   async findAt(domainId: string, rel: string): Promise<DiskRecord | undefined> {
-    const r = await this.db.get<Row>(`SELECT ${COLUMNS} FROM disks WHERE domain_id = ? AND rel = ?`, [domainId, rel]);
-    return r && decode(r);
+    const r = await this.db.get<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE domain_id = ? AND rel = ?`, [domainId, rel]);
+    return r && decodeDisk(r);
   }
 
   async findByInode(domainId: string, ino: number): Promise<DiskRecord | undefined> {
-    const r = await this.db.get<Row>(`SELECT ${COLUMNS} FROM disks WHERE domain_id = ? AND ino = ? ORDER BY present DESC LIMIT 1`, [domainId, ino]);
-    return r && decode(r);
+    const r = await this.db.get<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE domain_id = ? AND ino = ? ORDER BY present DESC LIMIT 1`, [domainId, ino]);
+    return r && decodeDisk(r);
   }
 
   /**
@@ -137,7 +167,7 @@ export class Disks {
 
   /** Disks whose backing file is this one. */
   async derivedOf(id: string): Promise<DiskRecord[]> {
-    return (await this.db.all<Row>(`SELECT ${COLUMNS} FROM disks WHERE backing_id = ? AND present = 1 AND id <> ?`, [id, id])).map(decode);
+    return (await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE backing_id = ? AND present = 1 AND id <> ?`, [id, id])).map(decodeDisk);
   }
 
   async setInUse(id: string, inUse: boolean): Promise<void> {

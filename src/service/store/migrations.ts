@@ -7,6 +7,7 @@
 import type { Db } from './db.js';
 import { DbFatalError } from './db.js';
 import { PgDb } from './pg-db.js';
+import { recordKey } from '../domains/stat-key.js';
 
 export interface Migration {
   version: number;
@@ -125,7 +126,58 @@ const v4: Migration = {
   },
 };
 
-export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4];
+/** The disk columns the list pages sort and filter on, computed by the database from the row itself. */
+const V5_COLUMNS: Record<'sqlite' | 'postgres', string[]> = {
+  sqlite: [
+    `name TEXT GENERATED ALWAYS AS (json_extract(data, '$.name')) VIRTUAL`,
+    `actual_size BIGINT GENERATED ALWAYS AS (json_extract(data, '$.actualSize')) VIRTUAL`,
+    `virtual_size BIGINT GENERATED ALWAYS AS (COALESCE(json_extract(data, '$.virtualSize'), -1)) VIRTUAL`,
+    `reclaimable BIGINT GENERATED ALWAYS AS (COALESCE(json_extract(analysis, '$.summary.reclaimableBytes'), -1)) VIRTUAL`,
+    `rstatus TEXT GENERATED ALWAYS AS (CASE WHEN locked_by IS NOT NULL THEN 'locked' WHEN in_use <> 0 OR json_extract(data, '$.device.held') = 1 THEN 'in-use'
+       WHEN json_extract(data, '$.health') = 'illegal' THEN 'illegal' ELSE 'ok' END) VIRTUAL`,
+    `analysis_state TEXT GENERATED ALWAYS AS (CASE WHEN json_extract(data, '$.health') = 'illegal' THEN 'failed'
+       WHEN json_extract(analysis, '$.key') IS NULL OR json_extract(analysis, '$.key') <> json_extract(data, '$.statKey') THEN 'pending'
+       WHEN json_extract(analysis, '$.error') IS NOT NULL THEN 'failed' WHEN json_extract(analysis, '$.summary') IS NOT NULL THEN 'done' ELSE 'pending' END) VIRTUAL`,
+  ],
+  postgres: [
+    `name TEXT COLLATE "C" GENERATED ALWAYS AS (data::jsonb ->> 'name') STORED`,
+    `actual_size BIGINT GENERATED ALWAYS AS ((data::jsonb ->> 'actualSize')::bigint) STORED`,
+    `virtual_size BIGINT GENERATED ALWAYS AS (COALESCE((data::jsonb ->> 'virtualSize')::bigint, -1)) STORED`,
+    `reclaimable BIGINT GENERATED ALWAYS AS (COALESCE((analysis::jsonb -> 'summary' ->> 'reclaimableBytes')::bigint, -1)) STORED`,
+    `rstatus TEXT COLLATE "C" GENERATED ALWAYS AS (CASE WHEN locked_by IS NOT NULL THEN 'locked' WHEN in_use <> 0 OR (data::jsonb -> 'device' ->> 'held') = 'true' THEN 'in-use'
+       WHEN (data::jsonb ->> 'health') = 'illegal' THEN 'illegal' ELSE 'ok' END) STORED`,
+    `analysis_state TEXT COLLATE "C" GENERATED ALWAYS AS (CASE WHEN (data::jsonb ->> 'health') = 'illegal' THEN 'failed'
+       WHEN (analysis::jsonb ->> 'key') IS NULL OR (analysis::jsonb ->> 'key') <> (data::jsonb ->> 'statKey') THEN 'pending'
+       WHEN (analysis::jsonb ->> 'error') IS NOT NULL THEN 'failed' WHEN (analysis::jsonb -> 'summary') IS NOT NULL AND (analysis::jsonb -> 'summary') <> 'null'::jsonb THEN 'done' ELSE 'pending' END) STORED`,
+  ],
+};
+
+/** Every sort key of the list, and the columns a page can be filtered on before it: one index each (present disks only). */
+export const LIST_SORT_COLUMNS = ['name', 'actual_size', 'virtual_size', 'reclaimable', 'rstatus'] as const;
+
+const v5: Migration = {
+  version: 5,
+  name: 'disk list pages: sort and filter columns computed from each row, with their indexes',
+  async up(db) {
+    // The record's stat key goes into its data, so the database can tell a current analysis from a stale one.
+    for (const r of await db.all<{ id: string; ino: number; data: string }>('SELECT id, ino, data FROM disks')) {
+      const d = JSON.parse(r.data) as { size: number; mtimeMs: number; ctimeMs: number; actualSize: number };
+      await db.run('UPDATE disks SET data = ? WHERE id = ?', [JSON.stringify({ ...d, statKey: recordKey({ ...d, ino: r.ino }) }), r.id]);
+    }
+    for (const c of V5_COLUMNS[db.dialect]) await db.exec(`ALTER TABLE disks ADD COLUMN ${c}`);
+    const indexes: string[] = [];
+    for (const k of LIST_SORT_COLUMNS) {
+      indexes.push(`CREATE INDEX disks_list_${k} ON disks (${k}, id) WHERE present = 1`);
+      indexes.push(`CREATE INDEX disks_list_domain_${k} ON disks (domain_id, ${k}, id) WHERE present = 1`);
+      if (k !== 'rstatus') indexes.push(`CREATE INDEX disks_list_status_${k} ON disks (rstatus, ${k}, id) WHERE present = 1`);
+    }
+    indexes.push('CREATE INDEX disks_list_seen ON disks (first_seen, id) WHERE present = 1');
+    indexes.push('CREATE INDEX disks_list_domain_analysis ON disks (domain_id, rstatus, analysis_state) WHERE present = 1');
+    await db.exec(indexes.join(';\n'));
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4, v5];
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 async function tableExists(db: Db, name: string): Promise<boolean> {

@@ -11,6 +11,7 @@ import { SqliteDb } from './sqlite-db.js';
 import { PgDb } from './pg-db.js';
 import { migrate } from './migrations.js';
 import { Disks } from './disks.js';
+import { DiskPages } from './disk-pages.js';
 import { Jobs } from './jobs.js';
 import { Hosts } from './hosts.js';
 import { Events } from './events.js';
@@ -19,6 +20,8 @@ import { Vms } from './vms.js';
 
 export class Store {
   readonly disks: Disks;
+  /** The disk list by pages and its totals. */
+  readonly diskPages: DiskPages;
   readonly jobs: Jobs;
   readonly hosts: Hosts;
   readonly events: Events;
@@ -27,6 +30,7 @@ export class Store {
 
   constructor(readonly db: Db) {
     this.disks = new Disks(db);
+    this.diskPages = new DiskPages(db);
     this.jobs = new Jobs(db);
     this.hosts = new Hosts(db);
     this.events = new Events(db);

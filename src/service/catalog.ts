@@ -7,6 +7,7 @@
  * 2,000 disks costs one cached string while nothing changes, and little more while jobs run on
  * every host.
  */
+import { createHash } from 'node:crypto';
 import type { Bus, BusMessage } from './bus.js';
 import type { Store } from './store/store.js';
 import type { DiskRecord } from './store/records.js';
@@ -14,6 +15,11 @@ import { diskView, derivedIndex, type DiskView, type ViewContext } from './views
 import { BlockedJson, type EncodedBody } from './list-body.js';
 
 const FULL_RELOAD_MS = 60_000;
+/**
+ * The memory budget: a site with more present disks than this is not kept (about 2 KB a disk, so
+ * some 40 MB at most); its whole list is streamed from the database instead (DiskList.stream).
+ */
+export const CATALOG_MAX_DISKS = Number(process.env['SPARSIFY_LIST_CACHE_DISKS'] ?? 20_000);
 /** Changes made by other hosts are read at most this often: a busy cluster changes disks many times a second. */
 const REMOTE_LAG_MS = 200;
 
@@ -32,6 +38,9 @@ export class DiskCatalog {
   private refreshing: Promise<void> | undefined;
   private again = false;
   private readonly unsubscribe: () => void;
+  /** The site is over budget: nothing is kept until a full reload finds it within. */
+  private over = false;
+  private readonly tags = new WeakMap<EncodedBody, string>();
 
   constructor(
     private readonly store: Store,
@@ -47,16 +56,23 @@ export class DiskCatalog {
     else if (m.type === 'resync') this.reload = true;
   }
 
-  /** The views of all present disks, oldest first. */
-  async list(): Promise<DiskView[]> {
+  /** `{"disks": [...]}` of all present disks, encoded once per change (only the changed disks' blocks); undefined over budget. */
+  async listJson(): Promise<EncodedBody | undefined> {
     await this.refresh();
-    return [...this.views.values()].map((v) => v.view);
+    if (this.over) return undefined;
+    return this.body.encode((id) => this.views.get(id)!.json);
   }
 
-  /** `{"disks": [...]}` of all present disks, encoded once per change (only the changed disks' blocks). */
-  async listJson(): Promise<EncodedBody> {
-    await this.refresh();
-    return this.body.encode((id) => this.views.get(id)!.json);
+  /** The ETag of a body listJson gave (hashed once per body). */
+  tagOf(body: EncodedBody): string {
+    let t = this.tags.get(body);
+    if (!t) {
+      const h = createHash('sha1');
+      for (const c of body.chunks) h.update(c);
+      t = `"${h.digest('base64url')}"`;
+      this.tags.set(body, t);
+    }
+    return t;
   }
 
   /**
@@ -104,9 +120,19 @@ export class DiskCatalog {
     const ctx = await this.context();
     let touched = new Set<string>();
     if (full) {
+      this.over = (await this.store.disks.countPresent()) > CATALOG_MAX_DISKS;
+      if (this.over) {
+        this.records = new Map();
+        this.views.clear();
+        this.body.reset([]);
+        this.loadedAt = Date.now();
+        return;
+      }
       const all = await this.store.disks.list();
       this.records = new Map(all.map((d) => [d.id, d]));
       this.loadedAt = Date.now();
+    } else if (this.over) {
+      return;
     } else if (changed.length) {
       const fresh = new Map((await this.store.disks.getMany(changed)).map((d) => [d.id, d]));
       for (const id of changed) {

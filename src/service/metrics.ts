@@ -5,7 +5,7 @@
  */
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
 import type { Store } from './store/store.js';
-import type { DiskView } from './views.js';
+import type { Summary } from './disk-list.js';
 import type { JobRecord } from './store/records.js';
 
 export class Metrics {
@@ -17,7 +17,7 @@ export class Metrics {
   private readonly deviceDiscarded: Counter;
   private readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
 
-  constructor(store: Store, disks: () => Promise<DiskView[]>) {
+  constructor(store: Store, summary: () => Promise<Summary>) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'sparsify_' });
     this.jobDuration = new Histogram({
@@ -60,12 +60,9 @@ export class Metrics {
       registers,
       async collect() {
         this.reset();
-        const counts = new Map<string, number>();
-        for (const d of await disks()) {
-          counts.set(d.status, (counts.get(d.status) ?? 0) + 1);
-          if (d.needsSparsify) counts.set('needs-sparsify', (counts.get('needs-sparsify') ?? 0) + 1);
-        }
-        for (const [status, n] of counts) this.set({ status }, n);
+        const s = await summary();
+        for (const [status, t] of Object.entries(s.byStatus)) this.set({ status }, t.disks);
+        this.set({ status: 'needs-sparsify' }, s.needsSparsify);
       },
     });
     new Gauge({
@@ -73,9 +70,7 @@ export class Metrics {
       help: 'Bytes the disks of every domain could give back now',
       registers,
       async collect() {
-        let total = 0;
-        for (const d of await disks()) total += d.reclaimableBytes ?? 0;
-        this.set(total);
+        this.set((await summary()).reclaimableBytes);
       },
     });
     new Gauge({

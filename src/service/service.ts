@@ -29,6 +29,7 @@ import { DataDirLock } from './hosts/data-dir-lock.js';
 import { ClusterMonitor } from './hosts/monitor.js';
 import { Policy } from './policy.js';
 import { DiskCatalog } from './catalog.js';
+import { DiskList } from './disk-list.js';
 import { EnginePool } from './engine/pool.js';
 import { ClusterState } from './cluster-state.js';
 import { Metrics } from './metrics.js';
@@ -71,6 +72,8 @@ export class Service {
   readonly monitor: ClusterMonitor;
   readonly policy: Policy;
   readonly catalog: DiskCatalog;
+  /** The disk list by pages, streams and totals, read from the database. */
+  readonly diskList: DiskList;
   readonly engine: EnginePool;
   readonly cluster: ClusterState;
   /** This host's VMs (its libvirt), and every host's as the disks see them. */
@@ -94,7 +97,7 @@ export class Service {
     /** The LUKS keys file in use, checked at start. */
     readonly keysFile: string | undefined,
   ) {
-    this.ctx = { store, bus, config, host: config.hostName, log, metrics: new Metrics(store, () => this.catalog.list()), record: eventRecorder(store, bus, config.hostName, log) };
+    this.ctx = { store, bus, config, host: config.hostName, log, metrics: new Metrics(store, () => this.diskList.summary()), record: eventRecorder(store, bus, config.hostName, log) };
     const t = this.loadToken();
     this.token = t.token;
     this.tokenGenerated = t.generated;
@@ -121,7 +124,9 @@ export class Service {
       fstrimTimeoutS: config.agentTrimTimeoutSeconds ?? DEFAULT_FSTRIM_TIMEOUT_S,
     });
     this.trimSchedule = new TrimSchedule(this.ctx, () => this.policy.get(), (vmId) => this.trims.submit(vmId, 'schedule'), config.agentTrimTimeoutSeconds ?? DEFAULT_FSTRIM_TIMEOUT_S);
-    this.catalog = new DiskCatalog(store, bus, async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() }));
+    const listContext = async () => ({ policy: await this.cluster.policy(), domains: await this.cluster.domainStates(), defaultMode: config.defaultMode, vms: await this.vms.index() });
+    this.catalog = new DiskCatalog(store, bus, listContext);
+    this.diskList = new DiskList(store, bus, listContext);
   }
 
   /** Open the store (migrating it) and the link to other hosts. Throws DbFatalError when the database cannot be used. */
@@ -230,6 +235,7 @@ export class Service {
     this.dispatcher.stop();
     this.scanner.close();
     this.catalog.close();
+    this.diskList.close();
     this.cluster.close();
     if (this.started) {
       await Promise.all([this.worker.stop(timeoutMs), this.trims.stop(timeoutMs)]);
@@ -243,10 +249,6 @@ export class Service {
   }
 
   // ---- disks
-
-  listDiskViews(): Promise<DiskView[]> {
-    return this.catalog.list();
-  }
 
   async getDiskView(id: string): Promise<(DiskView & { map: unknown; layers: unknown }) | undefined> {
     const d = await this.store.disks.get(id);

@@ -77,6 +77,29 @@ export const ref = (name: keyof typeof SHAPES) => ({ $ref: `${name}#` });
 export const listOf = (key: string, name: keyof typeof SHAPES, description: string) => ({ type: 'object', description, properties: { [key]: { type: 'array', items: ref(name) } } });
 export const one = (key: string, name: keyof typeof SHAPES, description: string) => ({ type: 'object', description, properties: { [key]: ref(name) } });
 export const fault = ref('Fault');
+/** A page of the disk list (or the whole list, without `next`). */
+export const pageOf = {
+  type: 'object',
+  description: '{"disks": [Disk], "next": cursor|null}; the whole list has no next',
+  properties: { disks: { type: 'array', items: ref('Disk') }, next: { type: 'string', nullable: true, description: 'The cursor of the next page (pass it as after), null on the last' } },
+};
+const totals = { disks: int('Disks'), virtualBytes: int('Sum of virtual sizes'), actualBytes: int('Sum of actual sizes'), reclaimableBytes: int('Sum of what the disks would give back'), needsSparsify: int('Disks over the policy threshold') };
+export const summaryOf = {
+  type: 'object',
+  description: '{"summary": Summary}',
+  properties: {
+    summary: {
+      type: 'object',
+      additionalProperties: true,
+      properties: {
+        ...totals,
+        analysis: obj('Disks by analysis state', { done: int(''), pending: int(''), failed: int('') }),
+        byStatus: { type: 'object', description: 'Totals per status: ok, locked, in-use, illegal, unreachable', additionalProperties: obj('Totals', totals) },
+        byDomain: { type: 'array', items: obj('Totals of one domain, with its domainId and name', { domainId: str(''), name: str(''), ...totals }) },
+      },
+    },
+  },
+};
 /** The token, for routes that need it (every route, when the service listens beyond localhost). */
 export const secured = [{ token: [] as string[] }];
 

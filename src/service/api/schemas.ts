@@ -74,9 +74,15 @@ export const disksQuery = {
   type: 'object',
   additionalProperties: false,
   properties: {
+    limit: { type: 'integer', minimum: 1, maximum: 1000, description: 'One page of this many disks, and the cursor of the next (without it: the whole list, streamed)' },
+    after: { type: 'string', maxLength: 2000, description: "The cursor `next` of the previous page (same sort)" },
+    sort: { type: 'string', pattern: '^(name|actualSize|virtualSize|reclaimable|status)(:(asc|desc))?$', description: 'Sort key and direction; ties by disk id; unknown sizes sort as smallest. Pages: name:asc by default; the whole list: first seen first' },
+    domain: { type: 'string', maxLength: 200, description: 'Only the disks of this storage domain (its id)' },
+    vm: { type: 'string', maxLength: 300, description: 'Only the disks of this VM (its UUID or name)' },
     status: { type: 'string', enum: ['ok', 'locked', 'in-use', 'illegal', 'unreachable'] },
     needsSparsify: { type: 'string', enum: ['true', 'false'] },
-    q: { type: 'string', maxLength: 200, description: 'Substring of the name' },
+    q: { type: 'string', maxLength: 200, description: 'Substring of the name (any case)' },
+    format: { type: 'string', enum: ['json', 'ndjson'], description: 'The whole list as one JSON object (default) or one disk per line' },
   },
 } as const;
 
@@ -124,4 +130,10 @@ export const historyQuery = {
   properties: {
     days: { type: 'string', pattern: '^[0-9]{1,3}$', description: 'How far back, in days (1 to 366; default 30)' },
   },
+} as const;
+
+export const streamQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { disks: { type: 'string', maxLength: 40_000, description: 'Disk ids, comma-separated: disk events only for these' } },
 } as const;

@@ -13,7 +13,8 @@ import { extname } from 'node:path';
 import { serveWebUi } from '../web/static.js';
 import { fault, installErrorHandler } from './faults.js';
 import { requireToken, readGuard } from './auth.js';
-import { LiveFeed } from './stream.js';
+import { LiveFeed, MAX_WATCHED } from './stream.js';
+import { streamQuery } from './schemas.js';
 import { registerDocs } from './docs.js';
 import { diskRoutes } from './routes/disks.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -93,10 +94,23 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
   vmRoutes(app, svc, auth);
   historyRoutes(app, svc);
 
-  app.get('/api/stream', { schema: { tags: ['cluster'], summary: 'Server-sent events: disk, job, progress, event and hosts messages of every host' } }, (_req: FastifyRequest, reply) => {
-    reply.hijack();
-    feed.attach(reply.raw);
-  });
+  app.get(
+    '/api/stream',
+    {
+      schema: {
+        tags: ['cluster'],
+        summary: 'Server-sent events: disk, job, progress, event and hosts messages of every host, and the totals (summary, at most once a second while disks change)',
+        description: 'With `disks` (ids, comma-separated, at most 500): disk events only for those disks (the rows a client shows).',
+        querystring: streamQuery,
+      },
+    },
+    (req: FastifyRequest<{ Querystring: { disks?: string } }>, reply) => {
+      const ids = req.query.disks?.split(',').filter(Boolean);
+      if (ids && ids.length > MAX_WATCHED) return fault(reply, 400, 'too-many-disks', `a stream follows at most ${MAX_WATCHED} disks`);
+      reply.hijack();
+      feed.attach(reply.raw, ids && new Set(ids));
+    },
+  );
 
   return {
     app,

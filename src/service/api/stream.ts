@@ -2,14 +2,23 @@
  * Live updates for browsers (server-sent events). One subscription to the bus per server, whatever
  * the number of open tabs: bursts of disk and job changes are coalesced per tick and each view is
  * read once, then sent to every client. With PostgreSQL the bus carries every host's messages, so
- * any host's stream shows the progress of jobs on all hosts. `close()` ends every stream (shutdown).
+ * any host's stream shows the progress of jobs on all hosts. A client may follow only some disks
+ * (those on its screen); every client gets the totals, at most once a second while disks change.
+ * `close()` ends every stream (shutdown).
  */
 import type { ServerResponse } from 'node:http';
 import type { Service } from '../service.js';
 import type { BusMessage } from '../bus.js';
 
+/** A stream follows at most this many disks (a screenful or a few). */
+export const MAX_WATCHED = 500;
+/** The totals go out at most this often while disks change. */
+const SUMMARY_EVERY_MS = 1000;
+
 export class LiveFeed {
-  private readonly clients = new Set<ServerResponse>();
+  /** Each client, and the disks it follows (undefined: every disk). */
+  private readonly clients = new Map<ServerResponse, Set<string> | undefined>();
+  private summaryTimer: NodeJS.Timeout | undefined;
   private readonly dirtyDisks = new Set<string>();
   private readonly dirtyJobs = new Set<string>();
   private flushing: NodeJS.Immediate | undefined;
@@ -22,15 +31,43 @@ export class LiveFeed {
   }
 
   /** Take over a hijacked response as an event stream. */
-  attach(res: ServerResponse): void {
+  attach(res: ServerResponse, disks?: Set<string>): void {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     res.write('retry: 2000\n\n');
-    this.clients.add(res);
+    this.clients.set(res, disks);
     res.on('close', () => this.clients.delete(res));
   }
 
   private broadcast(text: string): void {
-    for (const c of this.clients) c.write(text);
+    for (const c of this.clients.keys()) c.write(text);
+  }
+
+  /** A disk's change goes to the clients that follow it. */
+  private sendDisk(id: string, type: 'disk' | 'disk-removed', data: unknown): void {
+    let text: string | undefined;
+    for (const [c, ids] of this.clients) {
+      if (ids && !ids.has(id)) continue;
+      text ??= `event: ${type}\ndata: ${JSON.stringify(data)}\n\n`;
+      c.write(text);
+    }
+  }
+
+  /** Who follows this disk? */
+  private followed(id: string): boolean {
+    for (const ids of this.clients.values()) if (!ids || ids.has(id)) return true;
+    return false;
+  }
+
+  /** The totals, once a second at most while disks change. */
+  private summarySoon(): void {
+    this.summaryTimer ??= setTimeout(() => {
+      this.summaryTimer = undefined;
+      if (!this.clients.size) return;
+      this.svc.diskList.summary().then(
+        (summary) => this.send('summary', summary),
+        () => undefined,
+      );
+    }, SUMMARY_EVERY_MS);
   }
 
   private send(type: string, data: unknown): void {
@@ -41,6 +78,8 @@ export class LiveFeed {
     if (!this.clients.size) return;
     switch (m.type) {
       case 'disk':
+        this.summarySoon();
+        if (!this.followed(m.id)) return;
         this.dirtyDisks.add(m.id);
         break;
       case 'job':
@@ -50,7 +89,8 @@ export class LiveFeed {
         this.send('progress', { jobId: m.jobId, diskId: m.diskId, done: m.done, total: m.total });
         return;
       case 'disk-removed':
-        this.send('disk-removed', { id: m.id });
+        this.summarySoon();
+        this.sendDisk(m.id, 'disk-removed', { id: m.id });
         return;
       case 'event':
         void this.svc.store.events.get(m.id).then(
@@ -81,7 +121,7 @@ export class LiveFeed {
         const d = await this.svc.getDiskView(id);
         if (d) {
           const { map: _m, layers: _l, ...view } = d;
-          this.send('disk', view);
+          this.sendDisk(id, 'disk', view);
         }
       }
       for (const id of jobs) {
@@ -95,9 +135,10 @@ export class LiveFeed {
 
   close(): void {
     clearInterval(this.ping);
+    clearTimeout(this.summaryTimer);
     if (this.flushing) clearImmediate(this.flushing);
     this.unsubscribe();
-    for (const c of this.clients) c.end();
+    for (const c of this.clients.keys()) c.end();
     this.clients.clear();
   }
 }

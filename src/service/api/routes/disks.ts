@@ -4,28 +4,59 @@ import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fas
 import type { Service } from '../../service.js';
 import type { SparsifyMode } from '../../config.js';
 import { idParams, sparsifyBody, allocationBody, disksQuery } from '../schemas.js';
-import { fault as faultBody, listOf, one, secured } from '../docs.js';
+import { fault as faultBody, one, pageOf, secured, summaryOf } from '../docs.js';
 import { fault, refuse } from '../faults.js';
+import { fresh, sendTagged } from '../etag.js';
+import { ListRequestError, type ListParams } from '../../disk-list.js';
+import type { DiskView } from '../../views.js';
 
 const tags = ['disks'];
 
 export function diskRoutes(app: FastifyInstance, svc: Service, auth: preHandlerHookHandler): void {
   app.get(
     '/api/disks',
-    { schema: { tags, summary: 'List the disks of every storage domain', querystring: disksQuery, response: { 200: listOf('disks', 'Disk', '{"disks": [Disk]}'), 400: faultBody } } },
-    async (req: FastifyRequest<{ Querystring: { status?: string; needsSparsify?: string; q?: string } }>, reply) => {
-      const { status, needsSparsify, q } = req.query;
-      // The whole list is served as kept, encoded once per change.
-      if (!status && !needsSparsify && !q) {
-        const body = await svc.catalog.listJson();
-        return reply.type('application/json; charset=utf-8').header('content-length', body.length).send(Readable.from(body.chunks, { objectMode: false }));
-      }
-      let disks = await svc.listDiskViews();
-      if (status) disks = disks.filter((d) => d.status === status);
-      if (needsSparsify) disks = disks.filter((d) => d.needsSparsify === (needsSparsify === 'true'));
-      if (q) disks = disks.filter((d) => d.name.toLowerCase().includes(q.toLowerCase()));
-      return { disks };
+    {
+      schema: {
+        tags,
+        summary: 'List the disks of every storage domain: one page (limit, after, sort, filters) or the whole list, streamed',
+        description:
+          'With `limit`: `{"disks": [Disk], "next": cursor|null}`, sorted and filtered by the database; pass `next` as `after` for the next page. ' +
+          'Without: every disk that matches, as `{"disks": [...]}` or NDJSON (`format=ndjson`), written as it is read. Answers carry an ETag (If-None-Match: 304).',
+        querystring: disksQuery,
+        response: { 200: pageOf, 400: faultBody },
+      },
     },
+    async (req: FastifyRequest<{ Querystring: ListParams & { format?: 'json' | 'ndjson' } }>, reply) => {
+      const { format, ...p } = req.query;
+      try {
+        if (p.limit !== undefined || p.after !== undefined) return sendTagged(req, reply, JSON.stringify(await svc.diskList.page(p)));
+        const plain = !p.sort && !p.domain && !p.status && !p.vm && !p.needsSparsify && !p.q && format !== 'ndjson';
+        // A site within the catalog's budget: the whole list as kept, encoded once per change.
+        const kept = plain ? await svc.catalog.listJson() : undefined;
+        if (kept) {
+          const tag = svc.catalog.tagOf(kept);
+          reply.header('etag', tag).header('cache-control', 'no-cache');
+          if (fresh(req, tag)) return reply.code(304).send();
+          return reply.type('application/json; charset=utf-8').header('content-length', kept.length).send(Readable.from(kept.chunks, { objectMode: false }));
+        }
+        const tag = svc.diskList.streamTag(req.url);
+        reply.header('etag', tag).header('cache-control', 'no-cache');
+        if (fresh(req, tag)) return reply.code(304).send();
+        const chunks = svc.diskList.stream(p);
+        // The first chunk is read before answering: a refused request still gets its 400.
+        const first = await chunks.next();
+        return reply.type(format === 'ndjson' ? 'application/x-ndjson; charset=utf-8' : 'application/json; charset=utf-8').send(Readable.from(encodeList(first, chunks, format === 'ndjson')));
+      } catch (e) {
+        if (e instanceof ListRequestError) return fault(reply, 400, e.code, e.message);
+        throw e;
+      }
+    },
+  );
+
+  app.get(
+    '/api/summary',
+    { schema: { tags, summary: 'Counts and byte totals of the disks: in all, per status, per domain, and how many need sparsify (the UI header and charts)', response: { 200: summaryOf, 400: faultBody } } },
+    async (req, reply) => sendTagged(req, reply, JSON.stringify({ summary: await svc.diskList.summary() })),
   );
 
   app.get(
@@ -73,4 +104,16 @@ export function diskRoutes(app: FastifyInstance, svc: Service, auth: preHandlerH
       return reply.code(202).header('location', r.job.href).send({ job: r.job });
     },
   );
+}
+
+/** The whole list's body, chunk by chunk as the database gives them: `{"disks":[...]}` or one view per line. */
+async function* encodeList(first: IteratorResult<DiskView[]>, rest: AsyncGenerator<DiskView[]>, ndjson: boolean): AsyncGenerator<string> {
+  let n = 0;
+  if (!ndjson) yield '{"disks":[';
+  for (let r = first; !r.done; r = await rest.next()) {
+    let text = '';
+    for (const d of r.value) text += ndjson ? `${JSON.stringify(d)}\n` : `${n++ ? ',' : ''}${JSON.stringify(d)}`;
+    yield text;
+  }
+  if (!ndjson) yield ']}';
 }

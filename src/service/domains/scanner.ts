@@ -8,71 +8,42 @@
  */
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
-import { lstat, readdir } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { basename, join, relative, sep } from 'node:path';
-import { openImage, type DiskMapJson, type NodeJson } from '../../index.js';
+import { openImage, type DiskMapJson } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
-import type { DiskRecord, BackingRef, AnalysisSummary, DeviceFacts } from '../store/records.js';
-import { isDuplicate } from '../store/disks.js';
+import type { DiskRecord, BackingRef } from '../store/records.js';
+import { isDuplicate, type ScanEntry } from '../store/disks.js';
 import { heldForWriting, hostDataBytes } from './host-probe.js';
 import type { Mounts, Mount } from './mounts.js';
-import { statKey, recordKey } from './stat-key.js';
-import { deviceBehind, deviceKey, isDeviceLink } from './device-probe.js';
+import { recordKey } from './stat-key.js';
+import { isDeviceLink } from './device-probe.js';
+import { entryAt, type Entry } from './entry.js';
+import { summarize } from './analysis-summary.js';
+
 
 const MAX_DEPTH = 6;
-const MAX_FILES = 20_000;
+const MAX_FILES = 250_000;
 /** A device's contents change without stat showing it: its analysis is made again when this old (at a scan). */
 const DEVICE_ANALYSIS_MAX_AGE_MS = 10 * 60_000;
 
-/** What a domain entry is now: a regular file, or a symlink to a block device, with the key of its version. */
-interface Entry {
-  st: Stats;
-  device: DeviceFacts | null;
-  key: string;
-}
-
-async function entryAt(full: string): Promise<Entry | undefined> {
-  let st: Stats;
-  try {
-    st = await lstat(full);
-  } catch {
-    return undefined;
-  }
-  if (st.isFile()) return { st, device: null, key: statKey(st) };
-  if (!st.isSymbolicLink()) return undefined;
-  const device = deviceBehind(full);
-  return device ? { st, device, key: deviceKey(st, device) } : undefined;
-}
-
-const staleDevice = (d: DiskRecord): boolean => !!d.device && (d.analyzedAt ?? 0) < Date.now() - DEVICE_ANALYSIS_MAX_AGE_MS;
+const staleDevice = (d: Pick<DiskRecord, 'device' | 'analyzedAt'>): boolean => !!d.device && (d.analyzedAt ?? 0) < Date.now() - DEVICE_ANALYSIS_MAX_AGE_MS;
 
 
-/** The analysis in brief: what the disk list shows. */
-export function summarize(map: DiskMapJson): AnalysisSummary {
-  const encrypted = { opened: 0, keptWhole: 0 };
-  const walk = (n: NodeJson) => {
-    if (n.contentKind === 'encrypted') {
-      if (n.children.length) encrypted.opened++;
-      else encrypted.keptWhole++;
-    }
-    n.children.forEach(walk);
-  };
-  walk(map.root);
-  return {
-    dataBytes: map.dataBytes,
-    reclaimableBytes: map.reclaimableBytes,
-    ownDataBytes: map.ownDataBytes,
-    snapshotOnlyBytes: map.snapshotOnlyBytes,
-    ...(map.snapshotAdvice ? { snapshotAdvice: map.snapshotAdvice } : {}),
-    warnings: map.warnings,
-    ...(encrypted.opened || encrypted.keptWhole ? { encrypted } : {}),
-  };
+/** One pass over the domains this host scans: how long it took, files seen, and how many were new or changed. */
+export interface ScanReport {
+  startedAt: number;
+  finishedAt: number;
+  files: number;
+  changed: number;
 }
 
 export class Scanner {
   private scanning: Promise<void> | undefined;
+  /** The last pass that ended, and the one under way. */
+  last: ScanReport | null = null;
+  private current: ScanReport | undefined;
   private rescanAgain = false;
   /** Disks waiting for analysis, in order (a Set keeps insertion order). */
   private readonly analysisQueue = new Set<string>();
@@ -97,13 +68,16 @@ export class Scanner {
       try {
         do {
           this.rescanAgain = false;
+          this.current = { startedAt: Date.now(), finishedAt: 0, files: 0, changed: 0 };
           for (const m of this.mounts.list()) {
             if (this.closed) return;
-            if (m.reachable && (await this.isScanner(m.id))) await this.scanDomain(m);
+            if (m.reachable && (await this.isScanner(m.id))) await this.scanDomain(m, this.current);
           }
+          this.last = { ...this.current, finishedAt: Date.now() };
         } while (this.rescanAgain && !this.closed);
       } finally {
         this.scanning = undefined;
+        this.current = undefined;
       }
     })();
     return this.scanning;
@@ -133,24 +107,66 @@ export class Scanner {
     return out.sort();
   }
 
-  private async scanDomain(m: Mount): Promise<void> {
+  /** Whether the scanner is in a pass now. */
+  get running(): boolean {
+    return this.scanning !== undefined;
+  }
+
+  /**
+   * One stat per file whose record says it has not changed (and QEMU's lock probe), read against
+   * the domain's records loaded once; only new or changed files are probed and written.
+   */
+  private async scanDomain(m: Mount, report: ScanReport): Promise<void> {
     const files = await this.listFiles(m);
     // The folder went away during the listing: never mistake that for every disk being deleted.
     if ((await this.mounts.check()).some((c) => c.id === m.id) || !m.reachable) return;
+    const known = await this.ctx.store.disks.scanIndex(m.id);
     const seen = new Set<string>();
+    const links: Array<Pick<DiskRecord, 'id' | 'backingRef' | 'backingId'>> = [];
     for (const rel of files) {
       if (this.closed) return;
+      report.files++;
+      const k = known.get(rel);
+      const entry = k?.present ? await entryAt(join(m.root, rel)) : undefined;
+      if (k && entry && this.unchanged(k, entry)) {
+        await this.keep(k, entry.key, join(m.root, rel));
+        seen.add(k.id);
+        links.push(k);
+        continue;
+      }
+      report.changed++;
       const d = await this.refreshAt(m, rel);
-      if (d) seen.add(d.id);
+      if (d) {
+        seen.add(d.id);
+        links.push(d);
+      }
     }
-    for (const d of await this.ctx.store.disks.list({ domainId: m.id })) {
-      if (seen.has(d.id) || d.lockedBy) continue;
+    for (const k of known.values()) {
+      if (!k.present || seen.has(k.id) || k.lockedBy) continue;
+      const d = await this.ctx.store.disks.get(k.id);
+      if (!d || !d.present || d.lockedBy) continue;
       d.present = false;
       await this.ctx.store.disks.put(d);
       await this.ctx.record({ severity: 'info', type: 'disk-removed', diskId: d.id, jobId: null, message: `Disk ${d.name} is no longer in its storage domain` });
       this.ctx.bus.publish({ type: 'disk-removed', id: d.id });
     }
-    await this.linkChains(m.id);
+    await this.linkChains(links);
+  }
+
+  /** The file is the version its record describes (a device's discard facts too). */
+  private unchanged(d: Pick<ScanEntry, 'present' | 'device'> & { statKey: string }, e: Entry): boolean {
+    return d.present && d.statKey === e.key && JSON.stringify(d.device ?? null) === JSON.stringify(e.device);
+  }
+
+  /** An unchanged file: only whether a VM holds it may have changed, and its analysis may be due. */
+  private async keep(d: Pick<ScanEntry, 'id' | 'inUse' | 'health' | 'analysisKey' | 'device' | 'analyzedAt'>, key: string, full: string): Promise<void> {
+    const inUse = heldForWriting(full);
+    if (d.inUse !== inUse) {
+      d.inUse = inUse;
+      await this.ctx.store.disks.setInUse(d.id, inUse);
+      this.ctx.bus.publish({ type: 'disk', id: d.id });
+    }
+    if (d.health === 'ok' && (d.analysisKey !== key || staleDevice(d))) this.queueAnalysis(d.id);
   }
 
   /** Re-read one disk now (after a job, or before validating a request). Needs its domain reachable here. */
@@ -179,17 +195,12 @@ export class Scanner {
       if (moved && (!moved.present || !this.exists(moved))) d = { ...moved, rel, name: basename(rel) };
     }
     const isNew = !d;
-    const inUse = heldForWriting(full);
     // A device's discard facts may change with its stat key unchanged: then it is recorded again.
-    if (d && d.present && recordKey(d) === key && JSON.stringify(d.device ?? null) === JSON.stringify(device)) {
-      if (d.inUse !== inUse) {
-        d.inUse = inUse;
-        await store.setInUse(d.id, inUse);
-        this.ctx.bus.publish({ type: 'disk', id: d.id });
-      }
-      if (d.health === 'ok' && (d.analysisKey !== key || staleDevice(d))) this.queueAnalysis(d.id);
+    if (d && this.unchanged({ ...d, statKey: recordKey(d) }, entry)) {
+      await this.keep(d, key, full);
       return d;
     }
+    const inUse = heldForWriting(full);
     const rec: DiskRecord = d ?? {
       id: randomUUID(),
       domainId: m.id,
@@ -306,13 +317,20 @@ export class Scanner {
     }
   }
 
-  /** Point each disk of the domain at the disk record of its backing file, when that file is in a domain too. */
-  private async linkChains(domainId: string): Promise<void> {
-    const all = await this.ctx.store.disks.list();
-    const byRef = new Map(all.map((d) => [`${d.domainId}\u0000${d.rel}`, d.id]));
-    for (const d of all) {
-      if (d.domainId !== domainId) continue;
-      const backing = d.backingRef ? (byRef.get(`${d.backingRef.domainId}\u0000${d.backingRef.rel}`) ?? null) : null;
+  /** Point each disk of a scanned domain at the record of its backing file, when that file is in a domain too. */
+  private async linkChains(disks: ReadonlyArray<Pick<DiskRecord, 'id' | 'backingRef' | 'backingId'>>): Promise<void> {
+    const found = new Map<string, string | null>();
+    for (const d of disks) {
+      if (!d.backingRef && !d.backingId) continue;
+      let backing: string | null = null;
+      if (d.backingRef) {
+        const ref = `${d.backingRef.domainId}\u0000${d.backingRef.rel}`;
+        if (!found.has(ref)) {
+          const b = await this.ctx.store.disks.findAt(d.backingRef.domainId, d.backingRef.rel);
+          found.set(ref, b?.present ? b.id : null);
+        }
+        backing = found.get(ref)!;
+      }
       if (backing !== d.backingId) {
         await this.ctx.store.disks.setBacking(d.id, backing);
         this.ctx.bus.publish({ type: 'disk', id: d.id });

@@ -33,6 +33,8 @@ export function clusterRoutes(app: FastifyInstance, svc: Service, auth: preHandl
     defaultMode: svc.config.defaultMode,
     modes: ['in-place', 'copy-and-replace'],
     concurrency: svc.config.concurrency,
+    /** This host's scans of the domains it scans: the one under way, and the last that ended. */
+    scan: { running: svc.scanner.running, last: svc.scanner.last },
   }));
 
   app.get('/api/hosts', { schema: { tags, summary: 'The hosts: status, last heartbeat, version, the domains each reaches, the jobs each runs', response: { 200: listOf('hosts', 'Host', '{"hosts": [Host]}') } } }, async () => ({

@@ -29,7 +29,8 @@ export interface ListContext {
 
 /** The query string of GET /api/disks. */
 export interface ListParams {
-  limit?: number;
+  /** Digits, 1 to MAX_PAGE. */
+  limit?: string;
   after?: string;
   sort?: string;
   domain?: string;
@@ -42,7 +43,7 @@ export interface ListParams {
 /** A request the list cannot answer: 400 with this code. */
 export class ListRequestError extends Error {
   constructor(
-    readonly code: 'bad-sort' | 'bad-cursor' | 'bad-status',
+    readonly code: 'bad-sort' | 'bad-cursor' | 'bad-status' | 'bad-limit',
     message: string,
   ) {
     super(message);
@@ -165,7 +166,8 @@ export class DiskList {
   async page(p: ListParams): Promise<{ disks: DiskView[]; next: string | null }> {
     const sort = parseSort(p.sort, { field: 'name', desc: false });
     const after = p.after ? decodeCursor(p.after, sort) : undefined;
-    const limit = Math.max(1, Math.min(MAX_PAGE, p.limit ?? 100));
+    const limit = Number(p.limit ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new ListRequestError('bad-limit', `limit must be 1 to ${MAX_PAGE}`);
     const ctx = await this.context();
     const [f, o] = await Promise.all([this.filter(p, ctx), this.overlay(ctx)]);
     // One more than asked tells whether a next page exists.

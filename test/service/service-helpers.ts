@@ -154,9 +154,9 @@ export async function http<T = Record<string, any>>(s: Server, method: string, p
 }
 
 /** Read a server's live stream (/api/stream) into a string until `close()`. */
-export async function readStream(s: Server): Promise<{ text: () => string; close: () => Promise<void> }> {
+export async function readStream(s: Server, path = '/api/stream'): Promise<{ text: () => string; close: () => Promise<void> }> {
   const ctl = new AbortController();
-  const res = await fetch(`${s.url}/api/stream`, { signal: ctl.signal });
+  const res = await fetch(`${s.url}${path}`, { signal: ctl.signal });
   let text = '';
   const reading = (async () => {
     const reader = res.body!.getReader();

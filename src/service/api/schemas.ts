@@ -74,7 +74,7 @@ export const disksQuery = {
   type: 'object',
   additionalProperties: false,
   properties: {
-    limit: { type: 'integer', minimum: 1, maximum: 1000, description: 'One page of this many disks, and the cursor of the next (without it: the whole list, streamed)' },
+    limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$', description: 'One page of this many disks (1 to 1000), and the cursor of the next (without it: the whole list, streamed)' },
     after: { type: 'string', maxLength: 2000, description: "The cursor `next` of the previous page (same sort)" },
     sort: { type: 'string', pattern: '^(name|actualSize|virtualSize|reclaimable|status)(:(asc|desc))?$', description: 'Sort key and direction; ties by disk id; unknown sizes sort as smallest. Pages: name:asc by default; the whole list: first seen first' },
     domain: { type: 'string', maxLength: 200, description: 'Only the disks of this storage domain (its id)' },

@@ -3,16 +3,19 @@
  * replies matched by cookie in whatever order they come, simple or structured. At most
  * `inFlight` requests are outstanding; each must be answered within `timeoutMs` or the connection
  * is failed (never a hang). A server that goes away fails every outstanding request with the reason.
- * Errors name the address, the request and its range.
+ * Errors name the address, the request and its range. Replies are parsed as they arrive
+ * (reply-parser.ts), so READ data is received straight into the caller's buffer.
  */
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { FatalError, hex } from '../errors.js';
+import { hex } from '../errors.js';
 import { ByteReader } from './byte-reader.js';
 import { Handshake, type ExportInfo } from './handshake.js';
+import { NbdError } from './errors.js';
+import { ReplyParser, type ReplyHandler, type ReplyTarget, type StatusExtent } from './reply-parser.js';
 import * as P from './protocol.js';
 import type { NbdAddress } from './uri.js';
 
@@ -21,34 +24,12 @@ export interface Timeouts {
   requestMs: number;
 }
 
-/** A block status descriptor: `length` bytes with base:allocation `flags`. */
-export interface StatusExtent {
-  length: number;
-  flags: number;
-}
+export { NbdError, type StatusExtent };
 
-interface Pending {
-  type: number;
-  offset: number;
-  length: number;
-  /** READ: where the data goes. */
-  buf?: Buffer;
-  status?: StatusExtent[];
-  error?: string;
+interface Pending extends ReplyTarget {
   resolve: () => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
-}
-
-export class NbdError extends FatalError {
-  constructor(
-    message: string,
-    /** The server's errno name for a failed request (ENOTSUP, EINVAL...), when it gave one. */
-    readonly errno?: string,
-  ) {
-    super(message);
-    this.name = 'NbdError';
-  }
 }
 
 function describe(addr: NbdAddress, type: number, offset: number, length: number): string {
@@ -56,12 +37,9 @@ function describe(addr: NbdAddress, type: number, offset: number, length: number
   return type === P.CMD.FLUSH ? `${addr.display}: FLUSH` : `${addr.display}: ${name} at ${hex(offset)} (+${length})`;
 }
 
-/** Socket reads go into one buffer this big (fewer system calls and allocations than 64 KiB 'data' chunks). */
-const READ_BUFFER = 1 << 20;
-
 async function openStream(addr: NbdAddress, reader: ByteReader): Promise<Socket> {
   // Plain connections read through `onread`; a TLS one needs the socket's ordinary 'data' events.
-  const onread = addr.tls ? {} : { onread: { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array): boolean => (reader.push(Buffer.from(buf.buffer, buf.byteOffset, n), true), true) } };
+  const onread = addr.tls ? {} : { onread: { buffer: reader.nextBuffer, callback: reader.received } };
   return new Promise((resolve, reject) => {
     const s = addr.socket !== undefined ? netConnect({ path: addr.socket, ...onread }) : netConnect({ host: addr.host!, port: addr.port!, ...onread });
     s.once('connect', () => {
@@ -129,7 +107,15 @@ export class NbdConnection {
     private readonly timeouts: Timeouts,
     private readonly inFlight: number,
   ) {
-    void this.replyLoop();
+    const handler: ReplyHandler = {
+      lookup: (high, cookie) => this.lookup(high, cookie),
+      complete: (cookie, p) => this.settle(cookie, p as Pending),
+      describe: (p) => describe(this.addr, p.type, p.offset, p.length),
+    };
+    reader.onFailure = (e) => {
+      if (!this.closing) this.fail(e instanceof NbdError ? e : new NbdError(e.message));
+    };
+    reader.handOver(new ReplyParser(handler));
   }
 
   static async open(addr: NbdAddress, timeouts: Timeouts, inFlight = 64): Promise<NbdConnection> {
@@ -255,64 +241,6 @@ export class NbdConnection {
     const p = cookieHigh === 0 ? this.pending.get(cookie) : undefined;
     if (!p) throw new NbdError(`the server answered a request that was not made (cookie ${cookie})`);
     return p;
-  }
-
-  private async replyLoop(): Promise<void> {
-    try {
-      for (;;) {
-        const magic = (await this.reader.take(4)).readUInt32BE(0);
-        if (magic === P.SIMPLE_REPLY_MAGIC) {
-          const h = await this.reader.take(12);
-          const cookie = h.readUInt32BE(8);
-          const p = this.lookup(h.readUInt32BE(4), cookie);
-          const err = h.readUInt32BE(0);
-          if (err !== 0) p.error = P.errnoName(err);
-          else if (p.type === P.CMD.READ) await this.reader.takeInto(p.buf, 0, p.length);
-          this.settle(cookie, p);
-        } else if (magic === P.STRUCTURED_REPLY_MAGIC) {
-          const h = await this.reader.take(16);
-          const flags = h.readUInt16BE(0);
-          const type = h.readUInt16BE(2);
-          const cookie = h.readUInt32BE(8);
-          const p = this.lookup(h.readUInt32BE(4), cookie);
-          const len = h.readUInt32BE(12);
-          await this.chunk(p, type, len);
-          if (flags & P.CHUNK_FLAG_DONE) this.settle(cookie, p);
-        } else {
-          throw new NbdError(`bad reply magic ${hex(magic)}`);
-        }
-      }
-    } catch (e) {
-      if (this.closing) return;
-      const err = e instanceof NbdError ? e : new NbdError((e as Error).message);
-      this.fail(err);
-    }
-  }
-
-  private async chunk(p: Pending, type: number, len: number): Promise<void> {
-    if (type === P.CHUNK.OFFSET_DATA) {
-      const off = Number((await this.reader.take(8)).readBigUInt64BE(0)) - p.offset;
-      const n = len - 8;
-      if (off < 0 || off + n > p.length || !p.buf) throw new NbdError(`the server sent data outside ${describe(this.addr, p.type, p.offset, p.length)}`);
-      await this.reader.takeInto(p.buf, off, n);
-    } else if (type === P.CHUNK.OFFSET_HOLE) {
-      const b = await this.reader.take(12);
-      const off = Number(b.readBigUInt64BE(0)) - p.offset;
-      const n = b.readUInt32BE(8);
-      if (off < 0 || off + n > p.length || !p.buf) throw new NbdError(`the server sent a hole outside ${describe(this.addr, p.type, p.offset, p.length)}`);
-      p.buf.fill(0, off, off + n);
-    } else if (type === P.CHUNK.BLOCK_STATUS) {
-      const b = await this.reader.take(len);
-      for (let i = 4; i + 8 <= b.length; i += 8) p.status?.push({ length: b.readUInt32BE(i), flags: b.readUInt32BE(i + 4) });
-    } else if (type & P.CHUNK_ERROR_BIT) {
-      const b = await this.reader.take(len);
-      const code = len >= 4 ? b.readUInt32BE(0) : 5;
-      const mlen = len >= 6 ? b.readUInt16BE(4) : 0;
-      const msg = b.subarray(6, 6 + mlen).toString('utf8');
-      p.error = P.errnoName(code) + (msg ? ` (${msg})` : '');
-    } else {
-      await this.reader.takeInto(undefined, 0, len);
-    }
   }
 
   /** Say goodbye (NBD_CMD_DISC) and close; outstanding requests are failed. */

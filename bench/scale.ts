@@ -188,7 +188,8 @@ const mib = (x: number) => (Number.isNaN(x) ? 'n/a' : `${(x / 1048576).toFixed(0
 /** The markdown table of a run: one column per scenario, ratios to the targets where there is one. */
 export function scaleTable(r: ScaleResult): string[] {
   const s = r.scenarios;
-  const head = `| scale benchmark: ${r.disks} disks in ${r.images.domains.length} domains (${r.images.counts.raw} sparse raw, ${r.images.counts.ext2} tiny ext2, ${r.images.counts.dirty} dirty ext2; du ${(r.images.duBytes / 1e9).toFixed(2)} GB, made in ${r.images.seconds.toFixed(0)} s) | ${s.map((x) => x.label).join(' | ')} | target |`;
+  if (!s.length) return [`scale benchmark: ${r.disks} disks made (du ${(r.images.duBytes / 1e9).toFixed(2)} GB, ${r.images.seconds.toFixed(0)} s); no scenario ran`, ...r.notes];
+  const head = `| scale benchmark: ${r.disks} disks in ${r.images.domains.length} domain(s) (${r.images.counts.raw} sparse raw, ${r.images.counts.ext2} tiny ext2, ${r.images.counts.dirty} dirty ext2; du ${(r.images.duBytes / 1e9).toFixed(2)} GB, made in ${r.images.seconds.toFixed(0)} s) | ${s.map((x) => x.label).join(' | ')} | target |`;
   const lines = [head, `|---|${s.map(() => '---|').join('')}---|`];
   const row = (name: string, cell: (x: ScenarioResult) => string, target = '') => lines.push(`| ${name} | ${s.map(cell).join(' | ')} | ${target} |`);
   row('start to all disks listed', (x) => sec(x.listedSeconds));

@@ -124,7 +124,7 @@ export class DiskList {
         const [domainId, rel] = key.split('\u0000') as [string, string];
         places.push({ domainId, rel });
       }
-      p = this.store.diskPages.idsAt(places);
+      p = this.store.disks.atPlaces(places).then((ds) => ds.map((d) => d.id));
       this.busy.set(vms, p);
     }
     return p;
@@ -151,7 +151,7 @@ export class DiskList {
         const [domainId, rel] = key.split('\u0000') as [string, string];
         places.push({ domainId, rel });
       }
-      f.ids = await this.store.diskPages.idsAt(places);
+      f.ids = await this.store.disks.atPlaces(places).then((ds) => ds.map((d) => d.id));
     }
     return f;
   }

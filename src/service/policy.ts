@@ -57,7 +57,9 @@ export class Policy {
   async run(p?: PolicyConfig): Promise<JobRecord[]> {
     const policy = p ?? (await this.get());
     const queued: JobRecord[] = [];
-    const candidates = (await this.ctx.store.disks.list()).filter((d) => !d.lockedBy && needsSparsify(d, policy));
+    const candidates = (await this.ctx.store.diskPages.all({ needsSparsify: true }, { unreachable: [], vmBusy: [], thresholdBytes: policy.thresholdBytes, thresholdPercent: policy.thresholdPercent })).filter(
+      (d) => !d.lockedBy && needsSparsify(d, policy),
+    );
     for (const d of candidates) {
       const r = await this.submit(d.id);
       if ('job' in r) queued.push(r.job);

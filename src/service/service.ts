@@ -42,6 +42,7 @@ import { TrimSchedule } from './jobs/trim-schedule.js';
 import { PING_TIMEOUT_S, DEFAULT_FSTRIM_TIMEOUT_S } from './vms/agent.js';
 import { VmAttachments, vmsOf, type VmRef } from './vms/attachments.js';
 import { vmViews, type VmListView } from './vms/views.js';
+import { vmDiskPlaces } from './vms/attachments.js';
 import { historySeries, type HistoryView } from './history/series.js';
 
 /** A sparsify request waits this long at most for this host's libvirt to be read again. */
@@ -308,8 +309,10 @@ export class Service {
 
   /** Finished jobs since `since` as chart series (space given back, each domain's actual size). */
   async history(since: number): Promise<HistoryView> {
-    const [jobs, disks, domains] = await Promise.all([this.store.jobs.list({ status: ['finished'], limit: 10_000 }), this.store.disks.list(), this.store.hosts.domains()]);
-    return historySeries(jobs, disks, domains, since);
+    const [jobs, summary, domains] = await Promise.all([this.store.jobs.list({ status: ['finished'], limit: 10_000 }), this.diskList.summary(), this.store.hosts.domains()]);
+    // Each domain's actual size now, from the totals (not every disk's record).
+    const sizes = summary.byDomain.map((d) => ({ present: true, domainId: d.domainId, actualSize: d.actualBytes }));
+    return historySeries(jobs, sizes, domains, since);
   }
 
   // ---- virtual machines
@@ -326,7 +329,8 @@ export class Service {
   }
 
   async listVms(): Promise<VmListView> {
-    const [vms, inventories, disks] = await Promise.all([this.store.vms.list(), this.store.vms.inventories(), this.store.disks.list()]);
+    const [vms, inventories] = await Promise.all([this.store.vms.list(), this.store.vms.inventories()]);
+    const disks = await this.store.disks.atPlaces(vmDiskPlaces(vms));
     return vmViews(vms, inventories, disks, { host: this.ctx.host, liveOf: (u) => this.vmInventory.liveOf(u), canPunch: (d) => storageCanRelease(d, this.mounts.get(d.domainId)?.canDiscard ?? false) });
   }
 

@@ -27,7 +27,7 @@ function harness(vms: VmRecord[], disks: DiskRecord[]) {
     record: async (e: { message: string }) => void events.push(e.message),
     store: {
       vms: { list: async () => vms },
-      disks: { list: async () => disks },
+      disks: { atPlaces: async (places: Array<{ domainId: string; rel: string }>) => disks.filter((d) => places.some((p) => p.domainId === d.domainId && p.rel === d.rel)) },
       jobs: {
         get: async (id: string) => {
           // A trim ends a moment after it started; the next one must not start before.

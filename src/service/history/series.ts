@@ -20,7 +20,7 @@ export interface HistoryView {
   domains: Array<{ id: string; name: string; actualBytes: number; points: Point[] }>;
 }
 
-export function historySeries(jobs: readonly JobRecord[], disks: readonly DiskRecord[], domains: ReadonlyArray<Pick<DomainRecord, 'id' | 'name' | 'createdAt'>>, since: number, now = Date.now()): HistoryView {
+export function historySeries(jobs: readonly JobRecord[], disks: ReadonlyArray<Pick<DiskRecord, 'present' | 'domainId' | 'actualSize'>>, domains: ReadonlyArray<Pick<DomainRecord, 'id' | 'name' | 'createdAt'>>, since: number, now = Date.now()): HistoryView {
   const done = jobs
     .filter((j) => j.status === 'finished' && j.endedAt !== null && j.endedAt >= since && j.endedAt <= now)
     .sort((a, b) => a.endedAt! - b.endedAt! || (a.id < b.id ? -1 : 1));

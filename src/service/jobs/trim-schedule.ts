@@ -14,6 +14,7 @@ import { isUnavailable } from '../store/db.js';
 import { needsSparsify } from '../needs-sparsify.js';
 import { ENDED } from './lifecycle.js';
 import { sleep } from './retry.js';
+import { vmDiskPlaces } from '../vms/attachments.js';
 
 const POLL_MS = 1000;
 
@@ -56,7 +57,8 @@ export class TrimSchedule {
   /** Trim this host's opted-in running VMs whose disks need it; returns the jobs started. */
   async run(p: PolicyConfig): Promise<JobRecord[]> {
     const { store, host } = this.ctx;
-    const [vms, disks] = await Promise.all([store.vms.list(), store.disks.list()]);
+    const vms = await store.vms.list();
+    const disks = await store.disks.atPlaces(vmDiskPlaces(vms.filter((v) => v.host === host && v.state === 'running')));
     const byPlace = new Map(disks.map((d) => [`${d.domainId}\u0000${d.rel}`, d]));
     const chosen = vms.filter((v) => {
       if (v.host !== host || v.state !== 'running') return false;

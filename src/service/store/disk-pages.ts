@@ -154,6 +154,19 @@ export class DiskPages {
     return rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value }));
   }
 
+  /** Every present disk that passes the filter, first seen first, read a page at a time (the schedule's candidates: few). */
+  async all(f: ListFilter, o: ListOverlay): Promise<DiskRecord[]> {
+    const out: DiskRecord[] = [];
+    let after: After | undefined;
+    for (;;) {
+      const rows = await this.page(f, o, { field: 'seen', desc: false }, after, 500);
+      out.push(...rows.map((r) => r.record));
+      if (rows.length < 500) return out;
+      const last = rows[rows.length - 1]!;
+      after = { value: last.sortValue, id: last.record.id };
+    }
+  }
+
   /** Counts and byte totals of present disks by domain, status and analysis state. */
   async summary(o: ListOverlay): Promise<SummaryRow[]> {
     const s = this.statusExpr(o);
@@ -175,20 +188,6 @@ export class DiskPages {
       reclaimableBytes: Number(r.r ?? 0),
       needsSparsify: Number(r.ns ?? 0),
     }));
-  }
-
-  /** Ids of present disks at these places of a domain (the VMs' disks). */
-  async idsAt(places: ReadonlyArray<{ domainId: string; rel: string }>): Promise<string[]> {
-    const out: string[] = [];
-    for (let i = 0; i < places.length; i += 400) {
-      const part = places.slice(i, i + 400);
-      const rows = await this.db.all<{ id: string }>(
-        `SELECT id FROM disks WHERE present = 1 AND (${part.map(() => '(domain_id = ? AND rel = ?)').join(' OR ')})`,
-        part.flatMap((p) => [p.domainId, p.rel]),
-      );
-      out.push(...rows.map((r) => r.id));
-    }
-    return out;
   }
 
   /** Present disks whose backing file is one of these (a page's derived lists). */

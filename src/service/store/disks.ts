@@ -97,6 +97,17 @@ export class Disks {
     }
   }
 
+  /** The present disks at these places (a VM's disks), in batches. */
+  async atPlaces(places: ReadonlyArray<{ domainId: string; rel: string }>): Promise<DiskRecord[]> {
+    const out: DiskRecord[] = [];
+    for (let i = 0; i < places.length; i += 400) {
+      const part = places.slice(i, i + 400);
+      const rows = await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE present = 1 AND (${part.map(() => '(domain_id = ? AND rel = ?)').join(' OR ')})`, part.flatMap((p) => [p.domainId, p.rel]));
+      out.push(...rows.map(decodeDisk));
+    }
+    return out;
+  }
+
   async countPresent(): Promise<number> {
     return Number((await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM disks WHERE present = 1'))?.n ?? 0);
   }

@@ -39,6 +39,13 @@ export function indexVms(vms: readonly VmRecord[]): VmIndex {
   return m;
 }
 
+/** The places in the domains of every disk these VMs use (each once). */
+export function vmDiskPlaces(vms: readonly VmRecord[]): Array<{ domainId: string; rel: string }> {
+  const seen = new Map<string, { domainId: string; rel: string }>();
+  for (const v of vms) for (const d of v.disks) if (d.domainId && d.rel) seen.set(key(d.domainId, d.rel), { domainId: d.domainId, rel: d.rel });
+  return [...seen.values()];
+}
+
 /** The VMs that use a disk (by its domain and path). */
 export function vmsOf(index: VmIndex, d: { domainId: string; rel: string }): VmRef[] {
   return index.get(key(d.domainId, d.rel)) ?? [];

@@ -89,8 +89,13 @@ export class Disks {
     for (;;) {
       const rows = await this.db.all<DiskRow>(`SELECT ${DISK_COLUMNS} FROM disks WHERE domain_id = ? AND rel > ? ORDER BY rel LIMIT ?`, [domainId, after, SCAN_BATCH]);
       for (const r of rows) {
-        const d = decodeDisk(r);
-        out.set(d.rel, { id: d.id, rel: d.rel, present: d.present, lockedBy: d.lockedBy, inUse: d.inUse, device: d.device ?? null, health: d.health, analysisKey: d.analysisKey, analyzedAt: d.analyzedAt, backingRef: d.backingRef, backingId: d.backingId, statKey: recordKey(d) });
+        // Only what a rescan compares: no whole record is built.
+        const data = JSON.parse(r.data) as Pick<DiskRecord, 'device' | 'health' | 'backingRef' | 'size' | 'mtimeMs' | 'ctimeMs' | 'actualSize'> & { statKey?: string };
+        const a = r.analysis ? (JSON.parse(r.analysis) as AnalysisColumn) : undefined;
+        out.set(r.rel, {
+          id: r.id, rel: r.rel, present: !!r.present, lockedBy: r.locked_by, inUse: !!r.in_use, device: data.device ?? null, health: data.health,
+          analysisKey: a?.key ?? null, analyzedAt: a?.at ?? null, backingRef: data.backingRef, backingId: r.backing_id, statKey: data.statKey ?? recordKey({ ...data, ino: r.ino }),
+        });
       }
       if (rows.length < SCAN_BATCH) return out;
       after = rows[rows.length - 1]!.rel;

@@ -137,11 +137,20 @@ interface ScanInfo {
 }
 const toMs = (v: string | number) => (typeof v === 'number' ? v : Date.parse(v));
 
+/** Until no host is scanning (a server without /api/info's scan: at once). */
+async function scansEnded(urls: string[]): Promise<void> {
+  const t0 = Date.now();
+  while ((await Promise.all(urls.map(async (u) => (await getJson<{ scan?: ScanInfo }>(`${u}/api/info`)).scan?.running))).some(Boolean)) {
+    if (Date.now() - t0 > 600_000) throw new Error('a scan did not end within 10 minutes');
+    await sleep(200);
+  }
+}
+
 /** POST /api/rescan, then each host's /api/info until the scans started after it have ended. */
 async function rescan(urls: string[]): Promise<{ seconds?: number; note: string }> {
   const scans = await Promise.all(urls.map(async (u) => (await getJson<{ scan?: ScanInfo }>(`${u}/api/info`)).scan));
   if (scans.some((s) => s === undefined)) return { note: 'n/a: /api/info has no scan' };
-  while ((await Promise.all(urls.map(async (u) => (await getJson<{ scan: ScanInfo }>(`${u}/api/info`)).scan.running))).some(Boolean)) await sleep(200);
+  await scansEnded(urls);
   const asked = Date.now();
   const r = await fetch(`${urls[0]}/api/rescan`, { method: 'POST', headers: auth });
   if (r.status !== 202) return { note: `n/a: POST /api/rescan answered ${r.status} ${await r.text()}` };
@@ -219,6 +228,11 @@ export async function scenario(o: ScenarioOptions): Promise<ScenarioResult> {
     const sortedPage = paging ? SORTED : '/api/disks?status=ok&needsSparsify=true';
     const domainPage = `${SORTED}&domain=${encodeURIComponent(info.domains[0]!.id)}`;
     const latencies: Latency[] = [];
+    // Idle means idle: no scan under way on any host, a moment to settle, and a few untimed requests
+    // to open the connections and warm the paths.
+    await scansEnded(urls);
+    await sleep(2000);
+    for (const path of [first, sortedPage, '/api/summary']) await series(urls, path, 10, () => undefined);
     const skip = (name: string, targetMs?: number) => latencies.push({ name, p50: NaN, p95: NaN, targetMs, skipped: 'n/a: no paging' });
     if (timeable) {
       latencies.push(latency('first page (limit=100), idle', await series(urls, first, REQUESTS, pageCheck(paging ? Math.min(100, disks) : disks)), 20, noPaging));

@@ -1,6 +1,10 @@
-import { useEffect, useMemo, useState } from 'react';
-import { api, openStream, getToken, setToken, bytes, newerJob, ApiError, type Disk, type Domain, type Job, type ServiceEvent, type Info, type Host } from './api';
-import { DisksTable, type SortKey } from './DisksTable';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+import { api, openStream, getToken, setToken, newerJob, ApiError, type Disk, type Domain, type Job, type ServiceEvent, type Info, type Host, type StreamHandlers } from './api';
+import { diskApi, DEFAULT_QUERY, type DiskQuery, type SortField, type Summary } from './api-disks';
+import { DisksTable } from './DisksTable';
+import { DiskFilters } from './DiskFilters';
+import { SummaryLine, SummaryPanel } from './SummaryPanel';
+import { useDiskPages } from './useDiskPages';
 import { SparsifyDialog } from './SparsifyDialog';
 import { JobsPanel, EventsPanel } from './JobsPanel';
 import { HostsPanel } from './HostsPanel';
@@ -12,104 +16,181 @@ import { DiskDetails } from './DiskDetails';
 
 type View = 'disks' | 'vms' | 'history';
 
-const STATUS_ORDER: Record<Disk['status'], number> = { ok: 0, locked: 1, 'in-use': 2, illegal: 3, unreachable: 4 };
 /** Heartbeat ages move on their own: the hosts panel is re-read this often. */
 const HOSTS_REFRESH_MS = 5000;
+/** The rows on screen settle this long before the live stream is reopened for them. */
+const STREAM_DEBOUNCE_MS = 300;
+/** The previous stream stays open this long after the next one is asked for, so no change falls between them. */
+const STREAM_OVERLAP_MS = 1500;
 
-function compare(a: Disk, b: Disk, key: SortKey): number {
-  if (key === 'name' || key === 'format') return (a[key] ?? '').localeCompare(b[key] ?? '');
-  if (key === 'status') return STATUS_ORDER[a.status] - STATUS_ORDER[b.status];
-  return (a[key] ?? -1) - (b[key] ?? -1);
-}
+const sameQuery = (a: DiskQuery, b: DiskQuery) => (Object.keys(a) as Array<keyof DiskQuery>).every((k) => a[k] === b[k]);
 
 export function App() {
   const [info, setInfo] = useState<Info | null>(null);
-  const [disks, setDisks] = useState<Map<string, Disk>>(new Map());
+  const [summary, setSummary] = useState<Summary | null>(null);
+  /** Disks shown outside the table (a VM's disks, the details pane), by id. */
+  const [extra, setExtra] = useState<Map<string, Disk>>(new Map());
+  /** The VM view's disks: fetched one by one and followed by the live stream. */
+  const [vmDiskIds, setVmDiskIds] = useState<string[]>([]);
   const [jobs, setJobs] = useState<Map<string, Job>>(new Map());
   const [events, setEvents] = useState<ServiceEvent[]>([]);
   const [hosts, setHosts] = useState<Host[]>([]);
   const [domains, setDomains] = useState<Domain[]>([]);
   const [selected, setSelected] = useState<Set<string>>(new Set());
-  const [sort, setSort] = useState<{ key: SortKey; dir: 1 | -1 }>({ key: 'name', dir: 1 });
-  const [filter, setFilter] = useState('');
-  const [statusFilter, setStatusFilter] = useState<'' | Disk['status']>('');
-  const [needsOnly, setNeedsOnly] = useState(false);
+  const [query, setQuery] = useState<DiskQuery>(DEFAULT_QUERY);
   const [dialog, setDialog] = useState<Disk[] | null>(null);
   const [connected, setConnected] = useState(false);
   const [message, setMessage] = useState<string | null>(null);
   const [hasToken, setHasToken] = useState(!!getToken());
   const [view, setView] = useState<View>('disks');
   const [openDisk, setOpenDisk] = useState<string | null>(null);
+  const [shownIds, setShownIds] = useState<string[]>([]);
+  const pages = useDiskPages(query);
+
+  const changeQuery = useCallback((p: Partial<DiskQuery>) => setQuery((old) => (sameQuery({ ...old, ...p }, old) ? old : { ...old, ...p })), []);
+  const loadSummary = useCallback(() => void diskApi.summary().then(setSummary, () => undefined), []);
+  const loadHosts = useCallback(() => void api.hosts().then(setHosts, () => undefined), []);
+  const loadDomains = useCallback(() => void api.domains().then(setDomains, () => undefined), []);
+  const load = useCallback(async () => {
+    loadSummary();
+    try {
+      const [i, j, e] = await Promise.all([api.info(), api.jobs(), api.events()]);
+      setInfo(i);
+      setJobs((m) => new Map(j.map((x) => [x.id, newerJob(m.get(x.id), x)])));
+      setEvents(e);
+    } catch (err) {
+      // A service reachable from the network wants the token for reads too.
+      if (err instanceof ApiError && err.status === 401) setHasToken(false);
+      setMessage(`Cannot reach the service: ${(err as Error).message}`);
+    }
+  }, [loadSummary]);
+
+  /** Fetch disks the table may not hold (by id), keeping the ones already known. */
+  const fetchExtra = useCallback((ids: string[], again = false) => {
+    for (const id of ids) {
+      void diskApi.one(id).then(
+        (d) => setExtra((m) => (again || !m.has(id) ? new Map(m).set(id, d) : m)),
+        () => undefined,
+      );
+    }
+  }, []);
 
   useEffect(() => {
-    const load = async () => {
-      try {
-        const [i, d, j, e] = await Promise.all([api.info(), api.disks(), api.jobs(), api.events()]);
-        setInfo(i);
-        setDisks(new Map(d.map((x) => [x.id, x])));
-        setJobs((m) => new Map(j.map((x) => [x.id, newerJob(m.get(x.id), x)])));
-        setEvents(e);
-      } catch (err) {
-        // A service reachable from the network wants the token for reads too.
-        if (err instanceof ApiError && err.status === 401) setHasToken(false);
-        setMessage(`Cannot reach the service: ${(err as Error).message}`);
-      }
-    };
-    const loadHosts = () => void api.hosts().then(setHosts, () => undefined);
-    const loadDomains = () => void api.domains().then(setDomains, () => undefined);
     void load();
     loadHosts();
     loadDomains();
     const hostsTimer = setInterval(loadHosts, HOSTS_REFRESH_MS);
-    const close = openStream({
-      disk: (d) => setDisks((m) => new Map(m).set(d.id, d)),
-      diskRemoved: (id) =>
-        setDisks((m) => {
-          const n = new Map(m);
-          n.delete(id);
-          return n;
-        }),
-      job: (j) => setJobs((m) => new Map(m).set(j.id, newerJob(m.get(j.id), j))),
-      progress: (p) =>
-        setJobs((m) => {
-          const j = m.get(p.jobId);
-          // A late progress message never takes a job back from its end or from further along.
-          if (!j || j.status === 'finished' || j.status === 'failed' || j.status === 'cancelled' || p.done < j.progress.done) return m;
-          const percent = p.total ? Math.min(100, Math.floor((p.done * 100) / p.total)) : 0;
-          return new Map(m).set(j.id, { ...j, progress: { done: p.done, total: p.total, percent } });
-        }),
-      event: (e) => setEvents((l) => [e, ...l.filter((x) => x.id !== e.id)].slice(0, 100)),
-      // A host reaching its domains differently changes what they can do.
-      hosts: () => {
-        loadHosts();
-        loadDomains();
-      },
-      // Every disk's view says how the domain's setting treats it.
-      domains: () => {
-        loadDomains();
-        void load();
-      },
-      resync: () => {
-        void load();
-        loadHosts();
-        loadDomains();
-      },
-      connected: (ok) => {
-        setConnected(ok);
-        if (ok) void load();
-      },
-    });
-    return () => {
-      clearInterval(hostsTimer);
-      close();
-    };
-  }, []);
+    return () => clearInterval(hostsTimer);
+  }, [load, loadHosts, loadDomains]);
 
-  const visible = useMemo(() => {
-    const q = filter.trim().toLowerCase();
-    const list = [...disks.values()].filter((d) => (!q || d.name.toLowerCase().includes(q) || d.path.toLowerCase().includes(q)) && (!statusFilter || d.status === statusFilter) && (!needsOnly || d.needsSparsify));
-    return list.sort((a, b) => compare(a, b, sort.key) * sort.dir || a.name.localeCompare(b.name));
-  }, [disks, filter, statusFilter, needsOnly, sort]);
+  // The live stream's handlers read the latest state through a ref: the stream itself is reopened
+  // only when the disks it follows change.
+  const extraRef = useRef(extra);
+  extraRef.current = extra;
+  const wasDown = useRef(false);
+  const reloadAll = () => {
+    void load();
+    loadHosts();
+    loadDomains();
+    pages.refresh();
+    fetchExtra([...extraRef.current.keys()], true);
+  };
+  const handlers: StreamHandlers = {
+    disk: (d) => {
+      pages.patch(d);
+      setExtra((m) => (m.has(d.id) ? new Map(m).set(d.id, d) : m));
+    },
+    summary: (x) => {
+      // Disks came or went: the loaded rows are read again so they show up in their place.
+      if (summary && x.disks !== summary.disks) pages.refresh();
+      setSummary(x);
+    },
+    diskRemoved: (id) => {
+      pages.remove(id);
+      setExtra((m) => {
+        if (!m.has(id)) return m;
+        const n = new Map(m);
+        n.delete(id);
+        return n;
+      });
+    },
+    job: (j) => setJobs((m) => new Map(m).set(j.id, newerJob(m.get(j.id), j))),
+    progress: (p) =>
+      setJobs((m) => {
+        const j = m.get(p.jobId);
+        // A late progress message never takes a job back from its end or from further along.
+        if (!j || j.status === 'finished' || j.status === 'failed' || j.status === 'cancelled' || p.done < j.progress.done) return m;
+        const percent = p.total ? Math.min(100, Math.floor((p.done * 100) / p.total)) : 0;
+        return new Map(m).set(j.id, { ...j, progress: { done: p.done, total: p.total, percent } });
+      }),
+    event: (e) => setEvents((l) => [e, ...l.filter((x) => x.id !== e.id)].slice(0, 100)),
+    // A host reaching its domains differently changes what they can do.
+    hosts: () => {
+      loadHosts();
+      loadDomains();
+    },
+    // Every disk's view says how the domain's setting treats it: the loaded rows are read again.
+    domains: () => {
+      loadDomains();
+      loadSummary();
+      pages.refresh();
+      fetchExtra([...extraRef.current.keys()], true);
+    },
+    resync: reloadAll,
+    connected: (ok) => {
+      setConnected(ok);
+      // Back after a drop: what changed meanwhile was not sent.
+      if (ok && wasDown.current) reloadAll();
+      wasDown.current = !ok;
+    },
+  };
+  const handlersRef = useRef(handlers);
+  handlersRef.current = handlers;
+
+  // The disks the stream follows: the table's rendered rows, the VM view's disks, the open disk.
+  const watched = useMemo(() => [...new Set([...(view === 'disks' ? shownIds : []), ...(view === 'vms' ? vmDiskIds : []), ...(openDisk ? [openDisk] : [])])].slice(0, 500).join(','), [view, shownIds, vmDiskIds, openDisk]);
+  const [streamIds, setStreamIds] = useState<string | null>(null);
+  useEffect(() => {
+    const t = setTimeout(() => setStreamIds(watched), streamIds === null ? 0 : STREAM_DEBOUNCE_MS);
+    return () => clearTimeout(t);
+  }, [watched]);
+  useEffect(() => {
+    if (streamIds === null) return;
+    const relay: StreamHandlers = {
+      disk: (d) => handlersRef.current.disk(d),
+      summary: (x) => handlersRef.current.summary(x),
+      diskRemoved: (id) => handlersRef.current.diskRemoved(id),
+      job: (j) => handlersRef.current.job(j),
+      progress: (p) => handlersRef.current.progress(p),
+      event: (e) => handlersRef.current.event(e),
+      hosts: () => handlersRef.current.hosts(),
+      domains: () => handlersRef.current.domains(),
+      resync: () => handlersRef.current.resync(),
+      connected: (ok) => handlersRef.current.connected(ok),
+    };
+    const close = openStream(relay, streamIds ? streamIds.split(',') : []);
+    return () => void setTimeout(close, STREAM_OVERLAP_MS);
+  }, [streamIds]);
+
+  const watchVmDisks = useCallback(
+    (ids: string[]) => {
+      setVmDiskIds((old) => (old.join(',') === ids.join(',') ? old : ids));
+      fetchExtra(ids);
+    },
+    [fetchExtra],
+  );
+
+  /** Every disk the UI holds now: the loaded rows and the ones shown elsewhere. */
+  const known = useMemo(() => {
+    const m = new Map(extra);
+    for (const d of pages.rows) m.set(d.id, d);
+    return m;
+  }, [extra, pages.rows]);
+
+  const openDetails = (d: Disk) => {
+    setExtra((m) => new Map(m).set(d.id, d));
+    setOpenDisk(d.id);
+  };
 
   const jobList = useMemo(() => [...jobs.values()].sort((a, b) => b.createdAt - a.createdAt).slice(0, 50), [jobs]);
   /** The latest job of each disk that is still going, or that ended in the last moments (so 100% shows). */
@@ -123,17 +204,14 @@ export function App() {
 
   /** Changes whenever a job ends: the history and a disk's job list are read again. */
   const jobsVersion = useMemo(() => [...jobs.values()].filter((j) => j.endedAt).length, [jobs]);
+  // A job that ended changed sizes: the totals are read again (the stream's summary may come later).
+  useEffect(() => {
+    if (jobsVersion) loadSummary();
+  }, [jobsVersion, loadSummary]);
 
-  const selectedDisks = visible.filter((d) => selected.has(d.id) && d.sparsify.allowed);
-  const totals = useMemo(() => {
-    let actual = 0;
-    let reclaim = 0;
-    for (const d of disks.values()) {
-      actual += d.actualSize;
-      reclaim += d.reclaimableBytes ?? 0;
-    }
-    return { actual, reclaim };
-  }, [disks]);
+  const selectedDisks = [...selected].map((id) => known.get(id)).filter((d): d is Disk => !!d && d.sparsify.allowed);
+
+  const onSort = useCallback((field: SortField) => setQuery((q) => ({ ...q, sort: field, dir: q.sort === field && q.dir === 'asc' ? 'desc' : 'asc' })), []);
 
   const onConfirm = async (mode: string) => {
     const targets = dialog ?? [];
@@ -165,9 +243,7 @@ export function App() {
     <div className="app">
       <header>
         <h1>sparsify</h1>
-        <span className="muted">
-          {disks.size} disks · {bytes(totals.actual)} on the host · {bytes(totals.reclaim)} reclaimable
-        </span>
+        <SummaryLine summary={summary} />
         <span className={`conn ${connected ? 'on' : 'off'}`} title="live updates">
           {connected ? 'live' : 'offline'}
         </span>
@@ -201,7 +277,7 @@ export function App() {
           </button>
         ))}
       </nav>
-      {view === 'vms' && <VmsView disks={disks} activeJobs={activeJobs} onSparsify={(d) => setDialog([d])} onOpenDisk={(d) => setOpenDisk(d.id)} onError={setMessage} />}
+      {view === 'vms' && <VmsView disks={known} onWatch={watchVmDisks} activeJobs={activeJobs} onSparsify={(d) => setDialog([d])} onOpenDisk={openDetails} onError={setMessage} />}
       {view === 'history' && (
         <main>
           <HistoryView version={jobsVersion} />
@@ -211,17 +287,7 @@ export function App() {
         </main>
       )}
       <div className="toolbar" hidden={view !== 'disks'}>
-        <input type="search" placeholder="Filter by name" value={filter} onChange={(e) => setFilter(e.target.value)} aria-label="filter" />
-        <select value={statusFilter} onChange={(e) => setStatusFilter(e.target.value as '' | Disk['status'])} aria-label="status filter">
-          <option value="">any status</option>
-          <option value="ok">OK</option>
-          <option value="locked">locked</option>
-          <option value="in-use">in use</option>
-          <option value="illegal">illegal</option>
-        </select>
-        <label>
-          <input type="checkbox" checked={needsOnly} onChange={(e) => setNeedsOnly(e.target.checked)} /> needs sparsify only
-        </label>
+        <DiskFilters query={query} domains={domains} onChange={changeQuery} />
         <button className="primary" disabled={!selectedDisks.length} title={selectedDisks.length ? undefined : 'Select disks that can be sparsified'} onClick={() => setDialog(selectedDisks)} data-testid="sparsify-selected">
           Sparsify selected ({selectedDisks.length})
         </button>
@@ -229,11 +295,16 @@ export function App() {
       </div>
       <main hidden={view !== 'disks'}>
         <DisksTable
-          disks={visible}
+          disks={pages.rows}
+          more={pages.more}
+          loading={pages.loading}
+          error={pages.error}
           activeJobs={activeJobs}
           selected={selected}
-          sort={sort}
-          onSort={(key) => setSort((s) => ({ key, dir: s.key === key ? (s.dir === 1 ? -1 : 1) : 1 }))}
+          query={query}
+          onSort={onSort}
+          onLoadMore={pages.loadMore}
+          onShown={setShownIds}
           onToggle={(id) =>
             setSelected((s) => {
               const n = new Set(s);
@@ -244,16 +315,17 @@ export function App() {
           }
           onToggleAll={(ids) => setSelected(new Set(ids))}
           onSparsify={(d) => setDialog([d])}
-          onOpen={(d) => setOpenDisk(d.id)}
+          onOpen={openDetails}
         />
         <aside>
+          <SummaryPanel summary={summary} />
           <HostsPanel hosts={hosts} />
           <DomainsPanel domains={domains} onChanged={(d) => setDomains((l) => l.map((x) => (x.id === d.id ? d : x)))} />
           <JobsPanel jobs={jobList} onCancel={(j) => void cancelJob(j)} />
           <EventsPanel events={events} />
         </aside>
       </main>
-      {openDisk && disks.get(openDisk) && <DiskDetails disk={disks.get(openDisk)!} version={jobsVersion} onClose={() => setOpenDisk(null)} />}
+      {openDisk && known.get(openDisk) && <DiskDetails disk={known.get(openDisk)!} version={jobsVersion} onClose={() => setOpenDisk(null)} />}
       {dialog && <SparsifyDialog disks={dialog} info={info} onCancel={() => setDialog(null)} onConfirm={onConfirm} />}
       <footer className="muted small">
         sparsify {info?.version} · host {info?.host} · {info?.database === 'postgres' ? 'cluster on PostgreSQL' : 'single host on SQLite'} · domains: {info?.domains.map((d) => `${d.name} (${d.path})`).join(', ')} · <a href="/api/docs">API</a>

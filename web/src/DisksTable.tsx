@@ -1,157 +1,157 @@
-import { bytes, type Disk, type Job } from './api';
-import { UsageBar } from './UsageBar';
+/**
+ * The disk table, virtualized: only the rows in view plus an overscan are in the DOM, measured as
+ * they render (rows differ in height), between two spacer rows that keep the scroll height. Rows
+ * come page by page from the server (useDiskPages): nearing the last loaded row asks for the next
+ * page. Column headers sort on the server, so only the fields it sorts on are buttons.
+ */
+import { useEffect, useRef } from 'react';
+import { useVirtualizer } from '@tanstack/react-virtual';
+import type { Disk, Job } from './api';
+import type { DiskQuery, SortField } from './api-disks';
+import { DiskRow } from './DiskRow';
 
-export type SortKey = 'name' | 'format' | 'virtualSize' | 'actualSize' | 'reclaimableBytes' | 'status';
-
-const COLUMNS: Array<{ key: SortKey; label: string; num?: boolean }> = [
-  { key: 'name', label: 'Name' },
-  { key: 'format', label: 'Format' },
-  { key: 'virtualSize', label: 'Virtual size', num: true },
-  { key: 'actualSize', label: 'Actual size', num: true },
-  { key: 'reclaimableBytes', label: 'Reclaimable', num: true },
-  { key: 'status', label: 'Status' },
+const COLUMNS: Array<{ label: string; sort?: SortField; num?: boolean }> = [
+  { label: 'Name', sort: 'name' },
+  { label: 'Format' },
+  { label: 'Virtual size', sort: 'virtualSize', num: true },
+  { label: 'Actual size', sort: 'actualSize', num: true },
+  { label: 'Reclaimable', sort: 'reclaimable', num: true },
+  { label: 'Status', sort: 'status' },
 ];
 
-const STATUS_TEXT: Record<Disk['status'], string> = { ok: 'OK', locked: 'locked', 'in-use': 'in use', illegal: 'illegal', unreachable: 'unreachable' };
-
-/** What happens inside the disk's LUKS volumes: sparsified with a key, or kept whole. */
-function Encrypted({ opened, keptWhole }: { opened: number; keptWhole: number }) {
-  return (
-    <div className="small" data-testid="encrypted" data-opened={opened} data-kept-whole={keptWhole}>
-      {opened > 0 && <span className="badge ok">{opened === 1 ? 'encrypted volume opened' : `${opened} encrypted volumes opened`}</span>}{' '}
-      {keptWhole > 0 && (
-        <span className="badge in-use" title="No key for it in the service's keys file: its space is kept as it is">
-          {keptWhole === 1 ? 'encrypted volume kept whole (no key)' : `${keptWhole} encrypted volumes kept whole (no key)`}
-        </span>
-      )}
-    </div>
-  );
-}
+/** A first guess of a row's height before it is measured. */
+const ROW_ESTIMATE = 64;
+const OVERSCAN = 10;
+/** Ask for the next page this many rows before the last loaded one comes into view. */
+const PREFETCH_ROWS = 40;
 
 export function DisksTable(props: {
   disks: Disk[];
+  more: boolean;
+  loading: boolean;
+  error: string | null;
   activeJobs: Map<string, Job>;
   selected: Set<string>;
-  sort: { key: SortKey; dir: 1 | -1 };
-  onSort: (k: SortKey) => void;
+  query: DiskQuery;
+  onSort: (k: SortField) => void;
+  onLoadMore: () => void;
+  /** The disks whose rows are rendered now (the live stream follows them). */
+  onShown: (ids: string[]) => void;
   onToggle: (id: string) => void;
   onToggleAll: (ids: string[]) => void;
   onSparsify: (d: Disk) => void;
   /** Show the disk's details and job history. */
   onOpen?: (d: Disk) => void;
 }) {
-  const selectable = props.disks.filter((d) => d.sparsify.allowed).map((d) => d.id);
+  const scroller = useRef<HTMLDivElement>(null);
+  const { disks } = props;
+  const virtualizer = useVirtualizer({
+    count: disks.length,
+    getScrollElement: () => scroller.current,
+    estimateSize: () => ROW_ESTIMATE,
+    overscan: OVERSCAN,
+    getItemKey: (i) => disks[i]?.id ?? i,
+  });
+  const items = virtualizer.getVirtualItems();
+  const first = items[0];
+  const last = items[items.length - 1];
+  const padTop = first ? first.start : 0;
+  const padBottom = last ? virtualizer.getTotalSize() - last.end : 0;
+
+  const lastIndex = last?.index ?? -1;
+  const { more, loading, onLoadMore } = props;
+  useEffect(() => {
+    if (more && !loading && lastIndex >= disks.length - PREFETCH_ROWS) onLoadMore();
+  }, [more, loading, lastIndex, disks.length, onLoadMore]);
+
+  const shownKey = items.map((i) => disks[i.index]?.id ?? '').join(',');
+  const { onShown } = props;
+  useEffect(() => {
+    onShown(shownKey ? shownKey.split(',') : []);
+  }, [shownKey, onShown]);
+
+  // A new order starts at the top.
+  const orderKey = JSON.stringify(props.query);
+  useEffect(() => {
+    scroller.current?.scrollTo({ top: 0 });
+  }, [orderKey]);
+
+  const selectable = disks.filter((d) => d.sparsify.allowed).map((d) => d.id);
   const allSelected = selectable.length > 0 && selectable.every((id) => props.selected.has(id));
+  const q = props.query;
   return (
-    <table className="disks" data-testid="disks-table">
-      <thead>
-        <tr>
-          <th>
-            <input type="checkbox" aria-label="select all" checked={allSelected} disabled={!selectable.length} onChange={() => props.onToggleAll(allSelected ? [] : selectable)} />
-          </th>
-          {COLUMNS.map((c) => (
-            <th key={c.key} className={c.num ? 'num' : ''} aria-sort={props.sort.key === c.key ? (props.sort.dir === 1 ? 'ascending' : 'descending') : 'none'}>
-              <button className="sort" onClick={() => props.onSort(c.key)}>
-                {c.label} {props.sort.key === c.key ? (props.sort.dir === 1 ? '▲' : '▼') : ''}
-              </button>
-            </th>
-          ))}
-          <th>Space (used / reclaimable / free)</th>
-          <th />
-        </tr>
-      </thead>
-      <tbody>
-        {props.disks.length === 0 && (
+    <div className="table-scroll" ref={scroller} data-testid="disks-scroll">
+      <table className="disks" data-testid="disks-table" data-loaded={disks.length} data-more={props.more}>
+        <thead>
           <tr>
-            <td colSpan={9} className="muted">
-              No disks match.
-            </td>
-          </tr>
-        )}
-        {props.disks.map((d) => {
-          const job = props.activeJobs.get(d.id);
-          const reason = d.sparsify.allowed ? undefined : d.sparsify.reason;
-          return (
-            <tr key={d.id} data-testid="disk-row" data-disk-name={d.name} data-disk-id={d.id}>
-              <td>
-                <input type="checkbox" aria-label={`select ${d.name}`} checked={props.selected.has(d.id)} disabled={!d.sparsify.allowed} title={reason} onChange={() => props.onToggle(d.id)} />
-              </td>
-              <td>
-                <div className="name">
-                  <button className="link name" onClick={() => props.onOpen?.(d)} data-testid="disk-name">
-                    {d.name}
+            <th>
+              <input type="checkbox" aria-label="select all loaded" title="Select every loaded disk that can be sparsified" checked={allSelected} disabled={!selectable.length} onChange={() => props.onToggleAll(allSelected ? [] : selectable)} />
+            </th>
+            {COLUMNS.map((c) => (
+              <th key={c.label} className={c.num ? 'num' : ''} aria-sort={c.sort && q.sort === c.sort ? (q.dir === 'asc' ? 'ascending' : 'descending') : c.sort ? 'none' : undefined}>
+                {c.sort ? (
+                  <button className="sort" onClick={() => props.onSort(c.sort!)} data-testid={`sort-${c.sort}`}>
+                    {c.label} {q.sort === c.sort ? (q.dir === 'asc' ? '▲' : '▼') : ''}
                   </button>
-                </div>
-                <div className="muted small">
-                  {d.domain}
-                  {d.path !== d.name ? `: ${d.path}` : ''}
-                </div>
-                {d.device && (
-                  <div className="muted small" data-testid="device-badge" title={`discard_max_bytes ${d.device.discardMaxBytes ?? 'not said'}`}>
-                    block device {d.device.target}
-                    {d.device.discardMaxBytes === 0 ? ' (cannot discard)' : ''}
-                  </div>
+                ) : (
+                  c.label
                 )}
-                {d.storage.compacts && d.sparsify.allowed && (
-                  <div className="muted small" data-testid="compacts" title={d.storage.canRelease ? 'the domain compacts every image' : 'the storage cannot punch holes: compaction gives the space back'}>
-                    compacted in place
-                  </div>
-                )}
-                {d.chain.depth > 1 && <div className="muted small">backing chain of {d.chain.depth}</div>}
-                {d.chain.derivedIds.length > 0 && <div className="muted small">{d.chain.derivedIds.length} derived disk(s)</div>}
-                {d.analysis.encrypted && <Encrypted {...d.analysis.encrypted} />}
-                {d.vms.map((v) => (
-                  <div key={`${v.host}/${v.id}`} className="small" data-testid="disk-vm" data-vm-state={v.state}>
-                    VM <b>{v.name}</b> <span className={`badge vm-${v.state === 'shut-off' ? 'down' : 'up'}`}>{v.state === 'shut-off' ? 'down' : v.state}</span>
-                  </div>
-                ))}
-                {!!d.analysis.snapshotOnlyBytes && (
-                  <div className="muted small" title={d.analysis.snapshotAdvice ?? undefined} data-testid="snapshot-only">
-                    {bytes(d.analysis.snapshotOnlyBytes)} free only in earlier snapshots: merge them first
-                  </div>
-                )}
-              </td>
-              <td>
-                {d.format ?? '—'}
-                {d.allocation === 'preallocated' && <div className="muted small">preallocated</div>}
-              </td>
-              <td className="num">{bytes(d.virtualSize)}</td>
-              <td className="num" data-testid="actual-size" data-bytes={d.actualSize}>
-                {bytes(d.actualSize)}
-              </td>
-              <td className="num">
-                {d.analysis.state === 'done' ? bytes(d.reclaimableBytes) : d.analysis.state === 'failed' ? <span title={d.analysis.error ?? ''}>n/a</span> : <span className="muted">analyzing…</span>}
-                {d.needsSparsify && (
-                  <div>
-                    <span className="badge needs" data-testid="needs-badge">
-                      needs sparsify
-                    </span>
-                  </div>
-                )}
-              </td>
-              <td>
-                <span className={`badge ${d.status}`} title={d.error ?? undefined}>
-                  {STATUS_TEXT[d.status]}
-                </span>
-              </td>
-              <td className="usage-cell">
-                <UsageBar disk={d} />
-                {job && (
-                  <div className="live" data-testid="live-progress">
-                    <progress max={100} value={job.progress.percent} /> <span data-testid="live-percent">{job.progress.percent}%</span> <span className="muted small">{job.step ?? job.status}</span>
-                  </div>
-                )}
-              </td>
-              <td>
-                <button onClick={() => props.onSparsify(d)} disabled={!d.sparsify.allowed} title={reason} data-testid="sparsify-button">
-                  Sparsify
-                </button>
-                {reason && <div className="reason small">{reason}</div>}
+              </th>
+            ))}
+            <th>Space (used / reclaimable / free)</th>
+            <th />
+          </tr>
+        </thead>
+        <tbody>
+          {disks.length === 0 && (
+            <tr>
+              <td colSpan={9} className="muted" data-testid="disks-empty">
+                {props.loading || props.error ? 'Loading…' : 'No disks match.'}
               </td>
             </tr>
-          );
-        })}
-      </tbody>
-    </table>
+          )}
+          {padTop > 0 && (
+            <tr aria-hidden="true" className="spacer">
+              <td colSpan={9} style={{ height: padTop }} />
+            </tr>
+          )}
+          {items.map((item) => {
+            const d = disks[item.index]!;
+            return (
+              <DiskRow
+                key={d.id}
+                disk={d}
+                index={item.index}
+                measure={virtualizer.measureElement}
+                job={props.activeJobs.get(d.id)}
+                selected={props.selected.has(d.id)}
+                onToggle={() => props.onToggle(d.id)}
+                onSparsify={() => props.onSparsify(d)}
+                onOpen={() => props.onOpen?.(d)}
+              />
+            );
+          })}
+          {padBottom > 0 && (
+            <tr aria-hidden="true" className="spacer">
+              <td colSpan={9} style={{ height: padBottom }} />
+            </tr>
+          )}
+          {props.more && !props.error && disks.length > 0 && (
+            <tr>
+              <td colSpan={9} className="muted" data-testid="disks-more">
+                Loading more…
+              </td>
+            </tr>
+          )}
+          {props.error && (
+            <tr>
+              <td colSpan={9} className="error" role="alert" data-testid="disks-error">
+                Cannot read the disks: {props.error}
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
+    </div>
   );
 }

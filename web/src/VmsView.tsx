@@ -14,7 +14,7 @@ const vmKey = (v: Vm) => `${v.host}/${v.id}`;
  * button; on a running VM that button becomes Trim (its guest agent trims every filesystem, the
  * VM keeps running), disabled with the reason where trimming cannot work.
  */
-export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<string, Job>; onSparsify: (d: Disk) => void; onOpenDisk: (d: Disk) => void; onError: (m: string) => void }) {
+export function VmsView(props: { disks: Map<string, Disk>; onWatch: (diskIds: string[]) => void; activeJobs: Map<string, Job>; onSparsify: (d: Disk) => void; onOpenDisk: (d: Disk) => void; onError: (m: string) => void }) {
   const [vms, setVms] = useState<Vm[] | null>(null);
   const [sources, setSources] = useState<VmSource[]>([]);
   const [selected, setSelected] = useState<string | null>(null);
@@ -53,6 +53,10 @@ export function VmsView(props: { disks: Map<string, Disk>; activeJobs: Map<strin
 
   const list = vms ?? [];
   const vm = list.find((v) => vmKey(v) === selected) ?? list[0];
+  // The selected VM's disks are read one by one (the table holds only a page of them) and followed live.
+  const diskIds = vm ? vm.disks.flatMap((d) => (d.diskId ? [d.diskId] : [])).join(',') : '';
+  const { onWatch } = props;
+  useEffect(() => onWatch(diskIds ? diskIds.split(',') : []), [diskIds, onWatch]);
   return (
     <div className="vms" data-testid="vms-view">
       <section className="vm-list">

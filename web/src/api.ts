@@ -1,4 +1,5 @@
 /** The service's API as the UI uses it: typed fetches, the token, and the live stream. */
+import type { Summary } from './api-disks';
 
 export type DiskStatus = 'ok' | 'locked' | 'in-use' | 'illegal' | 'unreachable';
 
@@ -224,6 +225,8 @@ export function newerJob(a: Job | undefined, b: Job): Job {
 
 export interface StreamHandlers {
   disk: (d: Disk) => void;
+  /** The totals of every disk, sent at most once a second while disks change. */
+  summary: (s: Summary) => void;
   diskRemoved: (id: string) => void;
   job: (j: Job) => void;
   progress: (p: { jobId: string; done: number; total: number }) => void;
@@ -239,14 +242,17 @@ export interface StreamHandlers {
 
 /**
  * The live stream, read with fetch so it can carry the token (EventSource cannot send headers);
- * reconnects 2 s after it drops, as EventSource would.
+ * reconnects 2 s after it drops, as EventSource would. With `disks`, the server sends `disk`
+ * messages for those disks only (at most 500: the rows on screen), not every disk's every change.
  */
-export function openStream(h: StreamHandlers): () => void {
+export function openStream(h: StreamHandlers, disks?: string[]): () => void {
+  const url = disks ? `/api/stream?disks=${disks.slice(0, 500).map(encodeURIComponent).join(',')}` : '/api/stream';
   let closed = false;
   let ctl: AbortController | undefined;
   const dispatch = (type: string, data: string) => {
     const v = JSON.parse(data) as unknown;
     if (type === 'disk') h.disk(v as Disk);
+    else if (type === 'summary') h.summary(v as Summary);
     else if (type === 'disk-removed') h.diskRemoved((v as { id: string }).id);
     else if (type === 'job') h.job(v as Job);
     else if (type === 'progress') h.progress(v as { jobId: string; done: number; total: number });
@@ -259,7 +265,7 @@ export function openStream(h: StreamHandlers): () => void {
     while (!closed) {
       ctl = new AbortController();
       try {
-        const res = await fetch('/api/stream', { headers: authHeaders(), signal: ctl.signal });
+        const res = await fetch(url, { headers: authHeaders(), signal: ctl.signal });
         if (!res.ok || !res.body) throw new Error(`${res.status}`);
         h.connected(true);
         const reader = res.body.getReader();

@@ -1,0 +1,59 @@
+/**
+ * The disk list as the server pages it (issue 21's contract): `GET /api/disks?limit=N&after=CURSOR`
+ * gives one page and the cursor of the next (`next`, null on the last page) for one sort and one set
+ * of filters; ties are broken by disk id on the server; `GET /api/summary` gives the totals.
+ */
+import { call, type Disk, type DiskStatus } from './api';
+
+/** The fields the server sorts on. */
+export type SortField = 'name' | 'actualSize' | 'virtualSize' | 'reclaimable' | 'status';
+
+export interface DiskQuery {
+  sort: SortField;
+  dir: 'asc' | 'desc';
+  q: string;
+  status: '' | DiskStatus;
+  domain: string;
+  needsSparsify: boolean;
+}
+
+export const DEFAULT_QUERY: DiskQuery = { sort: 'name', dir: 'asc', q: '', status: '', domain: '', needsSparsify: false };
+
+export interface Totals {
+  disks: number;
+  virtualBytes: number;
+  actualBytes: number;
+  reclaimableBytes: number;
+  needsSparsify: number;
+}
+
+export interface Summary extends Totals {
+  byStatus: Partial<Record<DiskStatus, Totals>>;
+  byDomain: Array<Totals & { domainId: string; name: string }>;
+}
+
+export interface DiskPage {
+  disks: Disk[];
+  next: string | null;
+}
+
+/** The query string of one page: only the filters that are set, so equal queries give equal URLs (and ETags). */
+export function pageUrl(q: DiskQuery, limit: number, after: string | null): string {
+  const p = new URLSearchParams();
+  p.set('limit', String(limit));
+  if (after) p.set('after', after);
+  p.set('sort', `${q.sort}:${q.dir}`);
+  if (q.q.trim()) p.set('q', q.q.trim());
+  if (q.status) p.set('status', q.status);
+  if (q.domain) p.set('domain', q.domain);
+  if (q.needsSparsify) p.set('needsSparsify', 'true');
+  return `/api/disks?${p.toString()}`;
+}
+
+export const diskApi = {
+  page: (q: DiskQuery, limit: number, after: string | null) =>
+    call<DiskPage>('GET', pageUrl(q, limit, after)).then((r) => ({ disks: r.disks, next: r.next ?? null })),
+  summary: () => call<{ summary: Summary }>('GET', '/api/summary').then((r) => r.summary),
+  /** One disk (for the VM view and the details pane, which show disks the table may not hold). */
+  one: (id: string) => call<{ disk: Disk }>('GET', `/api/disks/${encodeURIComponent(id)}`).then((r) => r.disk),
+};

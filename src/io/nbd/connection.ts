@@ -98,6 +98,7 @@ export class NbdConnection {
   private readonly slots: Array<() => void> = [];
   private active = 0;
   private closing = false;
+  private corked = false;
 
   private constructor(
     readonly addr: NbdAddress,
@@ -222,12 +223,28 @@ export class NbdConnection {
         };
         if (type === P.CMD.BLOCK_STATUS) p.status = [];
         this.pending.set(cookie, p);
-        this.stream.write(h);
-        if (data) this.stream.write(data);
+        this.send(h, data);
       });
     } finally {
       this.release();
     }
+  }
+
+  /**
+   * Write a request. Requests made in one turn of the event loop (a read is cut into many) go out
+   * together in one system call: the socket is corked until the pending callbacks have run.
+   */
+  private send(header: Buffer, data: Buffer | undefined): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
+    }
+    this.stream.write(header);
+    if (data) this.stream.write(data);
   }
 
   private settle(cookie: number, p: Pending): void {

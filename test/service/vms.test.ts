@@ -89,6 +89,16 @@ describe('VMs from libvirt', { skip: missing || false, timeout: 300_000 }, () =>
       [[vmName, 'running', 'vda']],
     );
     assert.equal(disk.sparsify.code, 'vm-not-down');
+    // The list's pages find the VM's disks by its name or UUID, and show them in use while it runs.
+    for (const vm of [vmName, v.id]) {
+      const page = (await http(server, 'GET', `/api/disks?limit=50&vm=${encodeURIComponent(vm)}`)).body;
+      assert.deepEqual(page.disks.map((d: Record<string, any>) => d.name).sort(), ['vm-a.raw', 'vm-b.raw'], `disks of VM ${vm}`);
+      assert.ok(page.disks.every((d: Record<string, any>) => d.status === 'in-use'));
+    }
+    const inUse = (await http(server, 'GET', '/api/disks?limit=50&status=in-use')).body.disks.map((d: Record<string, any>) => d.name);
+    assert.ok(inUse.includes('vm-a.raw') && inUse.includes('vm-b.raw'), `in-use page: ${inUse.join(', ')}`);
+    const summary = (await http(server, 'GET', '/api/summary')).body.summary;
+    assert.ok(summary.byStatus['in-use'].disks >= 2);
   });
 
   it('refuses sparsify of a disk of the running VM with 409 naming the VM, in both modes', async () => {

@@ -13,7 +13,7 @@ import { SparsifyError } from '../io/errors.js';
 import type { DiskImage, HostRun, ImageWriter, TransferSupport } from '../formats/types.js';
 import type { Plan } from '../plan/plan.js';
 import type { ProgressListener } from './progress.js';
-import { nonZeroRuns } from './zero-runs.js';
+import { isZero } from './zero-runs.js';
 
 /** Zero runs at least this long, and aligned to it, become holes (virt-sparsify's 4 KiB). */
 export const HOLE_GRANULARITY = 4096;
@@ -54,6 +54,28 @@ export interface CopyResult {
   /** Of those, bytes shared with the source (reflinks) and copied by the kernel. */
   bytesCloned: number;
   bytesCopied: number;
+}
+
+/**
+ * The runs of `view` (at disk offset `offset`) holding non-zero data, block by block as
+ * zero-runs.ts's nonZeroRuns finds them (the same runs), but a block whose first 8 bytes are not
+ * zero is known to hold data without a scan or a Buffer view: on the usual mostly-data chunk this
+ * is several times cheaper (a 4 MiB chunk has 1024 blocks).
+ */
+export function* dataRuns(view: Buffer, offset: number, block: number): Generator<[number, number]> {
+  if (isZero(view)) return;
+  let runStart = -1;
+  for (let pos = 0; pos < view.length; ) {
+    const next = Math.min(view.length, (Math.floor((offset + pos) / block) + 1) * block - offset);
+    const data = (next - pos >= 8 && (view.readUInt32LE(pos) !== 0 || view.readUInt32LE(pos + 4) !== 0)) || !isZero(view.subarray(pos, next));
+    if (data && runStart < 0) runStart = pos;
+    if (!data && runStart >= 0) {
+      yield [runStart, pos];
+      runStart = -1;
+    }
+    pos = next;
+  }
+  if (runStart >= 0) yield [runStart, view.length];
 }
 
 /** The ranges to read: kept, and allocated as data in the source (zero and unallocated read as zero). */
@@ -145,7 +167,7 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
   const place = async (piece: Piece, view: Buffer): Promise<Array<Promise<void>>> => {
     const writes: Array<Promise<void>> = [];
     if (overlay) for (const d of plan.discard.clip(piece.start, piece.end)) view.fill(0, d.start - piece.start, d.end - piece.start);
-    const runs = overlay ? [[0, view.length] as const] : nonZeroRuns(view, piece.start, HOLE_GRANULARITY);
+    const runs = overlay ? [[0, view.length] as const] : dataRuns(view, piece.start, HOLE_GRANULARITY);
     for (const [s, e] of runs) {
       const at = piece.start + s;
       const bytes = view.subarray(s, e);

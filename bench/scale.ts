@@ -158,6 +158,20 @@ function resetImages(work: string, img: ScaleImages): void {
 export async function benchScale(opts: { log: (s: string) => void }): Promise<ScaleResult> {
   const work = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'sparsify-bench-scale-'));
   const notes: string[] = [];
+  let pgStop: (() => void) | undefined;
+  // ^C or a kill mid-run: the servers, PostgreSQL and the images go too, then exit 1.
+  const interrupted = (sig: NodeJS.Signals) => {
+    console.error(`scale: ${sig}: stopping the servers and removing ${work}`);
+    void stopAllServers().finally(() => {
+      try {
+        pgStop?.();
+      } finally {
+        rmSync(work, { recursive: true, force: true });
+        process.exit(1);
+      }
+    });
+  };
+  process.once('SIGINT', interrupted).once('SIGTERM', interrupted);
   try {
     const images = makeImages(work, opts.log);
     const base = { disks: DISKS, jobs: JOBS, images, log: opts.log };
@@ -168,14 +182,17 @@ export async function benchScale(opts: { log: (s: string) => void }): Promise<Sc
     else if (WHICH.includes('pg')) {
       resetImages(work, images);
       const pg = await startPostgres();
+      pgStop = () => pg.stop();
       try {
         scenarios.push(await scenario({ ...base, work: join(work, 'pg'), label: '3 hosts, PostgreSQL', hostNames: ['alpha', 'beta', 'gamma'], database: pg.url }));
       } finally {
+        pgStop = undefined;
         pg.stop();
       }
     }
     return { disks: DISKS, jobs: JOBS, images, scenarios, notes };
   } finally {
+    process.off('SIGINT', interrupted).off('SIGTERM', interrupted);
     await stopAllServers();
     rmSync(work, { recursive: true, force: true });
   }

@@ -3,13 +3,14 @@
  * the server for pages (`/api/disks?limit=`) as it scrolls and never for the whole list, keeps only
  * the rows in view in the DOM, sorts and filters on the server (each click or filter a new request,
  * the rows in the order of a sort the test does itself of the whole list), follows only the rows
- * on screen on the live stream, and shows the totals `/api/summary` gives. The disks are sparse raw
+ * on screen on the live stream (a change to one of them shows, and the totals follow the stream's
+ * summary messages), and shows the totals `/api/summary` gives. The disks are sparse raw
  * files of distinct sizes (no filesystem: each is analysed in a moment, and nothing in them is
  * reclaimable), 2,000 in one domain and 1,000 in another.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { tempDir, releaseAll } from '../helpers/fixtures.js';
@@ -89,6 +90,7 @@ describe('web UI with 3,000 disks: paged, sorted and filtered by the server', { 
   /** Every /api/disks request the page made, and every stream it opened. */
   const diskRequests: string[] = [];
   const streams: string[] = [];
+  const summaryRequests: string[] = [];
   const errors: string[] = [];
 
   before(async () => {
@@ -116,6 +118,7 @@ describe('web UI with 3,000 disks: paged, sorted and filtered by the server', { 
       const path = r.url().slice(server.url.length);
       if (path.startsWith('/api/disks?') || path === '/api/disks') diskRequests.push(decodeURIComponent(path));
       if (path.startsWith('/api/stream')) streams.push(path);
+      if (path.startsWith('/api/summary')) summaryRequests.push(path);
     });
   });
 
@@ -259,6 +262,32 @@ describe('web UI with 3,000 disks: paged, sorted and filtered by the server', { 
     }
     assert.deepEqual(summary.byDomain.map((d) => d.disks).sort(), [1000, 2000]);
     await page.screenshot({ path: join(testOutput, 'service-ui-scale.png') });
+  });
+
+  it('updates a row on screen and the totals from the live stream, without reading the list or the summary again', async () => {
+    const row = page.locator('[data-testid=disk-row][data-disk-name="vm-0000.raw"]');
+    await row.waitFor();
+    const asked = () => diskRequests.length + summaryRequests.length;
+    const before = asked();
+    const actualBefore = Number(await page.getByTestId('totals').getAttribute('data-actual'));
+    // 64 KiB of data in the first disk, then a rescan: it is on screen, so its change comes by the stream.
+    const fd = openSync(join(tmp.dir, 'images-a', 'vm-0000.raw'), 'r+');
+    try {
+      writeSync(fd, Buffer.alloc(64 << 10, 0xab), 0, 64 << 10, 0);
+    } finally {
+      closeSync(fd);
+    }
+    assert.equal((await http(server, 'POST', '/api/rescan')).status, 202);
+    await page.waitForFunction(() => Number(document.querySelector('[data-disk-name="vm-0000.raw"] [data-testid=actual-size]')?.getAttribute('data-bytes')) >= 64 << 10, null, { timeout: 30_000 });
+    // The server's totals may lag a second behind the disk (it reads them at most once a second).
+    let latest = actualBefore;
+    const summary = await waitFor(() => `the summary to count the new data (${latest} after ${actualBefore})`, async () => {
+      const s = (await http<{ summary: { actualBytes: number } }>(server, 'GET', '/api/summary')).body.summary;
+      latest = s.actualBytes;
+      return s.actualBytes >= actualBefore + (64 << 10) && s;
+    }, 15_000);
+    await page.locator(`[data-testid=totals][data-actual="${summary.actualBytes}"]`).waitFor({ timeout: 15_000 });
+    assert.equal(asked(), before, `the page asked again: ${[...diskRequests, ...summaryRequests].slice(before).join(' ')}`);
     assert.deepEqual(errors, []);
   });
 });

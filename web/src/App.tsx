@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
-import { api, openStream, getToken, setToken, newerJob, ApiError, type Disk, type Domain, type Job, type ServiceEvent, type Info, type Host, type StreamHandlers } from './api';
+import { api, openStream, MAX_STREAM_DISKS, getToken, setToken, newerJob, ApiError, type Disk, type Domain, type Job, type ServiceEvent, type Info, type Host, type StreamHandlers } from './api';
 import { diskApi, DEFAULT_QUERY, type DiskQuery, type SortField, type Summary } from './api-disks';
 import { DisksTable } from './DisksTable';
 import { DiskFilters } from './DiskFilters';
@@ -148,7 +148,7 @@ export function App() {
   handlersRef.current = handlers;
 
   // The disks the stream follows: the table's rendered rows, the VM view's disks, the open disk.
-  const watched = useMemo(() => [...new Set([...(view === 'disks' ? shownIds : []), ...(view === 'vms' ? vmDiskIds : []), ...(openDisk ? [openDisk] : [])])].slice(0, 500).join(','), [view, shownIds, vmDiskIds, openDisk]);
+  const watched = useMemo(() => [...new Set([...(view === 'disks' ? shownIds : []), ...(view === 'vms' ? vmDiskIds : []), ...(openDisk ? [openDisk] : [])])].slice(0, MAX_STREAM_DISKS).join(','), [view, shownIds, vmDiskIds, openDisk]);
   const [streamIds, setStreamIds] = useState<string | null>(null);
   useEffect(() => {
     const t = setTimeout(() => setStreamIds(watched), streamIds === null ? 0 : STREAM_DEBOUNCE_MS);

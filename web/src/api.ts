@@ -240,13 +240,16 @@ export interface StreamHandlers {
   connected: (ok: boolean) => void;
 }
 
+/** The server follows at most 500; 300 ids of 36 characters keep the request line well under Node's 16 KiB of headers. */
+export const MAX_STREAM_DISKS = 300;
+
 /**
  * The live stream, read with fetch so it can carry the token (EventSource cannot send headers);
  * reconnects 2 s after it drops, as EventSource would. With `disks`, the server sends `disk`
- * messages for those disks only (at most 500: the rows on screen), not every disk's every change.
+ * messages for those disks only (the rows on screen), not every disk's every change.
  */
 export function openStream(h: StreamHandlers, disks?: string[]): () => void {
-  const url = disks ? `/api/stream?disks=${disks.slice(0, 500).map(encodeURIComponent).join(',')}` : '/api/stream';
+  const url = disks ? `/api/stream?disks=${disks.slice(0, MAX_STREAM_DISKS).map(encodeURIComponent).join(',')}` : '/api/stream';
   let closed = false;
   let ctl: AbortController | undefined;
   const dispatch = (type: string, data: string) => {

@@ -82,6 +82,18 @@ export function DisksTable(props: {
   return (
     <div className="table-scroll" ref={scroller} data-testid="disks-scroll">
       <table className="disks" data-testid="disks-table" data-loaded={disks.length} data-more={props.more}>
+        {/* Fixed column widths: rows come and go as the table scrolls, and the columns must not move with them. */}
+        <colgroup>
+          <col style={{ width: '2.4rem' }} />
+          <col />
+          <col style={{ width: '4.2rem' }} />
+          <col style={{ width: '6.2rem' }} />
+          <col style={{ width: '6.2rem' }} />
+          <col style={{ width: '7rem' }} />
+          <col style={{ width: '5.2rem' }} />
+          <col style={{ width: '9rem' }} />
+          <col style={{ width: '7.5rem' }} />
+        </colgroup>
         <thead>
           <tr>
             <th>

@@ -14,6 +14,7 @@ import type { DiskImage, HostRun, ImageWriter, TransferSupport } from '../format
 import type { Plan } from '../plan/plan.js';
 import type { ProgressListener } from './progress.js';
 import { isZero } from './zero-runs.js';
+import { NbdRawWriter } from './nbd-writer.js';
 
 /** Zero runs at least this long, and aligned to it, become holes (virt-sparsify's 4 KiB). */
 export const HOLE_GRANULARITY = 4096;
@@ -141,7 +142,11 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
 
   const transfer = await transferSupport(image, writer, toCopy, opts);
   await opts.checkSpace?.(total, transfer.clone);
-  const writesInFlight = writer.concurrentWrites ? WRITES_IN_FLIGHT : 0;
+  // From an NBD export into a local file, writes go one at a time: there is no kernel copy to
+  // overlap, and several buffered writes into one file only contend for its lock (measured: a raw
+  // output took 40% more system time and 1.5x the wall time with 4 in flight).
+  const oneFileFromRemote = !(writer instanceof NbdRawWriter) && (await remoteSource(image, toCopy));
+  const writesInFlight = writer.concurrentWrites && !oneFileFromRemote ? WRITES_IN_FLIGHT : 0;
   const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));
   const pending: Array<Promise<{ piece: Piece; buf?: Buffer }>> = [];
   const writing: Array<Promise<Buffer>> = [];
@@ -243,6 +248,15 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
     await Promise.allSettled([...pending, ...writing]);
   }
   return result;
+}
+
+/** Is the image served by a remote peer (NBD), judged by the host file of its first data to copy? */
+async function remoteSource(image: DiskImage, toCopy: Extents): Promise<boolean> {
+  if (!image.hostRuns) return false;
+  for (const r of toCopy) {
+    for await (const h of image.hostRuns(r.start, r.end)) return h.file.isRemote;
+  }
+  return false;
 }
 
 /** What the writer can take straight from the image's host files, probed with the first data run. */

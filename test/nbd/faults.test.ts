@@ -67,9 +67,19 @@ test('the server killed mid-copy: the failed request is named, exit 1, no output
   const child = sparsifyAsync([s.uri, join(dir, 'out2.raw')]);
   let stderr = '';
   child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+  // Killed once the copy has started (its status line), however slowly a busy machine starts it.
+  const copying = new Promise<void>((resolve) => {
+    let out = '';
+    child.stdout?.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('Copy to destination')) resolve();
+    });
+    child.once('exit', () => resolve());
+  });
   const code = new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? -1)));
   try {
-    await new Promise((r) => setTimeout(r, 1500));
+    await copying;
+    await new Promise((r) => setTimeout(r, 300));
     s.proc.kill('SIGKILL');
     assert.equal(await code, 1, stderr);
   } finally {

@@ -4,7 +4,8 @@
  * the rows in view in the DOM, sorts and filters on the server (each click or filter a new request,
  * the rows in the order of a sort the test does itself of the whole list), follows only the rows
  * on screen on the live stream (a change to one of them shows, and the totals follow the stream's
- * summary messages), and shows the totals `/api/summary` gives. The disks are sparse raw
+ * summary messages), shows the totals `/api/summary` gives, and says so when a page fails (then
+ * asks again on Retry only). The disks are sparse raw
  * files of distinct sizes (no filesystem: each is analysed in a moment, and nothing in them is
  * reclaimable), 2,000 in one domain and 1,000 in another.
  */
@@ -288,6 +289,29 @@ describe('web UI with 3,000 disks: paged, sorted and filtered by the server', { 
     }, 15_000);
     await page.locator(`[data-testid=totals][data-actual="${summary.actualBytes}"]`).waitFor({ timeout: 15_000 });
     assert.equal(asked(), before, `the page asked again: ${[...diskRequests, ...summaryRequests].slice(before).join(' ')}`);
+  });
+
+  it('says so when a page fails, asks no more by itself, and loads it on Retry', async () => {
+    const table = page.getByTestId('disks-table');
+    const loaded = Number(await table.getAttribute('data-loaded'));
+    // The server fails every next page for a while (a database that went away, say).
+    const failing = '**/api/disks?*after=*';
+    let refused = 0;
+    await page.route(failing, (r) => {
+      refused++;
+      return r.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ fault: { code: 'database-unavailable', detail: 'the database is not reachable' } }) });
+    });
+    try {
+      await page.getByTestId('disks-scroll').evaluate((e) => e.scrollTo({ top: e.scrollHeight }));
+      await page.getByTestId('disks-error').filter({ hasText: 'the database is not reachable' }).waitFor({ timeout: 15_000 });
+      await page.waitForTimeout(1000);
+      assert.equal(refused, 1, 'the failed page was asked for again without Retry');
+    } finally {
+      await page.unroute(failing);
+    }
+    await page.getByTestId('disks-retry').click();
+    await page.waitForFunction((n) => Number(document.querySelector('[data-testid=disks-table]')?.getAttribute('data-loaded')) > n, loaded, { timeout: 15_000 });
+    assert.equal(await page.getByTestId('disks-error').count(), 0);
     assert.deepEqual(errors, []);
   });
 });

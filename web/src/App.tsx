@@ -304,6 +304,7 @@ export function App() {
           query={query}
           onSort={onSort}
           onLoadMore={pages.loadMore}
+          onRetry={pages.retry}
           onShown={setShownIds}
           onToggle={(id) =>
             setSelected((s) => {

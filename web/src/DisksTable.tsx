@@ -35,6 +35,8 @@ export function DisksTable(props: {
   query: DiskQuery;
   onSort: (k: SortField) => void;
   onLoadMore: () => void;
+  /** Ask again after a failed page. */
+  onRetry: () => void;
   /** The disks whose rows are rendered now (the live stream follows them). */
   onShown: (ids: string[]) => void;
   onToggle: (id: string) => void;
@@ -59,10 +61,11 @@ export function DisksTable(props: {
   const padBottom = last ? virtualizer.getTotalSize() - last.end : 0;
 
   const lastIndex = last?.index ?? -1;
-  const { more, loading, onLoadMore } = props;
+  const { more, loading, error, onLoadMore } = props;
   useEffect(() => {
-    if (more && !loading && lastIndex >= disks.length - PREFETCH_ROWS) onLoadMore();
-  }, [more, loading, lastIndex, disks.length, onLoadMore]);
+    // After a failed page, only the Retry button asks again (no loop against a failing server).
+    if (more && !loading && !error && lastIndex >= disks.length - PREFETCH_ROWS) onLoadMore();
+  }, [more, loading, error, lastIndex, disks.length, onLoadMore]);
 
   const shownKey = items.map((i) => disks[i.index]?.id ?? '').join(',');
   const { onShown } = props;
@@ -158,7 +161,10 @@ export function DisksTable(props: {
           {props.error && (
             <tr>
               <td colSpan={9} className="error" role="alert" data-testid="disks-error">
-                Cannot read the disks: {props.error}
+                Cannot read the disks: {props.error}{' '}
+                <button className="link" onClick={props.onRetry} data-testid="disks-retry">
+                  retry
+                </button>
               </td>
             </tr>
           )}

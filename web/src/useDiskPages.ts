@@ -21,6 +21,8 @@ export interface DiskPages {
   error: string | null;
   /** Ask for the next page (no-op while one is on its way or after the last). */
   loadMore: () => void;
+  /** Ask again for the page that failed. */
+  retry: () => void;
   /** Read the loaded rows again from the first page (settings changed what every row says). */
   refresh: () => void;
   /** A disk's new view, from the live stream: replaces its row where it is loaded. */
@@ -78,6 +80,12 @@ export function useDiskPages(query: DiskQuery): DiskPages {
     void load(after, PAGE_SIZE, false);
   }, [load]);
 
+  const retry = useCallback(() => {
+    const { rows: loaded, next: after } = state.current;
+    if (loaded.length && after) void load(after, PAGE_SIZE, false);
+    else void load(null, Math.min(MAX_LIMIT, Math.max(PAGE_SIZE, loaded.length)), true);
+  }, [load]);
+
   const refresh = useCallback(() => {
     const limit = Math.min(MAX_LIMIT, Math.max(PAGE_SIZE, state.current.rows.length));
     void load(null, limit, true);
@@ -86,5 +94,5 @@ export function useDiskPages(query: DiskQuery): DiskPages {
   const patch = useCallback((d: Disk) => setRows((old) => (old.some((x) => x.id === d.id) ? old.map((x) => (x.id === d.id ? d : x)) : old)), []);
   const remove = useCallback((id: string) => setRows((old) => (old.some((x) => x.id === id) ? old.filter((x) => x.id !== id) : old)), []);
 
-  return { rows, more: next !== null, loading, error, loadMore, refresh, patch, remove };
+  return { rows, more: next !== null, loading, error, loadMore, retry, refresh, patch, remove };
 }

@@ -25,6 +25,8 @@ import { summarize } from './analysis-summary.js';
 
 const MAX_DEPTH = 6;
 const MAX_FILES = 250_000;
+/** Unchanged files probed between two turns of the event loop (a few ms of lstat and lock probes). */
+const YIELD_EVERY = 256;
 /** A device's contents change without stat showing it: its analysis is made again when this old (at a scan). */
 const DEVICE_ANALYSIS_MAX_AGE_MS = 10 * 60_000;
 
@@ -125,9 +127,10 @@ export class Scanner {
     const links: Array<Pick<DiskRecord, 'id' | 'backingRef' | 'backingId'>> = [];
     for (const rel of files) {
       if (this.closed) return;
-      report.files++;
+      // The probes below are synchronous: let requests in between.
+      if (++report.files % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
       const k = known.get(rel);
-      const entry = k?.present ? await entryAt(join(m.root, rel)) : undefined;
+      const entry = k?.present ? entryAt(join(m.root, rel)) : undefined;
       if (k && entry && this.unchanged(k, entry)) {
         await this.keep(k, entry.key, join(m.root, rel));
         seen.add(k.id);
@@ -182,7 +185,7 @@ export class Scanner {
 
   private async refreshAt(m: Mount, rel: string): Promise<DiskRecord | undefined> {
     const full = join(m.root, rel);
-    const entry = await entryAt(full);
+    const entry = entryAt(full);
     if (!entry) return undefined;
     const { st, device, key } = entry;
     const now = Date.now();
@@ -368,7 +371,7 @@ export class Scanner {
     let key: string;
     try {
       full = this.mounts.pathOf(d);
-      const entry = await entryAt(full);
+      const entry = entryAt(full);
       if (!entry) return;
       key = entry.key;
     } catch {

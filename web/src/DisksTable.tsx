@@ -67,6 +67,12 @@ export function DisksTable(props: {
     if (more && !loading && !error && lastIndex >= disks.length - PREFETCH_ROWS) onLoadMore();
   }, [more, loading, error, lastIndex, disks.length, onLoadMore]);
 
+  // For measurements: when the first rows reached the DOM (performance.getEntriesByName).
+  const rendered = items.length > 0;
+  useEffect(() => {
+    if (rendered && !performance.getEntriesByName('sparsify:first-rows').length) performance.mark('sparsify:first-rows');
+  }, [rendered]);
+
   const shownKey = items.map((i) => disks[i.index]?.id ?? '').join(',');
   const { onShown } = props;
   useEffect(() => {

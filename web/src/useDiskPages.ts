@@ -6,10 +6,7 @@
  */
 import { useCallback, useEffect, useRef, useState } from 'react';
 import type { Disk } from './api';
-import { diskApi, type DiskQuery } from './api-disks';
-
-/** Rows per request: a screen or two of rows, a small answer. */
-export const PAGE_SIZE = 150;
+import { diskApi, PAGE_SIZE, type DiskQuery } from './api-disks';
 /** The server answers at most this many rows at once. */
 const MAX_LIMIT = 1000;
 

@@ -4,18 +4,35 @@
  * image by sparsify (qcow2), nbdcopy (raw: it copies every allocated byte) and qemu-img convert
  * (qcow2), alternating, from the same URI in the same run. nbdcopy is timed with --flush (its output
  * made durable, as ours and qemu-img's are) and without. Target: sparsify at most 0.6x nbdcopy's
- * time, peak RSS at most 200 MiB.
+ * time, peak RSS at most 200 MiB. The first run's copy is checked, untimed: qemu-img check, and
+ * qemu-img compare against sparsify's copy of the same disk from the local file (NBD must change
+ * nothing); the bench fails if either does not pass.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, timed, dropFile, makeExtDisk } from './lib.js';
+import { CLI, timed, dropFile, makeExtDisk, sh } from './lib.js';
 
 export interface NbdRow {
   name: string;
   seconds: number[];
   peakRss: number;
   outputBytes: number;
+}
+
+/** Our copy from the export is a valid qcow2 that reads exactly as our copy from the file does. */
+function checkCopy(copy: string, disk: string, work: string): void {
+  const local = join(work, 'nbd-local.qcow2');
+  dropFile(local);
+  try {
+    sh(process.execPath, [CLI, '-q', '--convert', 'qcow2', disk, local]);
+    sh('qemu-img', ['check', '-q', copy]);
+    sh('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', copy, local]);
+  } catch (e) {
+    throw new Error(`the copy from NBD is wrong: ${(e as Error).message}`);
+  } finally {
+    dropFile(local);
+  }
 }
 
 export async function benchNbd(work: string, opts: { runs: number; log: (s: string) => void }): Promise<NbdRow[]> {
@@ -46,6 +63,7 @@ export async function benchNbd(work: string, opts: { runs: number; log: (s: stri
         rows[k]!.seconds.push(r.seconds);
         rows[k]!.peakRss = Math.max(rows[k]!.peakRss, r.peakRssBytes);
         rows[k]!.outputBytes = statSync(t.out).blocks * 512;
+        if (i === 0 && k === 0) checkCopy(t.out, disk, work);
         dropFile(t.out);
         line.push(`${t.name.split(' (')[0]} ${r.seconds.toFixed(2)} s`);
       });

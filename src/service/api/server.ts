@@ -100,7 +100,7 @@ export async function buildServer(svc: Service, logger?: FastifyBaseLogger): Pro
       schema: {
         tags: ['cluster'],
         summary: 'Server-sent events: disk, job, progress, event and hosts messages of every host, and the totals (summary, at most once a second while disks change)',
-        description: 'With `disks` (ids, comma-separated, at most 500): disk events only for those disks (the rows a client shows).',
+        description: 'With `disks` (ids, comma-separated, at most 300): disk events only for those disks (the rows a client shows).',
         querystring: streamQuery,
       },
     },

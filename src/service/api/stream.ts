@@ -10,8 +10,8 @@ import type { ServerResponse } from 'node:http';
 import type { Service } from '../service.js';
 import type { BusMessage } from '../bus.js';
 
-/** A stream follows at most this many disks (a screenful or a few). */
-export const MAX_WATCHED = 500;
+/** A stream follows at most this many disks (a few screenfuls; 300 ids of 36 characters keep the request line under Node's 16 KiB of headers). */
+export const MAX_WATCHED = 300;
 /** The totals go out at most this often while disks change. */
 const SUMMARY_EVERY_MS = 1000;
 

@@ -97,10 +97,6 @@ export class ByteReader {
     this.stream = undefined;
   }
 
-  get pending(): number {
-    return this.buffered;
-  }
-
   /** Fail every read from now on (the first reason wins). */
   fail(e: Error): void {
     if (this.failure) return;

@@ -59,8 +59,9 @@ const enum State {
 
 export class ReplyParser {
   private state = State.Meta;
-  private meta: Buffer = Buffer.allocUnsafe(32);
   private readonly header = Buffer.allocUnsafe(32);
+  /** Where the bytes being gathered go: `header`, or a buffer sized for a long block status or error chunk. */
+  private meta: Buffer = this.header;
   private have = 0;
   private need = 4;
   private onMeta: () => void = () => this.magic();

@@ -2,8 +2,9 @@
  * Issue 21's benchmark: the service with BENCH_SCALE_DISKS (default 100,000) small disks, one host
  * on SQLite, then three hosts on one PostgreSQL, on the same images. Facts it relies on:
  * - the scanner names a disk by domain and relative path and follows a moved file by its inode, so
- *   every disk is a real file of its own (no hard links); it lists at most 20,000 files a domain,
- *   so the disks are spread over domains of BENCH_SCALE_PER_DOMAIN (10,000) in folders of 1,000;
+ *   every disk is a real file of its own (no hard links); it listed at most 20,000 files a domain
+ *   before issue 21, so the disks are spread over domains of BENCH_SCALE_PER_DOMAIN (10,000) in
+ *   folders of 1,000, which any version lists whole;
  * - most disks are sparse raw files (ftruncate, two written blocks), a fifth are a tiny ext2
  *   image written block by block from one mke2fs template (holes stay holes; one mke2fs run, not
  *   thousands), and BENCH_SCALE_JOBS (500) are ext2 on garbage (a copied 4 MiB template): free

@@ -64,8 +64,8 @@ export type ScanEntry = Pick<DiskRecord, 'id' | 'rel' | 'present' | 'lockedBy' |
   statKey: string;
 };
 
-/** Rows read at a time for the scan index. */
-const SCAN_BATCH = 5000;
+/** Rows read at a time for the scan index (SQLite reads them synchronously: 1,000 rows hold the event loop a few ms). */
+const SCAN_BATCH = 1000;
 
 export class Disks {
   constructor(private readonly db: Db) {}
@@ -99,6 +99,8 @@ export class Disks {
       }
       if (rows.length < SCAN_BATCH) return out;
       after = rows[rows.length - 1]!.rel;
+      // SQLite answered synchronously: let requests in before the next batch.
+      await new Promise((r) => setImmediate(r));
     }
   }
 

@@ -4,7 +4,7 @@
  * image by sparsify (qcow2), nbdcopy (raw: it copies every allocated byte) and qemu-img convert
  * (qcow2), alternating, from the same URI in the same run. nbdcopy is timed with --flush (its output
  * made durable, as ours and qemu-img's are) and without. Target: sparsify at most 0.6x nbdcopy's
- * time, peak RSS at most 200 MiB. The first run's copy is checked, untimed: qemu-img check, and
+ * time, peak RSS at most 200 MiB. Every tool starts after a sync, untimed. The first run's copy is checked, untimed: qemu-img check, and
  * qemu-img compare against sparsify's copy of the same disk from the local file (NBD must change
  * nothing); the bench fails if either does not pass.
  */
@@ -59,6 +59,9 @@ export async function benchNbd(work: string, opts: { runs: number; log: (s: stri
         dropFile(t.out);
         // nbdcopy wants its output to exist (it opens a file, it does not create an image).
         if (t.name.startsWith('nbdcopy')) timed('truncate', ['-s', String(statSync(disk).size), t.out], work);
+        // Untimed: what the previous tool left dirty (qemu-img convert and plain nbdcopy do not flush
+        // their 4 GiB) is written now, not during the next tool's run.
+        sh('sync', []);
         const r = timed(t.cmd, t.args(t.out), work);
         rows[k]!.seconds.push(r.seconds);
         rows[k]!.peakRss = Math.max(rows[k]!.peakRss, r.peakRssBytes);

@@ -24,6 +24,8 @@ const mib = (n: number) => `${(n / 1048576).toFixed(0)} MiB`;
 async function main(): Promise<void> {
   const work = mkdtempSync(join(process.env['BENCH_DIR'] ?? tmpdir(), 'sparsify-bench-'));
   const lines: string[] = [];
+  // A bench that exits on ^C (scale does, once its servers are stopped) still leaves no folder behind.
+  process.once('exit', () => rmSync(work, { recursive: true, force: true }));
   try {
     if (!only || only === 'copy') {
       const { compares, solos } = benchCopy(work, { runs, log, compress: !args.includes('--quick') });

@@ -11,7 +11,7 @@ import type { PolicyConfig } from './config.js';
 import type { SparsifyMode } from './store/records.js';
 import { SORT_FIELDS, type After, type ListFilter, type ListOverlay, type ListStatus, type Sort, type SortField, type SummaryRow, type Totals } from './store/disk-pages.js';
 import { diskView, derivedIndex, type DiskView, type DomainState } from './views.js';
-import { activeVms, type VmIndex } from './vms/attachments.js';
+import { activeVms, placesWhere, type VmIndex } from './vms/attachments.js';
 
 export const STATUSES: readonly ListStatus[] = ['ok', 'locked', 'in-use', 'illegal', 'unreachable'];
 export const MAX_PAGE = 1000;
@@ -118,12 +118,7 @@ export class DiskList {
   private vmBusy(vms: VmIndex): Promise<string[]> {
     let p = this.busy.get(vms);
     if (!p) {
-      const places: Array<{ domainId: string; rel: string }> = [];
-      for (const [key, refs] of vms) {
-        if (!activeVms(refs).length) continue;
-        const [domainId, rel] = key.split('\u0000') as [string, string];
-        places.push({ domainId, rel });
-      }
+      const places = placesWhere(vms, (refs) => activeVms(refs).length > 0);
       p = this.store.disks.atPlaces(places).then((ds) => ds.map((d) => d.id));
       this.busy.set(vms, p);
     }
@@ -145,12 +140,7 @@ export class DiskList {
     if (p.needsSparsify) f.needsSparsify = p.needsSparsify === 'true';
     if (p.q) f.q = p.q;
     if (p.vm) {
-      const places: Array<{ domainId: string; rel: string }> = [];
-      for (const [key, refs] of ctx.vms) {
-        if (!refs.some((r) => r.id === p.vm || r.name === p.vm)) continue;
-        const [domainId, rel] = key.split('\u0000') as [string, string];
-        places.push({ domainId, rel });
-      }
+      const places = placesWhere(ctx.vms, (refs) => refs.some((r) => r.id === p.vm || r.name === p.vm));
       f.ids = await this.store.disks.atPlaces(places).then((ds) => ds.map((d) => d.id));
     }
     return f;
@@ -188,18 +178,7 @@ export class DiskList {
     const sort = parseSort(p.sort, { field: 'seen', desc: false });
     const ctx = await this.context();
     const [f, o] = await Promise.all([this.filter(p, ctx), this.overlay(ctx)]);
-    let after: After | undefined;
-    for (;;) {
-      const rows = await this.store.diskPages.page(f, o, sort, after, STREAM_CHUNK);
-      if (!rows.length) return;
-      yield await this.views(
-        rows.map((r) => r.record),
-        ctx,
-      );
-      if (rows.length < STREAM_CHUNK) return;
-      const last = rows[rows.length - 1]!;
-      after = { value: last.sortValue, id: last.record.id };
-    }
+    for await (const records of this.store.diskPages.chunks(f, o, sort, STREAM_CHUNK)) yield await this.views(records, ctx);
   }
 
   /**

@@ -154,17 +154,23 @@ export class DiskPages {
     return rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value }));
   }
 
-  /** Every present disk that passes the filter, first seen first, read a page at a time (the schedule's candidates: few). */
-  async all(f: ListFilter, o: ListOverlay): Promise<DiskRecord[]> {
-    const out: DiskRecord[] = [];
+  /** Every present disk that passes the filter, in `sort` order, `size` at a time (one page query each). */
+  async *chunks(f: ListFilter, o: ListOverlay, sort: Sort, size: number): AsyncGenerator<DiskRecord[]> {
     let after: After | undefined;
     for (;;) {
-      const rows = await this.page(f, o, { field: 'seen', desc: false }, after, 500);
-      out.push(...rows.map((r) => r.record));
-      if (rows.length < 500) return out;
+      const rows = await this.page(f, o, sort, after, size);
+      if (rows.length) yield rows.map((r) => r.record);
+      if (rows.length < size) return;
       const last = rows[rows.length - 1]!;
       after = { value: last.sortValue, id: last.record.id };
     }
+  }
+
+  /** Every present disk that passes the filter, first seen first (the schedule's candidates: few). */
+  async all(f: ListFilter, o: ListOverlay): Promise<DiskRecord[]> {
+    const out: DiskRecord[] = [];
+    for await (const c of this.chunks(f, o, { field: 'seen', desc: false }, 500)) out.push(...c);
+    return out;
   }
 
   /** Counts and byte totals of present disks by domain, status and analysis state. */

@@ -46,6 +46,17 @@ export function vmDiskPlaces(vms: readonly VmRecord[]): Array<{ domainId: string
   return [...seen.values()];
 }
 
+/** The places of the disks whose VMs pass `keep` (the index's keys read back). */
+export function placesWhere(index: VmIndex, keep: (refs: readonly VmRef[]) => boolean): Array<{ domainId: string; rel: string }> {
+  const out: Array<{ domainId: string; rel: string }> = [];
+  for (const [k, refs] of index) {
+    if (!keep(refs)) continue;
+    const [domainId, rel] = k.split('\u0000') as [string, string];
+    out.push({ domainId, rel });
+  }
+  return out;
+}
+
 /** The VMs that use a disk (by its domain and path). */
 export function vmsOf(index: VmIndex, d: { domainId: string; rel: string }): VmRef[] {
   return index.get(key(d.domainId, d.rel)) ?? [];

@@ -10,6 +10,7 @@ import type { Bus } from './bus.js';
 import type { PolicyConfig } from './config.js';
 import type { SparsifyMode } from './store/records.js';
 import { SORT_FIELDS, type After, type ListFilter, type ListOverlay, type ListStatus, type Sort, type SortField, type SummaryRow, type Totals } from './store/disk-pages.js';
+import { CURSOR_TTL_MS } from './store/list-moves.js';
 import { diskView, derivedIndex, type DiskView, type DomainState } from './views.js';
 import { activeVms, placesWhere, type VmIndex } from './vms/attachments.js';
 
@@ -19,6 +20,8 @@ export const MAX_PAGE = 1000;
 const STREAM_CHUNK = 500;
 /** Totals are made again at most this often while disks keep changing. */
 const SUMMARY_MAX_AGE_MS = 1000;
+/** How often moves older than any live cursor are deleted (by whichever host serves pages). */
+const PRUNE_EVERY_MS = 5 * 60_000;
 
 export interface ListContext {
   policy: PolicyConfig;
@@ -43,7 +46,7 @@ export interface ListParams {
 /** A request the list cannot answer: 400 with this code. */
 export class ListRequestError extends Error {
   constructor(
-    readonly code: 'bad-sort' | 'bad-cursor' | 'bad-status' | 'bad-limit',
+    readonly code: 'bad-sort' | 'bad-cursor' | 'bad-status' | 'bad-limit' | 'cursor-expired',
     message: string,
   ) {
     super(message);
@@ -76,22 +79,36 @@ export function parseSort(s: string | undefined, fallback: Sort): Sort {
 
 const sortText = (s: Sort) => `${s.field}:${s.desc ? 'desc' : 'asc'}`;
 
-export function encodeCursor(sort: Sort, after: After): string {
-  return Buffer.from(JSON.stringify([sortText(sort), after.value, after.id])).toString('base64url');
+/**
+ * A cursor: the sort, where the page ended, the first page's mark and the minute it was read (to the
+ * minute, so the same page read again is the same body, and keeps its ETag).
+ */
+export function encodeCursor(sort: Sort, after: After & { mark: string }, issuedAt = Math.floor(Date.now() / 60_000) * 60_000): string {
+  return Buffer.from(JSON.stringify([sortText(sort), after.value, after.id, after.mark, issuedAt])).toString('base64url');
 }
 
-export function decodeCursor(c: string, sort: Sort): After {
+export interface Cursor {
+  after: After & { mark: string };
+  /** When its first page was read. */
+  issuedAt: number;
+}
+
+export function decodeCursor(c: string, sort: Sort, validMark: (mark: string) => boolean, now = Date.now()): Cursor {
   let v: unknown;
   try {
     v = JSON.parse(Buffer.from(c, 'base64url').toString('utf8'));
   } catch {
-    throw new ListRequestError('bad-cursor', 'the cursor (after) is not one this service gave');
+    v = undefined;
   }
-  if (!Array.isArray(v) || v.length !== 3 || typeof v[0] !== 'string' || (typeof v[1] !== 'string' && typeof v[1] !== 'number') || typeof v[2] !== 'string') {
-    throw new ListRequestError('bad-cursor', 'the cursor (after) is not one this service gave');
-  }
-  if (v[0] !== sortText(sort)) throw new ListRequestError('bad-cursor', `the cursor belongs to sort ${v[0]}, not ${sortText(sort)}: start again without it`);
-  return { value: v[1], id: v[2] };
+  const bad = () => new ListRequestError('bad-cursor', 'the cursor (after) is not one this service gave');
+  if (!Array.isArray(v) || v.length !== 5) throw bad();
+  const [sorted, value, id, mark, issuedAt] = v as unknown[];
+  if (typeof sorted !== 'string' || (typeof value !== 'string' && typeof value !== 'number') || typeof id !== 'string') throw bad();
+  if (typeof mark !== 'string' || !validMark(mark) || typeof issuedAt !== 'number' || !Number.isFinite(issuedAt)) throw bad();
+  if (sorted !== sortText(sort)) throw new ListRequestError('bad-cursor', `the cursor belongs to sort ${sorted}, not ${sortText(sort)}: start again without it`);
+  // Older than this, the changes that place its disks may have been forgotten.
+  if (now - issuedAt > CURSOR_TTL_MS) throw new ListRequestError('cursor-expired', `the cursor is older than ${CURSOR_TTL_MS / 60_000} minutes: start again from the first page`);
+  return { after: { value, id, mark }, issuedAt };
 }
 
 export class DiskList {
@@ -100,6 +117,7 @@ export class DiskList {
   /** Changes this host has heard of (every host's, through the bus): a streamed list's version. */
   private generation = 0;
   private readonly instance = randomUUID().slice(0, 8);
+  private readonly pruning: NodeJS.Timeout;
   private summaryCache: { value: Promise<Summary>; at: number; dirty: boolean } | undefined;
   private readonly unsubscribe: () => void;
 
@@ -108,6 +126,8 @@ export class DiskList {
     bus: Bus,
     private readonly context: () => Promise<ListContext>,
   ) {
+    // The moves no live cursor can need are forgotten now and then (by every host: deleting twice is harmless).
+    this.pruning = setInterval(() => void store.diskPages.pruneMoves().catch(() => undefined), PRUNE_EVERY_MS).unref();
     this.unsubscribe = bus.subscribe((m) => {
       if (m.type === 'progress' || m.type === 'job' || m.type === 'event') return;
       this.generation++;
@@ -155,13 +175,13 @@ export class DiskList {
   /** One page: `limit` views after the cursor, and the cursor of the next page (null on the last). */
   async page(p: ListParams): Promise<{ disks: DiskView[]; next: string | null }> {
     const sort = parseSort(p.sort, { field: 'name', desc: false });
-    const after = p.after ? decodeCursor(p.after, sort) : undefined;
+    const cursor = p.after ? decodeCursor(p.after, sort, (m) => this.store.diskPages.validMark(m)) : undefined;
     const limit = Number(p.limit ?? 100);
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new ListRequestError('bad-limit', `limit must be 1 to ${MAX_PAGE}`);
     const ctx = await this.context();
     const [f, o] = await Promise.all([this.filter(p, ctx), this.overlay(ctx)]);
     // One more than asked tells whether a next page exists.
-    const rows = await this.store.diskPages.page(f, o, sort, after, limit + 1);
+    const { rows, mark } = await this.store.diskPages.page(f, o, sort, cursor?.after, limit + 1);
     const shown = rows.slice(0, limit);
     const last = shown[shown.length - 1];
     return {
@@ -169,7 +189,7 @@ export class DiskList {
         shown.map((r) => r.record),
         ctx,
       ),
-      next: rows.length > limit && last ? encodeCursor(sort, { value: last.sortValue, id: last.record.id }) : null,
+      next: rows.length > limit && last && mark !== null ? encodeCursor(sort, { value: last.sortValue, id: last.record.id, mark }, cursor?.issuedAt) : null,
     };
   }
 
@@ -219,6 +239,7 @@ export class DiskList {
   }
 
   close(): void {
+    clearInterval(this.pruning);
     this.unsubscribe();
   }
 }

@@ -76,7 +76,7 @@ describe('the disk list by pages, streamed, and its totals', { timeout: 300_000 
     assert.equal((await allPages(s, '&needsSparsify=true', 100)).disks.length, GUESTS, 'the guests with deleted data need sparsify, the empty images do not');
   });
 
-  it('refuses a cursor it did not give, or one of another sort, with 400 and a code', async () => {
+  it('refuses a cursor it did not give, one of another sort or a forged or expired one, with 400 and a code', async () => {
     const bad = await http(s, 'GET', '/api/disks?limit=5&after=not-a-cursor');
     assert.equal(bad.status, 400);
     assert.equal(bad.body.fault.code, 'bad-cursor', JSON.stringify(bad.body));
@@ -84,6 +84,18 @@ describe('the disk list by pages, streamed, and its totals', { timeout: 300_000 
     const other = await http(s, 'GET', `/api/disks?limit=5&sort=actualSize&after=${first.body.next}`);
     assert.equal(other.status, 400);
     assert.match(other.body.fault.detail, /sort name:asc/);
+    // A cursor is the client's to send back: one whose mark was tampered with is refused, not passed to the database.
+    const parts = JSON.parse(Buffer.from(first.body.next, 'base64url').toString()) as unknown[];
+    const forged = Buffer.from(JSON.stringify([parts[0], parts[1], parts[2], "0'; DROP TABLE disks; --", parts[4]])).toString('base64url');
+    const refused = await http(s, 'GET', `/api/disks?limit=5&sort=name&after=${forged}`);
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.fault.code, 'bad-cursor');
+    // Past its hour the moves that place its disks may be gone: the client is told to start again.
+    const old = Buffer.from(JSON.stringify([parts[0], parts[1], parts[2], parts[3], Date.now() - 2 * 3600_000])).toString('base64url');
+    const expired = await http(s, 'GET', `/api/disks?limit=5&sort=name&after=${old}`);
+    assert.equal(expired.status, 400);
+    assert.equal(expired.body.fault.code, 'cursor-expired', JSON.stringify(expired.body));
+    assert.equal((await http(s, 'GET', `/api/disks?limit=5&sort=name&after=${first.body.next}`)).status, 200);
     assert.equal((await http(s, 'GET', '/api/disks?limit=5000')).status, 400);
     assert.equal((await http(s, 'GET', '/api/disks?sort=size')).status, 400);
   });

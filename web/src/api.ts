@@ -156,6 +156,8 @@ export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** The fault's code (e.g. `cursor-expired`), where the server gave one. */
+    readonly code?: string,
   ) {
     super(message);
   }
@@ -190,8 +192,8 @@ export async function call<T>(method: string, url: string, body?: unknown): Prom
   const headers: Record<string, string> = authHeaders();
   if (body !== undefined) headers['content-type'] = 'application/json';
   const res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const data = (await res.json().catch(() => ({}))) as { fault?: { detail?: string } };
-  if (!res.ok) throw new ApiError(res.status, data.fault?.detail ?? `${res.status} ${res.statusText}`);
+  const data = (await res.json().catch(() => ({}))) as { fault?: { detail?: string; code?: string } };
+  if (!res.ok) throw new ApiError(res.status, data.fault?.detail ?? `${res.status} ${res.statusText}`, data.fault?.code);
   return data as T;
 }
 

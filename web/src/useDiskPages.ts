@@ -5,7 +5,7 @@
  * same sort and filters, null on the last page.
  */
 import { useCallback, useEffect, useRef, useState } from 'react';
-import type { Disk } from './api';
+import { ApiError, type Disk } from './api';
 import { diskApi, PAGE_SIZE, type DiskQuery } from './api-disks';
 /** The server answers at most this many rows at once. */
 const MAX_LIMIT = 1000;
@@ -53,7 +53,14 @@ export function useDiskPages(query: DiskQuery): DiskPages {
           return [...old, ...page.disks.filter((d) => !have.has(d.id))];
         });
       } catch (e) {
-        if (mine === gen.current) setError((e as Error).message);
+        if (mine !== gen.current) return;
+        // A cursor kept too long (or from before an upgrade): read the loaded rows again from the top.
+        if (after && e instanceof ApiError && (e.code === 'cursor-expired' || e.code === 'bad-cursor')) {
+          busy.current = false;
+          void load(null, Math.min(MAX_LIMIT, state.current.rows.length + PAGE_SIZE), true);
+          return;
+        }
+        setError((e as Error).message);
       } finally {
         if (mine === gen.current) {
           busy.current = false;

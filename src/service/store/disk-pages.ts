@@ -1,7 +1,8 @@
 /**
  * The disk list as the database answers it: one page at a time in a stable order (keyset paging
- * on the sort key and the disk id, so a cursor stays valid while disks come and go), and the
- * totals grouped by domain and status. The sort and filter columns are computed by the database
+ * on the sort key and the disk id), and the totals grouped by domain and status. A cursor carries
+ * the mark of its first page (list-moves.ts): later pages place each disk where the first page saw
+ * it, so every disk present throughout is shown once even while sort keys change. The sort and filter columns are computed by the database
  * from each row (migration 5) and indexed for present disks, so a page reads about as many index
  * entries as it returns, not the whole table.
  *
@@ -12,6 +13,7 @@
 import type { Db, SqlValue } from './db.js';
 import type { DiskRecord } from './records.js';
 import { DISK_COLUMNS, decodeDisk, type DiskRow } from './disks.js';
+import { ListMoves } from './list-moves.js';
 
 export type SortField = 'name' | 'actualSize' | 'virtualSize' | 'reclaimable' | 'status' | 'seen';
 export const SORT_FIELDS: readonly SortField[] = ['name', 'actualSize', 'virtualSize', 'reclaimable', 'status'];
@@ -44,10 +46,24 @@ export interface Sort {
   desc: boolean;
 }
 
-/** Where the previous page ended: its last disk's sort value and id. */
+/** Where the previous page ended: its last disk's sort value and id, and the first page's mark. */
 export interface After {
   value: string | number;
   id: string;
+  /** What the first page saw (ListMoves); without it, pages follow the rows as they are now. */
+  mark?: string;
+}
+
+export interface PageRow {
+  record: DiskRecord;
+  /** Where the disk stands in the order: its sort value as the first page saw it. */
+  sortValue: string | number;
+}
+
+export interface Page {
+  rows: PageRow[];
+  /** The mark to carry in the next cursor (null when no row was read). */
+  mark: string | null;
 }
 
 export interface Totals {
@@ -65,9 +81,32 @@ export interface SummaryRow extends Totals {
 }
 
 const list = (n: number) => Array.from({ length: n }, () => '?').join(', ');
+const QUALIFIED_COLUMNS = DISK_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ');
+
+/** The databases' order of sort values (byte order of text: SQLite's BINARY, PostgreSQL's "C"), then of ids. */
+function order(a: PageRow, b: PageRow): number {
+  const x = a.sortValue;
+  const y = b.sortValue;
+  const c = typeof x === 'number' && typeof y === 'number' ? x - y : Buffer.compare(Buffer.from(String(x)), Buffer.from(String(y)));
+  return c || Buffer.compare(Buffer.from(a.record.id), Buffer.from(b.record.id));
+}
 
 export class DiskPages {
-  constructor(private readonly db: Db) {}
+  private readonly moves: ListMoves;
+
+  constructor(private readonly db: Db) {
+    this.moves = new ListMoves(db);
+  }
+
+  /** A mark this store could have given (cursors come back from clients). */
+  validMark(mark: string): boolean {
+    return this.moves.validMark(mark);
+  }
+
+  /** Forget the moves no live cursor can need. */
+  pruneMoves(now?: number): Promise<void> {
+    return this.moves.prune(now);
+  }
 
   /** The status as the API shows it, as SQL (with its parameters). */
   private statusExpr(o: ListOverlay): { sql: string; args: SqlValue[] } {
@@ -131,15 +170,23 @@ export class DiskPages {
     return sort.field === 'status' ? this.statusExpr(o) : { sql: SORT_COLUMN[sort.field], args: [] };
   }
 
-  /** The SQL of one page (also what EXPLAIN is asked about). */
+  /**
+   * The SQL of one page of the rows as they are (also what EXPLAIN is asked about). A first page
+   * also reads its mark; a later one leaves out the disks that moved since its mark (movedSql).
+   */
   pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): { sql: string; args: SqlValue[] } {
     const w = this.where(f, o);
     const key = this.sortExpr(sort, o);
     const args = [...key.args, ...w.args];
-    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value FROM disks WHERE ${w.sql}`;
+    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks WHERE ${w.sql}`;
     if (after) {
       sql += ` AND (${key.sql}, id) ${sort.desc ? '<' : '>'} (?, ?)`;
       args.push(...key.args, after.value, after.id);
+      if (after.mark !== undefined) {
+        const u = this.moves.unmovedSince(after.mark);
+        sql += ` AND ${u.sql}`;
+        args.push(...u.args);
+      }
     }
     const dir = sort.desc ? 'DESC' : 'ASC';
     sql += ` ORDER BY ${key.sql} ${dir}, id ${dir} LIMIT ?`;
@@ -147,22 +194,46 @@ export class DiskPages {
     return { sql, args };
   }
 
-  /** One page of present disks in `sort` order after `after`, with the sort value of each. */
-  async page(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): Promise<Array<{ record: DiskRecord; sortValue: string | number }>> {
-    const q = this.pageSql(f, o, sort, after, limit);
-    const rows = await this.db.all<DiskRow & { sort_value: string | number }>(q.sql, q.args);
-    return rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value }));
+  /** The SQL of the disks that moved since the mark and are still present, placed by their values at the mark. */
+  private movedSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After & { mark: string }, limit: number): { sql: string; args: SqlValue[] } {
+    const then = this.moves.thenTable(after.mark);
+    const w = this.where(f, o);
+    const key = this.sortExpr(sort, o);
+    const dir = sort.desc ? 'DESC' : 'ASC';
+    const inner = `SELECT id, ${key.sql} AS sort_value FROM ${then.sql} AS t
+      WHERE ${w.sql} AND (${key.sql}, id) ${sort.desc ? '<' : '>'} (?, ?) AND EXISTS (SELECT 1 FROM disks c WHERE c.id = t.id AND c.present = 1)
+      ORDER BY ${key.sql} ${dir}, id ${dir} LIMIT ?`;
+    return {
+      sql: `SELECT ${QUALIFIED_COLUMNS}, s.sort_value FROM (${inner}) s JOIN disks d ON d.id = s.id`,
+      args: [...key.args, ...then.args, ...w.args, ...key.args, after.value, after.id, ...key.args, limit],
+    };
   }
 
-  /** Every present disk that passes the filter, in `sort` order, `size` at a time (one page query each). */
+  /** One page of present disks in `sort` order after `after`, with the sort value of each. */
+  async page(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): Promise<Page> {
+    const read = async (q: { sql: string; args: SqlValue[] }) => {
+      const rows = await this.db.all<DiskRow & { sort_value: string | number; mark?: string }>(q.sql, q.args);
+      return { rows: rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value })), mark: rows[0]?.mark ?? null };
+    };
+    const now = await read(this.pageSql(f, o, sort, after, limit));
+    if (after?.mark === undefined) return now;
+    const moved = await read(this.movedSql(f, o, sort, { ...after, mark: after.mark }, limit));
+    if (!moved.rows.length) return { rows: now.rows, mark: after.mark };
+    // A disk that moved between the two reads is in both, at the same place: keep it once.
+    const seen = new Set(now.rows.map((r) => r.record.id));
+    const rows = [...now.rows, ...moved.rows.filter((r) => !seen.has(r.record.id))].sort((a, b) => (sort.desc ? -order(a, b) : order(a, b))).slice(0, limit);
+    return { rows, mark: after.mark };
+  }
+
+  /** Every present disk that passes the filter, in `sort` order, `size` at a time (one page query each), as the first chunk saw them. */
   async *chunks(f: ListFilter, o: ListOverlay, sort: Sort, size: number): AsyncGenerator<DiskRecord[]> {
     let after: After | undefined;
     for (;;) {
-      const rows = await this.page(f, o, sort, after, size);
+      const { rows, mark } = await this.page(f, o, sort, after, size);
       if (rows.length) yield rows.map((r) => r.record);
       if (rows.length < size) return;
       const last = rows[rows.length - 1]!;
-      after = { value: last.sortValue, id: last.record.id };
+      after = { value: last.sortValue, id: last.record.id, mark: mark ?? undefined };
     }
   }
 

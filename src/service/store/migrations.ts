@@ -196,7 +196,60 @@ const v5: Migration = {
   },
 };
 
-export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4, v5];
+/** What a disk's list columns were before a change: enough to place it where a page saw it. */
+const MOVED_COLUMNS = 'present, domain_id, first_seen, name, actual_size, virtual_size, reclaimable, rstatus';
+/** A change that can move a disk in a list page's order or filters. */
+const MOVES = ['present', 'domain_id', 'name', 'actual_size', 'virtual_size', 'reclaimable', 'rstatus'];
+
+const v6: Migration = {
+  version: 6,
+  name: "the disk list's moves: each change of a disk's list columns keeps what they were, so a cursor pages the list as its first page saw it",
+  async up(db) {
+    const changed = MOVES.map((c) => (db.dialect === 'postgres' ? `OLD.${c} IS DISTINCT FROM NEW.${c}` : `OLD.${c} IS NOT NEW.${c}`)).join(' OR ');
+    const old = MOVED_COLUMNS.split(', ').map((c) => `OLD.${c}`).join(', ');
+    if (db.dialect === 'postgres') {
+      // xid: the change's transaction, so a snapshot tells exactly which changes a page saw (commit order is not seq order).
+      await db.exec(`
+        CREATE TABLE disk_moves (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+          at BIGINT NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, existed INTEGER NOT NULL,
+          present INTEGER, domain_id TEXT, first_seen BIGINT, name TEXT COLLATE "C", actual_size BIGINT, virtual_size BIGINT, reclaimable BIGINT, rstatus TEXT COLLATE "C");
+        CREATE INDEX disk_moves_id ON disk_moves (id, seq);
+        CREATE INDEX disk_moves_xid ON disk_moves (xid);
+        CREATE INDEX disk_moves_at ON disk_moves (at);
+        CREATE FUNCTION disk_moved() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+          IF TG_OP = 'INSERT' THEN
+            INSERT INTO disk_moves (id, existed) VALUES (NEW.id, 0);
+          ELSE
+            INSERT INTO disk_moves (id, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, 1, ${old});
+          END IF;
+          RETURN NULL;
+        END $body$;
+        CREATE TRIGGER disks_moved_insert AFTER INSERT ON disks FOR EACH ROW EXECUTE FUNCTION disk_moved();
+        CREATE TRIGGER disks_moved_update AFTER UPDATE ON disks FOR EACH ROW WHEN (${changed}) EXECUTE FUNCTION disk_moved();
+        CREATE TRIGGER disks_moved_delete AFTER DELETE ON disks FOR EACH ROW EXECUTE FUNCTION disk_moved();`);
+      return;
+    }
+    // SQLite has one writer at a time: the order of seq is the order of commits.
+    const now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+    await db.exec(`
+      CREATE TABLE disk_moves (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, at BIGINT NOT NULL, existed INTEGER NOT NULL,
+        present INTEGER, domain_id TEXT, first_seen BIGINT, name TEXT, actual_size BIGINT, virtual_size BIGINT, reclaimable BIGINT, rstatus TEXT);
+      CREATE INDEX disk_moves_id ON disk_moves (id, seq);
+      CREATE INDEX disk_moves_at ON disk_moves (at);
+      CREATE TRIGGER disks_moved_insert AFTER INSERT ON disks BEGIN
+        INSERT INTO disk_moves (id, at, existed) VALUES (NEW.id, ${now}, 0);
+      END;
+      CREATE TRIGGER disks_moved_update AFTER UPDATE ON disks WHEN ${changed} BEGIN
+        INSERT INTO disk_moves (id, at, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, 1, ${old});
+      END;
+      CREATE TRIGGER disks_moved_delete AFTER DELETE ON disks BEGIN
+        INSERT INTO disk_moves (id, at, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, 1, ${old});
+      END;`);
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4, v5, v6];
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 async function tableExists(db: Db, name: string): Promise<boolean> {

@@ -260,6 +260,16 @@ for (const backend of backends) {
       }
     });
 
+    it('forgets moves older than any live cursor, and only those', async () => {
+      const count = async () => Number((await store.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM disk_moves'))!.n);
+      const kept = await count();
+      assert.ok(kept > 0, 'changes were kept');
+      await store.diskPages.pruneMoves(Date.now());
+      assert.equal(await count(), kept, 'moves younger than two hours stay');
+      await store.diskPages.pruneMoves(Date.now() + 3 * 3600_000);
+      assert.equal(await count(), 0, 'moves older than two hours go');
+    });
+
     it('sums the totals per domain, status and analysis as a sum done here does', async () => {
       const o: ListOverlay = { ...none, unreachable: ['dom-a'] };
       const rows = await store.diskPages.summary(o);

@@ -193,3 +193,8 @@ export async function copyFileRange(srcFd: number, srcOffset: number, destFd: nu
 export function gettid(): number {
   return gettidFn() as number;
 }
+
+/** The address of a buffer's first byte (its byteOffset counted), e.g. to align it for O_DIRECT. */
+export function addressOf(buf: Uint8Array): bigint {
+  return koffi.address(buf);
+}

@@ -5,21 +5,28 @@
  * which flushes first so it lands after any padding that covers it.
  *
  * Several staging buffers rotate: one fills while the others are being written (to disjoint
- * ranges, so order does not matter), and each finished write starts the kernel's write-back, so
- * the final fsync has little left to wait for.
+ * ranges, so order does not matter). Staged runs go through the O_DIRECT descriptor where the host
+ * allows it and they are aligned (see direct-output.ts: no page-cache copy, nothing left dirty
+ * for the final fdatasync); the rest goes through the page cache, and each such write starts the
+ * kernel's write-back, so the final fdatasync has little left to wait for. While I/O observers
+ * record writes (tests replaying power cuts), everything goes through the BlockFile they watch.
  */
 import type { BlockFile } from '../../io/file.js';
+import { observing } from '../../io/observer.js';
 import { startWriteback } from '../../io/syscalls.js';
+import { alignedBuffer, type DirectOutput } from './direct-output.js';
 
 const STAGING_BYTES = 4 << 20;
 /** Staging buffers being written while the next one fills. */
 const WRITES_IN_FLIGHT = 3;
 
 export class OutputStream {
-  private staging: Buffer = Buffer.allocUnsafe(STAGING_BYTES);
-  private readonly free: Buffer[] = Array.from({ length: WRITES_IN_FLIGHT }, () => Buffer.allocUnsafe(STAGING_BYTES));
+  private staging: Buffer = alignedBuffer(STAGING_BYTES);
+  private readonly free: Buffer[] = Array.from({ length: WRITES_IN_FLIGHT }, () => alignedBuffer(STAGING_BYTES));
   private start = 0;
   private len = 0;
+  /** Bytes that went through the O_DIRECT descriptor (the rest went through the page cache). */
+  bytesDirect = 0;
   /** Writes running, oldest first, each giving back its buffer. */
   private readonly inFlight: Array<Promise<Buffer>> = [];
 
@@ -27,6 +34,8 @@ export class OutputStream {
     private readonly file: BlockFile,
     /** Largest gap filled with zeros instead of starting a new write. */
     private readonly maxGap: number,
+    /** The same file opened for direct writes, where the host allows them. */
+    private readonly direct?: DirectOutput,
   ) {}
 
   /** Append `buf` at `offset` (>= the end of everything appended so far). `buf` is copied. */
@@ -63,10 +72,7 @@ export class OutputStream {
     const data = buf.subarray(0, this.len);
     const start = this.start;
     this.len = 0;
-    const w = this.file.write(data, start).then(() => {
-      startWriteback(this.file.fd, start, data.length);
-      return buf;
-    });
+    const w = this.writeStaged(data, start).then(() => buf);
     // Awaited in order later; a failure must not count as unhandled meanwhile.
     w.catch(() => undefined);
     this.inFlight.push(w);
@@ -74,9 +80,23 @@ export class OutputStream {
     this.staging = this.free.pop()!;
   }
 
+  /** Write one staged run: direct where it can, the rest through the page cache. */
+  private async writeStaged(data: Buffer, start: number): Promise<void> {
+    const direct = this.direct && !observing() && this.direct.fits(data, start) ? await this.direct.write(data, start) : 0;
+    this.bytesDirect += direct;
+    if (direct === data.length) return;
+    await this.file.write(data.subarray(direct), start + direct);
+    startWriteback(this.file.fd, start + direct, data.length - direct);
+  }
+
   /** Everything staged is written. */
   async drain(): Promise<void> {
     await this.flush();
     while (this.inFlight.length) this.free.push(await this.inFlight.shift()!);
+  }
+
+  /** Release the direct descriptor (the BlockFile is its owner's to close). */
+  async close(): Promise<void> {
+    await this.direct?.close();
   }
 }

@@ -20,6 +20,7 @@ import { HostAllocator } from './allocator.js';
 import { compressClusterAsync } from './compressor.js';
 import { COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
 import { OutputStream } from './output.js';
+import { DirectOutput } from './direct-output.js';
 import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 
 const COPIED = 0x80000000; // bit 63, in the high word
@@ -104,12 +105,17 @@ export class Qcow2Writer implements ImageWriter {
     }
     await writeFile(path, '');
     const file = await BlockFile.open(path, 'r+');
-    const out = new OutputStream(file, cs);
+    const out = new OutputStream(file, cs, await DirectOutput.open(path));
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
     const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();
     w.l1Offset = await alloc.allocClusters(Math.ceil(w.l1.length / cs));
     return w;
+  }
+
+  /** Bytes written with O_DIRECT, past the page cache (see direct-output.ts). */
+  get bytesWrittenDirect(): number {
+    return this.out.bytesDirect;
   }
 
   get allocationUnit(): number {
@@ -378,6 +384,7 @@ export class Qcow2Writer implements ImageWriter {
     this.closed = true;
     // Compressions still running hold only their own buffers; let them settle before closing.
     await Promise.allSettled(this.queue.map((c) => c.result));
+    await this.out.close();
     await this.file.close();
   }
 }

@@ -1,20 +1,19 @@
 /**
  * The sparsify command line: virt-sparsify's options, messages and exit codes, over the library.
+ * What only one mode needs (in place, --analyze's report, --help, serve, --trim-vm) is imported
+ * when that mode runs: a copy starts without loading the discard drivers and their compaction.
  */
 import { basename } from 'node:path';
 import { SparsifyError } from '../io/errors.js';
 import { parseCommandLine, UsageError, longOptionList, shortOptionList, type CliOptions } from './options.js';
 import { Output, MachineReadableError, humanSize } from './output.js';
-import { helpText } from './help.js';
 import { checkTmpOption } from './tmp-option.js';
 import { sparsifyCopy } from '../operations/copy.js';
 import type { OperationEvents } from '../operations/events.js';
-import { sparsifyInPlace, type InPlaceReport } from '../operations/in-place.js';
+import type { InPlaceReport } from '../operations/in-place.js';
 import { openImage } from '../formats/open.js';
 import type { BlockFile } from '../io/file.js';
 import { NbdFile } from '../io/nbd/nbd-file.js';
-import { analyzeDisk } from '../analyze/analyze.js';
-import { toJson, toText } from '../analyze/report.js';
 import type { KeyProvider } from '../layout/luks/keys.js';
 import { keyStoreFromOptions } from './keys.js';
 import { versionLine } from '../version.js';
@@ -94,6 +93,7 @@ function eventsFor(out: Output, signal: AbortSignal): OperationEvents {
 
 async function runAnalyze(o: CliOptions, out: Output, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} --analyze [--json] disk`);
+  const [{ analyzeDisk }, { toJson, toText }] = await Promise.all([import('../analyze/analyze.js'), import('../analyze/report.js')]);
   let top: BlockFile | undefined;
   const image = await openImage(o.operands[0]!, { format: o.format, lock: 'read', warn: (w) => out.warning(w), onTopFile: (f) => (top = f) });
   try {
@@ -134,6 +134,7 @@ async function runCopy(o: CliOptions, out: Output, signal: AbortSignal, keys: Ke
 
 async function runInPlace(o: CliOptions, out: Output, signal: AbortSignal, keys: KeyProvider): Promise<number> {
   if (o.operands.length !== 1) throw new UsageError(`usage is: ${progName()} [--options] --in-place disk`);
+  const { sparsifyInPlace } = await import('../operations/in-place.js');
   const report = await sparsifyInPlace({
     path: o.operands[0]!,
     format: o.format,
@@ -164,7 +165,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw e;
   }
   if (o.help) {
-    process.stdout.write(helpText(prog));
+    process.stdout.write((await import('./help.js')).helpText(prog));
     return 0;
   }
   if (o.version) {

@@ -4,7 +4,11 @@
  * on a terminal or `N/M` lines on the machine-readable channel.
  */
 import { openSync, writeSync, closeSync } from 'node:fs';
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type CliProgress from 'cli-progress';
+
+/** cli-progress (CommonJS) is loaded, synchronously, the first time a bar is drawn: most runs draw none (-q, not a terminal). */
+const loadCliProgress = (): typeof CliProgress => createRequire(import.meta.url)('cli-progress') as typeof CliProgress;
 import type { Progress } from '../execute/progress.js';
 
 export interface OutputOptions {
@@ -52,7 +56,7 @@ function wrapText(text: string, width: number, indent: string): string {
 export class Output {
   private readonly t0 = process.hrtime.bigint();
   private readonly machine?: { write: (s: string) => void; close: () => void };
-  private bar?: cliProgress.SingleBar;
+  private bar?: CliProgress.SingleBar;
   private lastMachinePercent = -1;
 
   constructor(private readonly o: OutputOptions) {
@@ -129,6 +133,7 @@ export class Output {
     }
     if (this.o.quiet || !process.stdout.isTTY) return;
     if (!this.bar) {
+      const cliProgress = loadCliProgress();
       this.bar = new cliProgress.SingleBar(
         {
           format: ' {bar} {percentage}% | {doneH} / {totalH} | {rate} | ETA {eta_formatted}',

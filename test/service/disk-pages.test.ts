@@ -260,6 +260,13 @@ for (const backend of backends) {
       }
     });
 
+    it('finds the few disks that need sparsify through the reclaimable index, in any order', { skip: backend.name !== 'sqlite' && 'PostgreSQL chooses by its statistics' }, async () => {
+      for (const field of ['name', 'actualSize', 'status'] as const) {
+        const plan = await store.diskPages.explain({ needsSparsify: true }, none, { field, desc: false }, undefined, 100);
+        assert.match(plan, /SEARCH disks USING INDEX disks_list_reclaimable \(reclaimable>\?\)/, `${field}: ${plan}`);
+      }
+    });
+
     it('forgets moves older than any live cursor, and only those', async () => {
       const count = async () => Number((await store.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM disk_moves'))!.n);
       const kept = await count();

@@ -80,6 +80,9 @@ export interface SummaryRow extends Totals {
   analysis: 'done' | 'pending' | 'failed';
 }
 
+/** Up to this many matches, sorting them beats walking the sort's index past every other disk. */
+const FEW_TO_SORT = 5000;
+
 const list = (n: number) => Array.from({ length: n }, () => '?').join(', ');
 const QUALIFIED_COLUMNS = DISK_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ');
 
@@ -158,6 +161,11 @@ export class DiskPages {
       const n = this.needsExpr(o);
       w.push(f.needsSparsify ? n.sql : `NOT ${n.sql}`);
       args.push(...n.args);
+      // Implied by the above, and a range the reclaimable index can read.
+      if (f.needsSparsify) {
+        w.push('reclaimable >= ?');
+        args.push(Math.max(1, o.thresholdBytes));
+      }
     }
     if (f.q) {
       w.push(this.db.dialect === 'postgres' ? 'strpos(lower(name), ?) > 0' : 'instr(lower(name), ?) > 0');
@@ -171,14 +179,26 @@ export class DiskPages {
   }
 
   /**
+   * Which index SQLite should read a page through, where its planner would choose worse: a few disks
+   * that need sparsify, in another order than reclaimable, are found through the reclaimable index
+   * and sorted (walking the sort's index would read nearly every disk to find them). PostgreSQL
+   * keeps statistics and chooses by itself.
+   */
+  private async indexFor(f: ListFilter, o: ListOverlay, sort: Sort): Promise<string | undefined> {
+    if (this.db.dialect !== 'sqlite' || f.needsSparsify !== true || sort.field === 'reclaimable') return undefined;
+    const r = await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM (SELECT 1 FROM disks WHERE present = 1 AND reclaimable >= ? LIMIT ?)', [Math.max(1, o.thresholdBytes), FEW_TO_SORT + 1]);
+    return (r?.n ?? 0) <= FEW_TO_SORT ? 'disks_list_reclaimable' : undefined;
+  }
+
+  /**
    * The SQL of one page of the rows as they are (also what EXPLAIN is asked about). A first page
    * also reads its mark; a later one leaves out the disks that moved since its mark (movedSql).
    */
-  pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): { sql: string; args: SqlValue[] } {
+  pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number, index?: string): { sql: string; args: SqlValue[] } {
     const w = this.where(f, o);
     const key = this.sortExpr(sort, o);
     const args = [...key.args, ...w.args];
-    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks WHERE ${w.sql}`;
+    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks${index ? ` INDEXED BY ${index}` : ''} WHERE ${w.sql}`;
     if (after) {
       sql += ` AND (${key.sql}, id) ${sort.desc ? '<' : '>'} (?, ?)`;
       args.push(...key.args, after.value, after.id);
@@ -215,7 +235,7 @@ export class DiskPages {
       const rows = await this.db.all<DiskRow & { sort_value: string | number; mark?: string }>(q.sql, q.args);
       return { rows: rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value })), mark: rows[0]?.mark ?? null };
     };
-    const now = await read(this.pageSql(f, o, sort, after, limit));
+    const now = await read(this.pageSql(f, o, sort, after, limit, await this.indexFor(f, o, sort)));
     if (after?.mark === undefined) return now;
     const moved = await read(this.movedSql(f, o, sort, { ...after, mark: after.mark }, limit));
     if (!moved.rows.length) return { rows: now.rows, mark: after.mark };
@@ -276,7 +296,7 @@ export class DiskPages {
 
   /** The query plan of a page, as the database states it (for tests and the curious). */
   async explain(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): Promise<string> {
-    const q = this.pageSql(f, o, sort, after, limit);
+    const q = this.pageSql(f, o, sort, after, limit, await this.indexFor(f, o, sort));
     if (this.db.dialect === 'sqlite') {
       const rows = await this.db.all<{ detail: string }>(`EXPLAIN QUERY PLAN ${q.sql}`, q.args);
       return rows.map((r) => r.detail).join('\n');

@@ -29,7 +29,8 @@ export interface HostOptions {
 }
 
 export async function startHost(o: HostOptions): Promise<Host> {
-  // BENCH_CPU_PROF=DIR: each host writes a V8 CPU profile there when it stops.
+  // BENCH_CPU_PROF=DIR: each host writes V8 CPU profiles in DIR/NAME when it stops, one per thread
+  // (node names them by pid and thread: one name for all would keep only the last thread's).
   const prof = process.env['BENCH_CPU_PROF'];
   return startServer({
     dataDir: join(o.work, `data-${o.name}`),
@@ -38,7 +39,7 @@ export async function startHost(o: HostOptions): Promise<Host> {
     hostName: o.name,
     database: o.database,
     args: ['--concurrency', String(o.concurrency), '--log-level', 'warn', ...(o.args ?? [])],
-    nodeArgs: prof ? ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-name', `${o.name}.cpuprofile`] : [],
+    nodeArgs: prof ? ['--cpu-prof', '--cpu-prof-dir', join(prof, o.name)] : [],
   });
 }
 

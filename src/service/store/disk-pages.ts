@@ -83,6 +83,13 @@ export interface SummaryRow extends Totals {
 /** Up to this many matches, sorting them beats walking the sort's index past every other disk. */
 const FEW_TO_SORT = 5000;
 
+/** SQLite only: an index to read a page through, or the names' trigram index to ask first. */
+interface ReadPlan {
+  index?: string;
+  /** An FTS5 phrase: the names that hold q. */
+  match?: string;
+}
+
 const list = (n: number) => Array.from({ length: n }, () => '?').join(', ');
 const QUALIFIED_COLUMNS = DISK_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ');
 
@@ -168,8 +175,14 @@ export class DiskPages {
       }
     }
     if (f.q) {
-      w.push(this.db.dialect === 'postgres' ? 'strpos(lower(name), ?) > 0' : 'instr(lower(name), ?) > 0');
-      args.push(f.q.toLowerCase());
+      // In PostgreSQL a LIKE, which the trigram index serves (migration 7); SQLite's index is asked in pageSql.
+      if (this.db.dialect === 'postgres') {
+        w.push("lower(name) LIKE ? ESCAPE '\\'");
+        args.push(`%${f.q.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`);
+      } else {
+        w.push('instr(lower(name), ?) > 0');
+        args.push(f.q.toLowerCase());
+      }
     }
     return { sql: w.join(' AND '), args };
   }
@@ -179,26 +192,39 @@ export class DiskPages {
   }
 
   /**
-   * Which index SQLite should read a page through, where its planner would choose worse: a few disks
-   * that need sparsify, in another order than reclaimable, are found through the reclaimable index
-   * and sorted (walking the sort's index would read nearly every disk to find them). PostgreSQL
-   * keeps statistics and chooses by itself.
+   * How SQLite should find a page's rows, where its planner would choose worse (PostgreSQL keeps
+   * statistics and chooses by itself). A few disks whose name holds `q` are found through the names'
+   * trigram index and sorted; a few that need sparsify, in another order than reclaimable, through
+   * the reclaimable index. Walking the sort's index would read nearly every disk to find them; when
+   * they are many, it finds a page of them soon, and is what is done.
    */
-  private async indexFor(f: ListFilter, o: ListOverlay, sort: Sort): Promise<string | undefined> {
-    if (this.db.dialect !== 'sqlite' || f.needsSparsify !== true || sort.field === 'reclaimable') return undefined;
-    const r = await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM (SELECT 1 FROM disks WHERE present = 1 AND reclaimable >= ? LIMIT ?)', [Math.max(1, o.thresholdBytes), FEW_TO_SORT + 1]);
-    return (r?.n ?? 0) <= FEW_TO_SORT ? 'disks_list_reclaimable' : undefined;
+  private async planFor(f: ListFilter, o: ListOverlay, sort: Sort): Promise<ReadPlan> {
+    if (this.db.dialect !== 'sqlite') return {};
+    const few = async (sql: string, args: SqlValue[]) => Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM (${sql} LIMIT ?)`, [...args, FEW_TO_SORT + 1]))?.n ?? 0) <= FEW_TO_SORT;
+    // Trigrams: a q of fewer than three characters has none.
+    if (f.q && [...f.q].length >= 3) {
+      const match = `"${f.q.replace(/"/g, '""')}"`;
+      if (await few('SELECT 1 FROM disk_names WHERE disk_names MATCH ?', [match])) return { match };
+    }
+    if (f.needsSparsify === true && sort.field !== 'reclaimable' && (await few('SELECT 1 FROM disks WHERE present = 1 AND reclaimable >= ?', [Math.max(1, o.thresholdBytes)]))) {
+      return { index: 'disks_list_reclaimable' };
+    }
+    return {};
   }
 
   /**
    * The SQL of one page of the rows as they are (also what EXPLAIN is asked about). A first page
    * also reads its mark; a later one leaves out the disks that moved since its mark (movedSql).
    */
-  pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number, index?: string): { sql: string; args: SqlValue[] } {
+  pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number, plan: ReadPlan = {}): { sql: string; args: SqlValue[] } {
     const w = this.where(f, o);
     const key = this.sortExpr(sort, o);
     const args = [...key.args, ...w.args];
-    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks${index ? ` INDEXED BY ${index}` : ''} WHERE ${w.sql}`;
+    let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks${plan.index ? ` INDEXED BY ${plan.index}` : ''} WHERE ${w.sql}`;
+    if (plan.match) {
+      sql += ' AND rowid IN (SELECT rowid FROM disk_names WHERE disk_names MATCH ?)';
+      args.push(plan.match);
+    }
     if (after) {
       sql += ` AND (${key.sql}, id) ${sort.desc ? '<' : '>'} (?, ?)`;
       args.push(...key.args, after.value, after.id);
@@ -235,7 +261,7 @@ export class DiskPages {
       const rows = await this.db.all<DiskRow & { sort_value: string | number; mark?: string }>(q.sql, q.args);
       return { rows: rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value })), mark: rows[0]?.mark ?? null };
     };
-    const now = await read(this.pageSql(f, o, sort, after, limit, await this.indexFor(f, o, sort)));
+    const now = await read(this.pageSql(f, o, sort, after, limit, await this.planFor(f, o, sort)));
     if (after?.mark === undefined) return now;
     const moved = await read(this.movedSql(f, o, sort, { ...after, mark: after.mark }, limit));
     if (!moved.rows.length) return { rows: now.rows, mark: after.mark };
@@ -296,7 +322,7 @@ export class DiskPages {
 
   /** The query plan of a page, as the database states it (for tests and the curious). */
   async explain(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number): Promise<string> {
-    const q = this.pageSql(f, o, sort, after, limit, await this.indexFor(f, o, sort));
+    const q = this.pageSql(f, o, sort, after, limit, await this.planFor(f, o, sort));
     if (this.db.dialect === 'sqlite') {
       const rows = await this.db.all<{ detail: string }>(`EXPLAIN QUERY PLAN ${q.sql}`, q.args);
       return rows.map((r) => r.detail).join('\n');

@@ -249,7 +249,37 @@ const v6: Migration = {
   },
 };
 
-export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4, v5, v6];
+const v7: Migration = {
+  version: 7,
+  name: "the disk list's name search (q) reads an index of the names' trigrams: pg_trgm where the database has it, FTS5 in SQLite",
+  async up(db) {
+    if (db.dialect === 'postgres') {
+      // pg_trgm ships with PostgreSQL and is trusted (a database owner may create it); where it cannot be, q reads along the sort's index.
+      await db.exec(`DO $body$ BEGIN
+          CREATE EXTENSION IF NOT EXISTS pg_trgm;
+          CREATE INDEX disks_list_q ON disks USING gin (lower(name) gin_trgm_ops) WHERE present = 1;
+        EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'no trigram index for the disk list: %', SQLERRM;
+        END $body$`);
+      return;
+    }
+    // Keyed by the disks row's rowid; a match is checked against the row's name again, so the index can only narrow the search.
+    await db.exec(`
+      CREATE VIRTUAL TABLE disk_names USING fts5(name, tokenize = 'trigram');
+      INSERT INTO disk_names (rowid, name) SELECT rowid, name FROM disks WHERE present = 1;
+      CREATE TRIGGER disk_names_insert AFTER INSERT ON disks WHEN NEW.present = 1 BEGIN
+        INSERT INTO disk_names (rowid, name) VALUES (NEW.rowid, NEW.name);
+      END;
+      CREATE TRIGGER disk_names_update AFTER UPDATE ON disks WHEN OLD.name IS NOT NEW.name OR OLD.present IS NOT NEW.present BEGIN
+        DELETE FROM disk_names WHERE rowid = OLD.rowid;
+        INSERT INTO disk_names (rowid, name) SELECT NEW.rowid, NEW.name WHERE NEW.present = 1;
+      END;
+      CREATE TRIGGER disk_names_delete AFTER DELETE ON disks BEGIN
+        DELETE FROM disk_names WHERE rowid = OLD.rowid;
+      END;`);
+  },
+};
+
+export const MIGRATIONS: readonly Migration[] = [v1, v2, v3, v4, v5, v6, v7];
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 async function tableExists(db: Db, name: string): Promise<boolean> {

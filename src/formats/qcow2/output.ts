@@ -17,8 +17,12 @@ import { startWriteback } from '../../io/syscalls.js';
 import { alignedBuffer, type DirectOutput } from './direct-output.js';
 
 const STAGING_BYTES = 4 << 20;
-/** Staging buffers being written while the next one fills. */
-const WRITES_IN_FLIGHT = 3;
+/**
+ * Staging buffers being written while the next one fills. Direct writes wait for the device, so
+ * more of them keep it busy: 2 GiB of O_DIRECT appends, median of 4 alternating runs on a shared
+ * disk, took 4.5 s with 3 in flight and 3.7 s with 8.
+ */
+const WRITES_IN_FLIGHT = 8;
 
 export class OutputStream {
   private staging: Buffer = alignedBuffer(STAGING_BYTES);

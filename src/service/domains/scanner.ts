@@ -4,34 +4,45 @@
  * DiskMap) in the background, cached by that stat. In a cluster one host scans each domain: the
  * first up host, by name, that reaches it. Disk ids are random UUIDs kept in the store: a file
  * renamed inside its domain keeps its id (found by inode), and an id only leads back to a file
- * through Mounts.pathOf. A symlink to a block device is a disk too (see device-probe.ts).
+ * through Mounts.pathOf. A symlink to a block device is a disk too (see device-probe.ts). New and
+ * changed disks are written WRITE_BATCH to a transaction; the loop over unchanged files gives the
+ * event loop a turn every SLICE_MS (time-slice.ts); analyses are analyzer.ts's.
  */
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { basename, join, relative, sep } from 'node:path';
-import { openImage, type DiskMapJson } from '../../index.js';
+import { openImage } from '../../index.js';
 import type { EnginePool } from '../engine/pool.js';
 import type { ServiceContext } from '../context.js';
-import type { DiskRecord, BackingRef } from '../store/records.js';
+import type { DiskRecord, BackingRef, NewEvent } from '../store/records.js';
 import { isDuplicate, type ScanEntry } from '../store/disks.js';
 import { heldForWriting, hostDataBytes } from './host-probe.js';
 import type { Mounts, Mount } from './mounts.js';
 import { recordKey } from './stat-key.js';
 import { isDeviceLink } from './device-probe.js';
 import { entryAt, type Entry } from './entry.js';
-import { summarize } from './analysis-summary.js';
+import { TimeSlice } from './time-slice.js';
+import { Analyzer, staleDevice } from './analyzer.js';
 
 
 const MAX_DEPTH = 6;
 const MAX_FILES = 250_000;
-/** Unchanged files probed between two turns of the event loop (about 2 ms of lstat and lock probes: pages asked meanwhile wait no longer). */
-const YIELD_EVERY = 64;
-/** A device's contents change without stat showing it: its analysis is made again when this old (at a scan). */
-const DEVICE_ANALYSIS_MAX_AGE_MS = 10 * 60_000;
+/**
+ * New or changed disks written in one transaction during a scan: a commit per disk (SQLite's WAL
+ * checkpoints, PostgreSQL's fsync) made the first listing of 100,000 disks take 6 minutes.
+ */
+const WRITE_BATCH = 200;
 
-const staleDevice = (d: Pick<DiskRecord, 'device' | 'analyzedAt'>): boolean => !!d.device && (d.analyzedAt ?? 0) < Date.now() - DEVICE_ANALYSIS_MAX_AGE_MS;
+/** A probed disk, about to be written. */
+interface Pending {
+  rec: DiskRecord;
+  isNew: boolean;
+  /** The stat key of the file as probed. */
+  key: string;
+}
 
+const addedEvent = (d: DiskRecord): NewEvent => ({ severity: 'info', type: 'disk-added', diskId: d.id, jobId: null, message: `Disk ${d.name} found (${d.format ?? 'unreadable'})` });
 
 /** One pass over the domains this host scans: how long it took, files seen, and how many were new or changed. */
 export interface ScanReport {
@@ -47,18 +58,18 @@ export class Scanner {
   last: ScanReport | null = null;
   private current: ScanReport | undefined;
   private rescanAgain = false;
-  /** Disks waiting for analysis, in order (a Set keeps insertion order). */
-  private readonly analysisQueue = new Set<string>();
-  private analyzing: Promise<void> | undefined;
   private closed = false;
+  private readonly analyzer: Analyzer;
 
   constructor(
     private readonly ctx: ServiceContext,
     private readonly mounts: Mounts,
     /** Is this host the one that scans the domain now? */
     private readonly isScanner: (domainId: string) => Promise<boolean>,
-    private readonly engine: EnginePool,
-  ) {}
+    engine: EnginePool,
+  ) {
+    this.analyzer = new Analyzer(ctx, mounts, engine);
+  }
 
   /** Rescan the domains this host scans; concurrent callers share one scan (and one more if asked meanwhile). */
   scanAll(): Promise<void> {
@@ -125,10 +136,19 @@ export class Scanner {
     const known = await this.ctx.store.disks.scanIndex(m.id);
     const seen = new Set<string>();
     const links: Array<Pick<DiskRecord, 'id' | 'backingRef' | 'backingId'>> = [];
+    const batch: Pending[] = [];
+    const flush = async () => {
+      for (const d of await this.writeAll(batch.splice(0))) {
+        seen.add(d.id);
+        links.push(d);
+      }
+    };
+    // The probes below are synchronous: requests get a turn every few ms.
+    const slice = new TimeSlice();
     for (const rel of files) {
       if (this.closed) return;
-      // The probes below are synchronous: let requests in between.
-      if (++report.files % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
+      report.files++;
+      await slice.pause();
       const k = known.get(rel);
       const entry = k?.present ? entryAt(join(m.root, rel)) : undefined;
       if (k && entry && this.unchanged(k, entry)) {
@@ -138,12 +158,17 @@ export class Scanner {
         continue;
       }
       report.changed++;
-      const d = await this.refreshAt(m, rel);
-      if (d) {
-        seen.add(d.id);
-        links.push(d);
+      const p = await this.probeAt(m, rel);
+      if (p && 'kept' in p) {
+        seen.add(p.kept.id);
+        links.push(p.kept);
+      } else if (p) {
+        batch.push(p);
+        if (batch.length >= WRITE_BATCH) await flush();
       }
     }
+    await flush();
+    if (this.closed) return;
     for (const k of known.values()) {
       if (!k.present || seen.has(k.id) || k.lockedBy) continue;
       const d = await this.ctx.store.disks.get(k.id);
@@ -184,6 +209,13 @@ export class Scanner {
   }
 
   private async refreshAt(m: Mount, rel: string): Promise<DiskRecord | undefined> {
+    const p = await this.probeAt(m, rel);
+    if (!p) return undefined;
+    return 'kept' in p ? p.kept : this.write(p);
+  }
+
+  /** The file at `rel` as it is now: its record if that is current, else the record to write (none: not a disk). */
+  private async probeAt(m: Mount, rel: string): Promise<Pending | { kept: DiskRecord } | undefined> {
     const full = join(m.root, rel);
     const entry = entryAt(full);
     if (!entry) return undefined;
@@ -201,7 +233,7 @@ export class Scanner {
     // A device's discard facts may change with its stat key unchanged: then it is recorded again.
     if (d && this.unchanged({ ...d, statKey: recordKey(d) }, entry)) {
       await this.keep(d, key, full);
-      return d;
+      return { kept: d };
     }
     const inUse = heldForWriting(full);
     const rec: DiskRecord = d ?? {
@@ -238,17 +270,56 @@ export class Scanner {
     const size = device ? device.size : st.size;
     Object.assign(rec, { ino: st.ino, size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, actualSize: device ? device.size : st.blocks * 512, present: true, lastSeen: now, inUse, device });
     await this.probe(rec, full);
+    return { rec, isNew, key };
+  }
+
+  /** Write one probed disk; another host's record of the same file, if it was first. */
+  private async write(p: Pending): Promise<DiskRecord | undefined> {
     try {
-      await store.put(rec);
+      await this.ctx.store.disks.put(p.rec);
     } catch (e) {
       // Another host recorded this file at the same moment: theirs stands.
-      if (isDuplicate(e)) return store.findAt(m.id, rel);
+      if (isDuplicate(e)) return this.ctx.store.disks.findAt(p.rec.domainId, p.rec.rel);
       throw e;
     }
-    if (isNew) await this.ctx.record({ severity: 'info', type: 'disk-added', diskId: rec.id, jobId: null, message: `Disk ${rec.name} found (${rec.format ?? 'unreadable'})` });
-    this.ctx.bus.publish({ type: 'disk', id: rec.id });
-    if (rec.health === 'ok' && rec.analysisKey !== key) this.queueAnalysis(rec.id);
-    return rec;
+    if (p.isNew) await this.ctx.record(addedEvent(p.rec));
+    this.written(p);
+    return p.rec;
+  }
+
+  /**
+   * Write probed disks and their disk-added events in one transaction. If it fails (another host
+   * recorded one of the files first), nothing of it stays and they are written one at a time.
+   */
+  private async writeAll(batch: Pending[]): Promise<DiskRecord[]> {
+    if (!batch.length) return [];
+    let events;
+    try {
+      events = await this.ctx.store.transaction(async (tx) => {
+        const out = [];
+        for (const p of batch) {
+          await tx.disks.put(p.rec);
+          if (p.isNew) out.push(await tx.events.add(addedEvent(p.rec), this.ctx.host));
+        }
+        return out;
+      });
+    } catch {
+      const out: DiskRecord[] = [];
+      for (const p of batch) {
+        const d = await this.write(p);
+        if (d) out.push(d);
+      }
+      return out;
+    }
+    for (const ev of events) this.ctx.bus.publish({ type: 'event', id: ev.id });
+    for (const p of batch) this.written(p);
+    return batch.map((p) => p.rec);
+  }
+
+  /** Tell the other parts and hosts, and analyse the disk if its analysis is not of this version. */
+  private written(p: Pending): void {
+    this.ctx.bus.publish({ type: 'disk', id: p.rec.id });
+    if (p.rec.health === 'ok' && p.rec.analysisKey !== p.key) this.queueAnalysis(p.rec.id);
   }
 
   private exists(d: DiskRecord): boolean {
@@ -342,61 +413,21 @@ export class Scanner {
   }
 
   queueAnalysis(id: string): void {
-    this.analysisQueue.add(id);
-    this.analyzing ??= this.drainAnalysis().finally(() => (this.analyzing = undefined));
+    this.analyzer.queue(id);
   }
 
-  private async drainAnalysis(): Promise<void> {
-    while (this.analysisQueue.size && !this.closed) {
-      const id = this.analysisQueue.values().next().value as string;
-      this.analysisQueue.delete(id);
-      try {
-        await this.analyze(id);
-      } catch (e) {
-        this.ctx.log.warn(`analysis of disk ${id} not stored: ${(e as Error).message}`);
-      }
-      // Let requests in between analyses.
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-
-  /**
-   * The DiskMap of one disk, stored with the stat key it was made for. A disk a job holds is left
-   * alone (its job re-analyzes it when done) unless `forJob` says this is that job.
-   */
-  async analyze(id: string, forJob?: string): Promise<void> {
-    const d = await this.ctx.store.disks.get(id);
-    if (!d || !d.present || d.health !== 'ok' || (d.lockedBy && d.lockedBy !== forJob)) return;
-    let full: string;
-    let key: string;
-    try {
-      full = this.mounts.pathOf(d);
-      const entry = entryAt(full);
-      if (!entry) return;
-      key = entry.key;
-    } catch {
-      return;
-    }
-    if (d.analysisKey === key && !forJob && !staleDevice(d)) return;
-    let map: DiskMapJson | null = null;
-    let error: string | null = null;
-    try {
-      map = (await this.engine.analyze(full, d.format ?? undefined)).map;
-    } catch (e) {
-      error = (e as Error).message;
-      this.ctx.log.warn(`analysis of ${d.name} failed: ${error}`);
-    }
-    // The file may have changed meanwhile: stored under the key it had before, so a change is seen again.
-    const summary = map ? summarize(map) : null;
-    if (await this.ctx.store.disks.setAnalysis(id, d.ino, { analysis: summary, analysisKey: key, analysisError: error, analyzedAt: Date.now() }, map)) this.ctx.bus.publish({ type: 'disk', id });
+  /** Analyse one disk now and store it (a job's disk when the job is done: `forJob`). */
+  analyze(id: string, forJob?: string): Promise<void> {
+    return this.analyzer.analyze(id, forJob);
   }
 
   /** Wait until no scan or analysis is queued or running (tests, benchmarks). */
   async idle(): Promise<void> {
-    while (this.scanning || this.analyzing || this.analysisQueue.size) await new Promise((r) => setTimeout(r, 20));
+    while (this.scanning || this.analyzer.busy) await new Promise((r) => setTimeout(r, 20));
   }
 
   close(): void {
     this.closed = true;
+    this.analyzer.close();
   }
 }

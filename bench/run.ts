@@ -2,7 +2,7 @@
  * `npm run bench`: sparsify against the reference tools in the same run. The machine is shared
  * and noisy, so every figure is a median of several alternating runs, and comparisons are ratios.
  * Options: --runs N (default 5), --quick (3 runs, no --compress bench),
- * --only copy|reflink|analysis|inplace|compact|nbd|service|acceptance|scale.
+ * --only copy|reflink|analysis|inplace|compact|nbd|service|list|acceptance|scale.
  * `scale` (issue 21: BENCH_SCALE_DISKS disks, default 100,000) runs only when asked by --only: it
  * takes long and up to 15 GB of disk.
  */
@@ -83,6 +83,10 @@ async function main(): Promise<void> {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw e;
       }
+    }
+    if (!only || only === 'list') {
+      const { benchListPages, listTable } = (await import(new URL('./list-pages.js', import.meta.url).href)) as typeof import('./list-pages.js');
+      lines.push('', ...listTable(await benchListPages(log)));
     }
     if (only === 'scale') {
       const { benchScale, scaleTable } = (await import(new URL('./scale.js', import.meta.url).href)) as typeof import('./scale.js');

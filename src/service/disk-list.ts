@@ -10,7 +10,7 @@ import type { Bus } from './bus.js';
 import type { PolicyConfig } from './config.js';
 import type { SparsifyMode } from './store/records.js';
 import { SORT_FIELDS, type After, type ListFilter, type ListOverlay, type ListStatus, type Sort, type SortField, type SummaryRow, type Totals } from './store/disk-pages.js';
-import { CURSOR_TTL_MS } from './store/list-moves.js';
+import { CURSOR_TTL_MS, CursorTooOld } from './store/list-moves.js';
 import { diskView, derivedIndex, type DiskView, type DomainState } from './views.js';
 import { activeVms, placesWhere, type VmIndex } from './vms/attachments.js';
 
@@ -181,7 +181,9 @@ export class DiskList {
     const ctx = await this.context();
     const [f, o] = await Promise.all([this.filter(p, ctx), this.overlay(ctx)]);
     // One more than asked tells whether a next page exists.
-    const { rows, mark } = await this.store.diskPages.page(f, o, sort, cursor?.after, limit + 1);
+    const { rows, mark } = await this.store.diskPages.page(f, o, sort, cursor?.after, limit + 1).catch((e: unknown) => {
+      throw e instanceof CursorTooOld ? new ListRequestError('cursor-expired', `${e.message}: start again from the first page`) : e;
+    });
     const shown = rows.slice(0, limit);
     const last = shown[shown.length - 1];
     return {

@@ -13,6 +13,7 @@ import { startPostgres, postgresMissing, type PgCluster } from '../helpers/postg
 import { openStore, type Store } from '../../src/service/store/store.js';
 import type { DiskRecord } from '../../src/service/store/records.js';
 import type { After, ListFilter, ListOverlay, ListStatus, Sort, SortField } from '../../src/service/store/disk-pages.js';
+import { CursorTooOld } from '../../src/service/store/list-moves.js';
 
 const DOMAINS = ['dom-a', 'dom-b', 'dom-c'];
 const NAMES = ['alpha', 'Beta', 'gamma', 'delta-01', 'delta-02', 'zeta', 'Alpha', 'vm-web', 'vm-db', 'eta'];
@@ -287,6 +288,27 @@ for (const backend of backends) {
       d.present = true;
       await store.disks.put(d);
       assert.deepEqual(await by('XYZZY'), [d.id]);
+    });
+
+    it('refuses a cursor with more changes behind it than a page should read', async () => {
+      const sort: Sort = { field: 'actualSize', desc: false };
+      const first = await store.diskPages.page({}, none, sort, undefined, 10);
+      const last = first.rows[first.rows.length - 1]!;
+      const after: After = { value: last.sortValue, id: last.record.id, mark: first.mark ?? undefined };
+      const saved = store.diskPages.limits.movesSinceMark;
+      store.diskPages.limits.movesSinceMark = 5;
+      try {
+        for (const d of disks.filter((x) => x.present).slice(0, 5)) {
+          d.actualSize += 4096;
+          await store.disks.put(d);
+          await analyse(store, d);
+        }
+        // Five disks moved (ten changes): more than five.
+        await assert.rejects(store.diskPages.page({}, none, sort, after, 10), CursorTooOld);
+      } finally {
+        store.diskPages.limits.movesSinceMark = saved;
+      }
+      assert.equal((await store.diskPages.page({}, none, sort, after, 10)).rows.length, 10);
     });
 
     it('forgets moves older than any live cursor, and only those', async () => {

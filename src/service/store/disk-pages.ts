@@ -13,7 +13,7 @@
 import type { Db, SqlValue } from './db.js';
 import type { DiskRecord } from './records.js';
 import { DISK_COLUMNS, decodeDisk, type DiskRow } from './disks.js';
-import { ListMoves } from './list-moves.js';
+import { ListMoves, MAX_MOVES_SINCE } from './list-moves.js';
 
 export type SortField = 'name' | 'actualSize' | 'virtualSize' | 'reclaimable' | 'status' | 'seen';
 export const SORT_FIELDS: readonly SortField[] = ['name', 'actualSize', 'virtualSize', 'reclaimable', 'status'];
@@ -103,6 +103,8 @@ function order(a: PageRow, b: PageRow): number {
 
 export class DiskPages {
   private readonly moves: ListMoves;
+  /** The most moves a cursor page reads before it is refused (CursorTooOld); a test makes it small. */
+  readonly limits = { movesSinceMark: MAX_MOVES_SINCE };
 
   constructor(private readonly db: Db) {
     this.moves = new ListMoves(db);
@@ -261,6 +263,7 @@ export class DiskPages {
       const rows = await this.db.all<DiskRow & { sort_value: string | number; mark?: string }>(q.sql, q.args);
       return { rows: rows.map((r) => ({ record: decodeDisk(r), sortValue: r.sort_value })), mark: rows[0]?.mark ?? null };
     };
+    if (after?.mark !== undefined) await this.moves.checkSince(after.mark, this.limits.movesSinceMark);
     const now = await read(this.pageSql(f, o, sort, after, limit, await this.planFor(f, o, sort)));
     if (after?.mark === undefined) return now;
     const moved = await read(this.movedSql(f, o, sort, { ...after, mark: after.mark }, limit));

@@ -9,11 +9,18 @@
  * whose sort key changes between pages is shown once, where the first page would have put it.
  *
  * Moves are kept MOVES_KEPT_MS; a cursor older than CURSOR_TTL_MS is refused (its moves may be gone).
+ * A cursor page reads every move since its mark, so one with more than MAX_MOVES_SINCE behind it is
+ * refused too (CursorTooOld): while a first scan analyses thousands of disks a minute, the client
+ * starts again from a first page rather than pay for all of them on every page.
  */
 import type { Db, SqlValue } from './db.js';
 
 export const CURSOR_TTL_MS = 60 * 60_000;
 export const MOVES_KEPT_MS = 2 * CURSOR_TTL_MS;
+export const MAX_MOVES_SINCE = 10_000;
+
+/** Too much changed since the cursor's first page to place its disks cheaply. */
+export class CursorTooOld extends Error {}
 
 /** The columns a moved disk's old values are read back under: the names the list's SQL uses. */
 const THEN_COLUMNS = 'id, present, domain_id, first_seen, name, actual_size, virtual_size, reclaimable, rstatus';
@@ -53,6 +60,14 @@ export class ListMoves {
     }
     // SQLite gives the bare columns of the row that holds MIN(seq).
     return { sql: `(SELECT ${THEN_COLUMNS}, MIN(seq) AS first_move FROM disk_moves WHERE seq > ? GROUP BY id)`, args: [Number(mark)] };
+  }
+
+  /** Refuse a mark with more than `max` moves since it (CursorTooOld). */
+  async checkSince(mark: string, max = MAX_MOVES_SINCE): Promise<void> {
+    const since = this.db.dialect === 'postgres' ? 'xid >= pg_snapshot_xmin(?::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, ?::pg_snapshot)' : 'seq > ?';
+    const args: SqlValue[] = this.db.dialect === 'postgres' ? [mark, mark] : [Number(mark)];
+    const r = await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM (SELECT 1 FROM disk_moves WHERE ${since} LIMIT ?) x`, [...args, max + 1]);
+    if (Number(r?.n ?? 0) > max) throw new CursorTooOld(`more than ${max} disks changed in the list since the cursor's first page`);
   }
 
   /** Forget moves no live cursor can need. */

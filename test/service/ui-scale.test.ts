@@ -316,4 +316,29 @@ describe('web UI with 3,000 disks: paged, sorted and filtered by the server', { 
     assert.equal(await page.getByTestId('disks-error').count(), 0);
     assert.deepEqual(errors, []);
   });
+
+  it('starts again from the first page when its cursor has expired, and scrolls on to the end', async () => {
+    await page.goto(`${server.url}/#token=${TOKEN}`);
+    await page.locator('[data-testid=disk-row][data-index="0"][data-disk-name="vm-0000.raw"]').waitFor({ timeout: 20_000 });
+    const table = page.getByTestId('disks-table');
+    // The next page's cursor is past its hour (the server's answer, as it would give it).
+    const next = '**/api/disks?*after=*';
+    let refused = 0;
+    await page.route(next, (r) => {
+      refused++;
+      return r.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ fault: { code: 'cursor-expired', detail: 'the cursor is older than 60 minutes: start again from the first page' } }) });
+    });
+    const before = diskRequests.length;
+    try {
+      await page.getByTestId('disks-scroll').evaluate((e) => e.scrollTo({ top: e.scrollHeight }));
+      await waitFor('the table to ask for the first page again', async () => refused > 0 && diskRequests.slice(before).some((r) => r.startsWith('/api/disks?') && !r.includes('after=')), 15_000);
+    } finally {
+      await page.unroute(next);
+    }
+    assert.equal(await page.getByTestId('disks-error').count(), 0, 'an expired cursor is not an error to show');
+    await scrollToEnd(page, diskRequests);
+    assert.equal(Number(await table.getAttribute('data-loaded')), DISKS);
+    await assertOrder(page, sorted(all, (d) => d.name, 1), 'name ascending, after starting again');
+    assert.deepEqual(errors, []);
+  });
 });

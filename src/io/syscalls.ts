@@ -198,3 +198,17 @@ export function gettid(): number {
 export function addressOf(buf: Uint8Array): bigint {
   return koffi.address(buf);
 }
+
+/**
+ * fallocate(mode 0): give [offset, offset+length) blocks (unwritten: they read as zero), extending
+ * the file size if the range ends past it. Runs on a worker thread (it can take tens of ms).
+ */
+export function allocateRange(fd: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fallocateFn.async(fd, 0, offset, length, (err: unknown, r: number) => {
+      if (err) reject(err);
+      else if (r !== 0) reject(errorFor('fallocate', koffi.errno()));
+      else resolve();
+    });
+  });
+}

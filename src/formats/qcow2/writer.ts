@@ -105,7 +105,7 @@ export class Qcow2Writer implements ImageWriter {
     }
     await writeFile(path, '');
     const file = await BlockFile.open(path, 'r+');
-    const out = new OutputStream(file, cs, await DirectOutput.open(path));
+    const out = new OutputStream(file, cs, await DirectOutput.open(path), opts.preallocation === 'off');
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
     const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();

@@ -241,17 +241,10 @@ for (const backend of backends) {
             const what = `sort ${field}:${desc ? 'desc' : 'asc'}, filter ${JSON.stringify(f)}`;
             assert.equal(new Set(got).size, got.length, `${what}: a disk was shown twice`);
             const want = expected(then.disks, f, none, sort, then.locked, then.reclaimable).filter((id) => !removed.has(id));
-            if (process.env.DEBUG_PAGES) {
-              const g = got.filter((id) => !removed.has(id));
-              const extra = g.filter((id) => !want.includes(id));
-              const missing = want.filter((id) => !g.includes(id));
-              const show = (id: string) => JSON.stringify({ id, then: then.disks.find((d) => d.id === id) && { ...then.disks.find((d) => d.id === id), chain: undefined }, lockedThen: then.locked.has(id), now: disks.find((d) => d.id === id)?.inUse, lockedNow: locked.has(id) });
-              console.log(what, 'extra', extra.map(show), 'missing', missing.map(show));
-              const rows = await store.db.all('SELECT * FROM disk_moves WHERE id IN (' + [...extra, ...missing].map(() => '?').join(',') + ')', [...extra, ...missing]);
-              console.log(rows);
-            }
+            // Disks added since the first page may be shown (once: checked above); the others are shown as it saw them.
+            const existed = new Set(then.disks.map((d) => d.id));
             assert.deepEqual(
-              got.filter((id) => !removed.has(id)),
+              got.filter((id) => !removed.has(id) && existed.has(id)),
               want,
               `${what}: the pages are not the list as the first page saw it`,
             );

@@ -47,8 +47,9 @@ export class ListMoves {
 
   /**
    * A table of the disks that moved since the mark, with their list columns as they were at it
-   * (their oldest move since); disks that did not exist then have `present` NULL. Its column names
-   * are the disks table's, so the list's filters and sort keys apply to it unchanged.
+   * (their oldest move since). Its column names are the disks table's, so the list's filters and
+   * sort keys apply to it unchanged. Additions are not moves (a first scan adds thousands): a disk
+   * added since the mark is placed by what it first was, and shown at most once like any other.
    */
   thenTable(mark: string): { sql: string; args: SqlValue[] } {
     if (this.db.dialect === 'postgres') {

@@ -211,21 +211,16 @@ const v6: Migration = {
       // xid: the change's transaction, so a snapshot tells exactly which changes a page saw (commit order is not seq order).
       await db.exec(`
         CREATE TABLE disk_moves (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-          at BIGINT NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, existed INTEGER NOT NULL,
+          at BIGINT NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
           present INTEGER, domain_id TEXT, first_seen BIGINT, name TEXT COLLATE "C", actual_size BIGINT, virtual_size BIGINT, reclaimable BIGINT, rstatus TEXT COLLATE "C");
         CREATE INDEX disk_moves_id ON disk_moves (id, seq);
         CREATE INDEX disk_moves_xid ON disk_moves (xid);
         CREATE INDEX disk_moves_at ON disk_moves (at);
         CREATE FUNCTION disk_moved() RETURNS trigger LANGUAGE plpgsql AS $body$
         BEGIN
-          IF TG_OP = 'INSERT' THEN
-            INSERT INTO disk_moves (id, existed) VALUES (NEW.id, 0);
-          ELSE
-            INSERT INTO disk_moves (id, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, 1, ${old});
-          END IF;
+          INSERT INTO disk_moves (id, ${MOVED_COLUMNS}) VALUES (OLD.id, ${old});
           RETURN NULL;
         END $body$;
-        CREATE TRIGGER disks_moved_insert AFTER INSERT ON disks FOR EACH ROW EXECUTE FUNCTION disk_moved();
         CREATE TRIGGER disks_moved_update AFTER UPDATE ON disks FOR EACH ROW WHEN (${changed}) EXECUTE FUNCTION disk_moved();
         CREATE TRIGGER disks_moved_delete AFTER DELETE ON disks FOR EACH ROW EXECUTE FUNCTION disk_moved();`);
       return;
@@ -233,18 +228,15 @@ const v6: Migration = {
     // SQLite has one writer at a time: the order of seq is the order of commits.
     const now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
     await db.exec(`
-      CREATE TABLE disk_moves (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, at BIGINT NOT NULL, existed INTEGER NOT NULL,
+      CREATE TABLE disk_moves (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, at BIGINT NOT NULL,
         present INTEGER, domain_id TEXT, first_seen BIGINT, name TEXT, actual_size BIGINT, virtual_size BIGINT, reclaimable BIGINT, rstatus TEXT);
       CREATE INDEX disk_moves_id ON disk_moves (id, seq);
       CREATE INDEX disk_moves_at ON disk_moves (at);
-      CREATE TRIGGER disks_moved_insert AFTER INSERT ON disks BEGIN
-        INSERT INTO disk_moves (id, at, existed) VALUES (NEW.id, ${now}, 0);
-      END;
       CREATE TRIGGER disks_moved_update AFTER UPDATE ON disks WHEN ${changed} BEGIN
-        INSERT INTO disk_moves (id, at, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, 1, ${old});
+        INSERT INTO disk_moves (id, at, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, ${old});
       END;
       CREATE TRIGGER disks_moved_delete AFTER DELETE ON disks BEGIN
-        INSERT INTO disk_moves (id, at, existed, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, 1, ${old});
+        INSERT INTO disk_moves (id, at, ${MOVED_COLUMNS}) VALUES (OLD.id, ${now}, ${old});
       END;`);
   },
 };

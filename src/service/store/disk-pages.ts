@@ -83,12 +83,17 @@ export interface SummaryRow extends Totals {
 /** Up to this many matches, sorting them beats walking the sort's index past every other disk. */
 const FEW_TO_SORT = 5000;
 
-/** SQLite only: an index to read a page through, or the names' trigram index to ask first. */
+/** How a page's rows are found where the planner alone would choose worse. */
 interface ReadPlan {
   index?: string;
   /** An FTS5 phrase: the names that hold q. */
   match?: string;
+  /** PostgreSQL: q is held by 1% of a sample of names or more (read along the sort's index, not the trigrams'). */
+  dense?: boolean;
 }
+
+/** Names sampled (along the name index) to tell a common q from a rare one. */
+const SAMPLE = 2000;
 
 const list = (n: number) => Array.from({ length: n }, () => '?').join(', ');
 const QUALIFIED_COLUMNS = DISK_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ');
@@ -142,7 +147,7 @@ export class DiskPages {
     return { sql: '(reclaimable > 0 AND reclaimable >= ? AND reclaimable * 100 >= ? * actual_size)', args: [o.thresholdBytes, o.thresholdPercent] };
   }
 
-  private where(f: ListFilter, o: ListOverlay): { sql: string; args: SqlValue[] } {
+  private where(f: ListFilter, o: ListOverlay, plan: ReadPlan = {}): { sql: string; args: SqlValue[] } {
     const w = ['present = 1'];
     const args: SqlValue[] = [];
     if (f.domainId !== undefined) {
@@ -177,12 +182,12 @@ export class DiskPages {
       }
     }
     if (f.q) {
-      // In PostgreSQL a LIKE, which the trigram index serves (migration 7); SQLite's index is asked in pageSql.
-      if (this.db.dialect === 'postgres') {
+      // In PostgreSQL a LIKE, which the trigram index serves (migration 7), unless matches are dense; SQLite's index is asked in pageSql.
+      if (this.db.dialect === 'postgres' && !plan.dense) {
         w.push("lower(name) LIKE ? ESCAPE '\\'");
         args.push(`%${f.q.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`);
       } else {
-        w.push('instr(lower(name), ?) > 0');
+        w.push(this.db.dialect === 'postgres' ? 'strpos(lower(name), ?::text) > 0' : 'instr(lower(name), ?) > 0');
         args.push(f.q.toLowerCase());
       }
     }
@@ -201,7 +206,17 @@ export class DiskPages {
    * they are many, it finds a page of them soon, and is what is done.
    */
   private async planFor(f: ListFilter, o: ListOverlay, sort: Sort): Promise<ReadPlan> {
-    if (this.db.dialect !== 'sqlite') return {};
+    if (this.db.dialect === 'postgres') {
+      // Its estimate of a LIKE's matches knows nothing of the names: where a sample of them shows
+      // q is common (or too short for trigrams), the search must not go through the index.
+      if (!f.q) return {};
+      if ([...f.q].length < 3) return { dense: true };
+      const r = await this.db.get<{ n: number }>(
+        'SELECT COUNT(*) AS n FROM (SELECT name FROM disks WHERE present = 1 ORDER BY name LIMIT ?) s WHERE strpos(lower(name), ?::text) > 0',
+        [SAMPLE, f.q.toLowerCase()],
+      );
+      return Number(r?.n ?? 0) * 100 >= SAMPLE ? { dense: true } : {};
+    }
     const few = async (sql: string, args: SqlValue[]) => Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM (${sql} LIMIT ?)`, [...args, FEW_TO_SORT + 1]))?.n ?? 0) <= FEW_TO_SORT;
     // Trigrams: a q of fewer than three characters has none.
     if (f.q && [...f.q].length >= 3) {
@@ -219,7 +234,7 @@ export class DiskPages {
    * also reads its mark; a later one leaves out the disks that moved since its mark (movedSql).
    */
   pageSql(f: ListFilter, o: ListOverlay, sort: Sort, after: After | undefined, limit: number, plan: ReadPlan = {}): { sql: string; args: SqlValue[] } {
-    const w = this.where(f, o);
+    const w = this.where(f, o, plan);
     const key = this.sortExpr(sort, o);
     const args = [...key.args, ...w.args];
     let sql = `SELECT ${DISK_COLUMNS}, ${key.sql} AS sort_value${after ? '' : `, ${this.moves.markExpr()} AS mark`} FROM disks${plan.index ? ` INDEXED BY ${plan.index}` : ''} WHERE ${w.sql}`;

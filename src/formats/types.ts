@@ -79,6 +79,7 @@ export interface ImageWriter {
   readonly concurrentWrites?: boolean;
   /** The unit the output allocates in (the qcow2 cluster size), when it has one. */
   readonly allocationUnit?: number;
+  /** Write `buf` at `offset`. The writer may read `buf` until the promise settles, not after. */
   write(buf: Buffer, offset: number): Promise<void>;
   /**
    * Optional: how this writer can take bytes from `source` without them passing through memory,

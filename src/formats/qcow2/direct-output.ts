@@ -6,24 +6,14 @@
  *   ordinary descriptor: it covers the inode, whichever descriptor wrote) has only the metadata
  *   and the device cache left;
  * - it needs the buffer address, the file offset and the length aligned to the filesystem's
- *   direct I/O unit; 4096 covers 512- and 4096-byte sectors. Anything else, a filesystem that
+ *   direct I/O unit (io/aligned-buffer.ts). Anything else, a filesystem that
  *   refuses O_DIRECT at open (tmpfs) or at a write (EINVAL), goes through the page cache as before;
  * - direct and buffered writes to different pages of one file stay coherent, and the stream never
  *   has both in flight over the same range (it drains before any write elsewhere).
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
-import { addressOf } from '../../io/syscalls.js';
-
-/** Alignment of buffer address, offset and length for direct writes. */
-export const DIRECT_ALIGN = 4096;
-
-/** A buffer of `size` bytes whose first byte lies on a DIRECT_ALIGN boundary. */
-export function alignedBuffer(size: number): Buffer {
-  const raw = Buffer.allocUnsafe(size + DIRECT_ALIGN);
-  const skip = (DIRECT_ALIGN - Number(addressOf(raw) % BigInt(DIRECT_ALIGN))) % DIRECT_ALIGN;
-  return raw.subarray(skip, skip + size);
-}
+import { DIRECT_ALIGN, isAligned } from '../../io/aligned-buffer.js';
 
 export class DirectOutput {
   private constructor(private handle: FileHandle | undefined) {}
@@ -41,7 +31,7 @@ export class DirectOutput {
 
   /** Can [offset, offset + buf.length) from `buf` go direct? */
   fits(buf: Buffer, offset: number): boolean {
-    return this.handle !== undefined && offset % DIRECT_ALIGN === 0 && buf.length % DIRECT_ALIGN === 0 && addressOf(buf) % BigInt(DIRECT_ALIGN) === 0n;
+    return this.handle !== undefined && offset % DIRECT_ALIGN === 0 && buf.length % DIRECT_ALIGN === 0 && isAligned(buf);
   }
 
   /**

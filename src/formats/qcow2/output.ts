@@ -14,7 +14,8 @@
 import type { BlockFile } from '../../io/file.js';
 import { observing } from '../../io/observer.js';
 import { allocateRange, startWriteback } from '../../io/syscalls.js';
-import { alignedBuffer, type DirectOutput } from './direct-output.js';
+import { alignedBuffer } from '../../io/aligned-buffer.js';
+import type { DirectOutput } from './direct-output.js';
 
 const STAGING_BYTES = 4 << 20;
 /**
@@ -31,6 +32,9 @@ const WRITES_IN_FLIGHT = 8;
  */
 const RESERVE_STEP = 64 << 20;
 
+/** Shorter runs are staged (copied) rather than written on their own. */
+const LEND_MIN = 256 << 10;
+
 export class OutputStream {
   private staging: Buffer = alignedBuffer(STAGING_BYTES);
   private readonly free: Buffer[] = Array.from({ length: WRITES_IN_FLIGHT }, () => alignedBuffer(STAGING_BYTES));
@@ -42,6 +46,8 @@ export class OutputStream {
   private reserving: Promise<void> | undefined;
   /** Bytes that went through the O_DIRECT descriptor (the rest went through the page cache). */
   bytesDirect = 0;
+  /** Writes from callers' buffers running (appendFrom); each settles, never rejects. */
+  private readonly lent = new Set<Promise<void>>();
   /** Writes running, oldest first, each giving back its buffer. */
   private readonly inFlight: Array<Promise<Buffer>> = [];
 
@@ -80,6 +86,32 @@ export class OutputStream {
     if (this.len === 0) this.start = offset;
     this.staging.set(buf, this.len);
     this.len += buf.length;
+  }
+
+  /**
+   * Append `buf` at `offset` as `append` does, but where it can go direct, straight from the
+   * caller's memory: no copy into a staging buffer (measured, that copy was the main thread's
+   * largest cost in a copy from NBD), and several such writes run at once, as the caller's
+   * buffers allow. Returns once the stream has taken the write; `done` settles when `buf` is no
+   * longer needed (and rejects if the write failed).
+   */
+  async appendFrom(buf: Buffer, offset: number): Promise<{ done: Promise<void> }> {
+    if (!this.direct || buf.length < LEND_MIN || observing() || !this.direct.fits(buf, offset)) {
+      await this.append(buf, offset);
+      return { done: Promise.resolve() };
+    }
+    const end = this.start + this.len;
+    if (this.len > 0 && offset < end) throw new Error(`qcow2 output: append at ${offset} behind ${end}`);
+    // What is staged goes first (its write runs beside this one: the ranges are disjoint). A gap
+    // left between them is never written: in this new file it reads as zero.
+    await this.flush();
+    const done = this.writeStaged(buf, offset);
+    const tracked: Promise<void> = done.then(
+      () => void this.lent.delete(tracked),
+      () => void this.lent.delete(tracked),
+    );
+    this.lent.add(tracked);
+    return { done };
   }
 
   async writeAt(buf: Buffer, offset: number): Promise<void> {
@@ -147,12 +179,15 @@ export class OutputStream {
   async drain(): Promise<void> {
     await this.flush();
     while (this.inFlight.length) this.free.push(await this.inFlight.shift()!);
+    // Their failures reach the callers through appendFrom's `done`.
+    await Promise.all(this.lent);
     // A step given ahead must not land after the writer cuts the file to its end (or closes it).
     await this.reserving;
   }
 
   /** Release the direct descriptor (the BlockFile is its owner's to close). */
   async close(): Promise<void> {
+    await Promise.all(this.lent);
     await this.reserving;
     await this.direct?.close();
   }

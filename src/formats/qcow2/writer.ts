@@ -122,11 +122,18 @@ export class Qcow2Writer implements ImageWriter {
     return this.cs;
   }
 
+  /** Several calls may be in flight: they are placed in order, and their direct writes overlap. */
+  readonly concurrentWrites = true;
+
   write(buf: Buffer, offset: number): Promise<void> {
     // Calls are queued so that a caller that does not await each write still gets them in order.
-    const p = this.chain.then(() => this.doWrite(buf, offset));
-    this.chain = p.catch(() => undefined);
-    return p;
+    // The next one is placed as soon as this one is; `buf` is free once its direct writes are done.
+    const placed = this.chain.then(() => this.doWrite(buf, offset));
+    this.chain = placed.then(
+      () => undefined,
+      () => undefined,
+    );
+    return placed.then(async (lent) => void (await Promise.all(lent)));
   }
 
   private checkOrder(offset: number, length: number): void {
@@ -193,25 +200,66 @@ export class Qcow2Writer implements ImageWriter {
     }
   }
 
-  private async doWrite(buf: Buffer, offset: number): Promise<void> {
+  /** Place `buf`; returns the direct writes still reading it (see OutputStream.appendFrom). */
+  private async doWrite(buf: Buffer, offset: number): Promise<Array<Promise<void>>> {
     this.checkOrder(offset, buf.length);
     const end = offset + buf.length;
     const cs = this.cs;
-    let pos = offset;
-    while (pos < end) {
-      const cluster = Math.floor(pos / cs);
-      const within = pos - cluster * cs;
-      const n = Math.min(cs - within, end - pos);
-      if (this.partial && this.partial.cluster !== cluster) await this.flushPartial();
-      if (n === cs) {
-        await this.emit(cluster, buf.subarray(pos - offset, pos - offset + cs));
-      } else {
-        if (!this.partial) this.partial = { cluster, buf: Buffer.alloc(cs) };
-        buf.copy(this.partial.buf, within, pos - offset, pos - offset + n);
-        if (within + n === cs) await this.flushPartial();
+    const lent: Array<Promise<void>> = [];
+    // Whole data clusters placed on consecutive host clusters, written together from `buf`.
+    let run: { from: number; host: number; len: number } | undefined;
+    const writeRun = async (): Promise<void> => {
+      if (run) {
+        const { done } = await this.out.appendFrom(buf.subarray(run.from, run.from + run.len), run.host);
+        // Awaited by write(); a failure must not count as unhandled before then.
+        done.catch(() => undefined);
+        lent.push(done);
       }
-      pos += n;
+      run = undefined;
+    };
+    try {
+      let pos = offset;
+      while (pos < end) {
+        const cluster = Math.floor(pos / cs);
+        const within = pos - cluster * cs;
+        const n = Math.min(cs - within, end - pos);
+        const data = buf.subarray(pos - offset, pos - offset + n);
+        if (n === cs && this.lendable(data)) {
+          const host = await this.placeData(cluster, undefined);
+          if (run && host === run.host + run.len) run.len += cs;
+          else {
+            await writeRun();
+            run = { from: pos - offset, host, len: cs };
+          }
+          pos += n;
+          continue;
+        }
+        await writeRun();
+        if (this.partial && this.partial.cluster !== cluster) await this.flushPartial();
+        if (n === cs) {
+          await this.emit(cluster, data);
+        } else {
+          if (!this.partial) this.partial = { cluster, buf: Buffer.alloc(cs) };
+          data.copy(this.partial.buf, within);
+          if (within + n === cs) await this.flushPartial();
+        }
+        pos += n;
+      }
+      await writeRun();
+    } catch (e) {
+      // The caller may reuse `buf` once this rejects.
+      await Promise.allSettled(lent);
+      throw e;
     }
+    return lent;
+  }
+
+  /**
+   * Can this whole cluster be written from the caller's buffer as it is (what emit would do with
+   * it is to place it as plain data)?
+   */
+  private lendable(data: Buffer): boolean {
+    return !this.compress && this.opts.preallocation !== 'metadata' && !this.partial && !data.equals(this.zero);
   }
 
   private async flushPartial(): Promise<void> {

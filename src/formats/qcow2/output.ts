@@ -68,10 +68,9 @@ export class OutputStream {
 
   /** Append `buf` at `offset` (>= the end of everything appended so far). `buf` is copied. */
   async append(buf: Uint8Array, offset: number): Promise<void> {
-    const end = this.start + this.len;
+    this.checkAhead(offset);
     if (this.len > 0) {
-      const gap = offset - end;
-      if (gap < 0) throw new Error(`qcow2 output: append at ${offset} behind ${end}`);
+      const gap = offset - (this.start + this.len);
       if (gap > this.maxGap || this.len + gap + buf.length > STAGING_BYTES) await this.flush();
       else if (gap > 0) {
         this.staging.fill(0, this.len, this.len + gap);
@@ -100,8 +99,7 @@ export class OutputStream {
       await this.append(buf, offset);
       return { done: Promise.resolve() };
     }
-    const end = this.start + this.len;
-    if (this.len > 0 && offset < end) throw new Error(`qcow2 output: append at ${offset} behind ${end}`);
+    this.checkAhead(offset);
     // What is staged goes first (its write runs beside this one: the ranges are disjoint). A gap
     // left between them is never written: in this new file it reads as zero.
     await this.flush();
@@ -112,6 +110,12 @@ export class OutputStream {
     );
     this.lent.add(tracked);
     return { done };
+  }
+
+  /** An append may not land behind what is staged. */
+  private checkAhead(offset: number): void {
+    const end = this.start + this.len;
+    if (this.len > 0 && offset < end) throw new Error(`qcow2 output: append at ${offset} behind ${end}`);
   }
 
   async writeAt(buf: Buffer, offset: number): Promise<void> {
@@ -134,7 +138,7 @@ export class OutputStream {
     this.staging = this.free.pop()!;
   }
 
-  /** Write one staged run: direct where it can, the rest through the page cache. */
+  /** Write one run, staged or lent (appendFrom): direct where it can, the rest through the page cache. */
   private async writeStaged(data: Buffer, start: number): Promise<void> {
     let direct = 0;
     if (this.direct && !observing() && this.direct.fits(data, start)) {

@@ -15,7 +15,6 @@ import type { Plan } from '../plan/plan.js';
 import type { ProgressListener } from './progress.js';
 import { isZero } from './zero-runs.js';
 import { NbdRawWriter } from './nbd-writer.js';
-import { alignedBuffer, DIRECT_ALIGN } from '../io/aligned-buffer.js';
 
 /** Zero runs at least this long, and aligned to it, become holes (virt-sparsify's 4 KiB). */
 export const HOLE_GRANULARITY = 4096;
@@ -128,13 +127,9 @@ async function* pieces(image: DiskImage, ranges: Extents, t: TransferSupport): A
   }
 }
 
-/**
- * Where a piece is read in a pool buffer: at the same offset from an aligned address as the piece
- * has from an aligned disk offset, so a writer can send its aligned runs with O_DIRECT as they are.
- */
+/** Where a piece is read in a pool buffer. */
 function viewOf(buf: Buffer, r: Range): Buffer {
-  const skew = r.start % DIRECT_ALIGN;
-  return buf.subarray(skew, skew + (r.end - r.start));
+  return buf.subarray(0, r.end - r.start);
 }
 
 /** Where bytes [start, end) of a piece lie in its host file. */
@@ -155,10 +150,10 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
   // From an NBD export into a local raw file, writes go one at a time: there is no kernel copy to
   // overlap, and several buffered writes into one file only contend for its lock (measured: a raw
   // output took 40% more system time and 1.5x the wall time with 4 in flight). The qcow2 writer
-  // places writes one at a time whatever comes; only its direct writes run side by side.
+  // places writes one at a time whatever comes; only the writes of its long runs run side by side.
   const oneRawFileFromRemote = writer.format === 'raw' && !(writer instanceof NbdRawWriter) && (await remoteSource(image, toCopy));
   const writesInFlight = writer.concurrentWrites && !oneRawFileFromRemote ? WRITES_IN_FLIGHT : 0;
-  const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => alignedBuffer(CHUNK + DIRECT_ALIGN));
+  const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));
   const pending: Array<Promise<{ piece: Piece; buf?: Buffer }>> = [];
   const writing: Array<Promise<Buffer>> = [];
   const it = pieces(image, toCopy, transfer);

@@ -193,22 +193,3 @@ export async function copyFileRange(srcFd: number, srcOffset: number, destFd: nu
 export function gettid(): number {
   return gettidFn() as number;
 }
-
-/** The address of a buffer's first byte (its byteOffset counted), e.g. to align it for O_DIRECT. */
-export function addressOf(buf: Uint8Array): bigint {
-  return koffi.address(buf);
-}
-
-/**
- * fallocate(mode 0): give [offset, offset+length) blocks (unwritten: they read as zero), extending
- * the file size if the range ends past it. Runs on a worker thread (it can take tens of ms).
- */
-export function allocateRange(fd: number, offset: number, length: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fallocateFn.async(fd, 0, offset, length, (err: unknown, r: number) => {
-      if (err) reject(err);
-      else if (r !== 0) reject(errorFor('fallocate', koffi.errno()));
-      else resolve();
-    });
-  });
-}

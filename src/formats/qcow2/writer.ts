@@ -20,7 +20,6 @@ import { HostAllocator } from './allocator.js';
 import { compressClusterAsync } from './compressor.js';
 import { COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, QCOW2_MAGIC } from './header.js';
 import { OutputStream } from './output.js';
-import { DirectOutput } from './direct-output.js';
 import { parseCreateOptions, type Qcow2CreateOptions } from './options.js';
 
 const COPIED = 0x80000000; // bit 63, in the high word
@@ -105,7 +104,7 @@ export class Qcow2Writer implements ImageWriter {
     }
     await writeFile(path, '');
     const file = await BlockFile.open(path, 'r+');
-    const out = new OutputStream(file, cs, await DirectOutput.open(path), opts.preallocation === 'off');
+    const out = new OutputStream(file, cs);
     const alloc = new HostAllocator(cs, opts.refcountOrder, (buf, off) => out.writeAt(buf, off));
     const w = new Qcow2Writer(path, file, out, alloc, opts, size, ctx.compress, ctx.threads, backing);
     alloc.reserveHeader();
@@ -113,21 +112,16 @@ export class Qcow2Writer implements ImageWriter {
     return w;
   }
 
-  /** Bytes written with O_DIRECT, past the page cache (see direct-output.ts). */
-  get bytesWrittenDirect(): number {
-    return this.out.bytesDirect;
-  }
-
   get allocationUnit(): number {
     return this.cs;
   }
 
-  /** Several calls may be in flight: they are placed in order, and their direct writes overlap. */
+  /** Several calls may be in flight: they are placed in order, and the writes of their long runs overlap. */
   readonly concurrentWrites = true;
 
   write(buf: Buffer, offset: number): Promise<void> {
     // Calls are queued so that a caller that does not await each write still gets them in order.
-    // The next one is placed as soon as this one is; `buf` is free once its direct writes are done.
+    // The next one is placed as soon as this one is; `buf` is free once the writes lent from it are done.
     const placed = this.chain.then(() => this.doWrite(buf, offset));
     this.chain = placed.then(
       () => undefined,
@@ -200,7 +194,7 @@ export class Qcow2Writer implements ImageWriter {
     }
   }
 
-  /** Place `buf`; returns the direct writes still reading it (see OutputStream.appendFrom). */
+  /** Place `buf`; returns the writes still reading it (see OutputStream.appendFrom). */
   private async doWrite(buf: Buffer, offset: number): Promise<Array<Promise<void>>> {
     this.checkOrder(offset, buf.length);
     const end = offset + buf.length;
@@ -368,6 +362,7 @@ export class Qcow2Writer implements ImageWriter {
       await this.out.drain();
       await this.file.truncate(ref.fileEnd);
       await this.out.writeAt(this.header(ref.tableOffset, ref.tableClusters), 0);
+      await this.out.settle();
       await this.file.sync();
     } finally {
       this.done = true;

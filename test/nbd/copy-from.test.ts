@@ -7,6 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { tempDir, run, sha256, releaseAll } from '../helpers/fixtures.js';
 import { sparsifyCopy } from '../../src/operations/copy.js';
@@ -109,13 +110,24 @@ test('--analyze over NBD reads only metadata, and -v says how much', T, async ()
   assert.equal(Number(m[2]), 96 << 20);
 });
 
-test('a server that sets CAN_MULTI_CONN (qemu-nbd -e 4) gets 4 connections, and the copy is the same', T, async () => {
+test('a server that sets CAN_MULTI_CONN (qemu-nbd -e 4) gets one connection per core (at most 4), or as many as asked, and the copy is the same', T, async () => {
   const s = await servers.serve(qemuNbd(dir, disk, { format: 'raw', extra: ['-e', '4'] }));
   const c = await NbdClient.connect(parseNbdUri(s.uri));
   try {
-    assert.equal(c.connections, 4);
+    assert.equal(c.connections, Math.min(4, availableParallelism()));
   } finally {
     await c.close();
+  }
+  const c4 = await NbdClient.connect(parseNbdUri(s.uri), undefined, 4);
+  try {
+    assert.equal(c4.connections, 4);
+    const a = Buffer.alloc(3 << 20);
+    const b = Buffer.alloc(a.length);
+    await c4.pread(a, 5 << 20);
+    readFileSync(disk).copy(b, 0, 5 << 20, (5 << 20) + b.length);
+    assert.ok(a.equals(b), 'reads spread over 4 connections return the disk\'s bytes');
+  } finally {
+    await c4.close();
   }
   const one = await servers.serve(qemuNbd(dir, disk, { format: 'raw' }));
   const c1 = await NbdClient.connect(parseNbdUri(one.uri));

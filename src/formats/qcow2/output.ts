@@ -6,17 +6,14 @@
  *
  * Several staging buffers rotate: one fills while the others are being written (to disjoint
  * ranges, so order does not matter). Long runs are written straight from the caller's buffer
- * instead (appendFrom). Everything goes through the page cache and the BlockFile (so I/O observers
+ * instead (appendFrom). The file gets one write at a time. Everything goes through the page cache and the BlockFile (so I/O observers
  * see every write), and write-back is paced as it goes (io/write-back.ts).
  */
 import type { BlockFile } from '../../io/file.js';
 import { WriteBack } from '../../io/write-back.js';
 
 const STAGING_BYTES = 4 << 20;
-/**
- * Staging buffers being written while the next one fills. Buffered writes to one file take its
- * lock one at a time, so more only spin on it.
- */
+/** Staging buffers written (one at a time, see writeRun) while the next one fills. */
 const WRITES_IN_FLIGHT = 2;
 
 /** Shorter runs are staged (copied) rather than written on their own. */
@@ -32,6 +29,8 @@ export class OutputStream {
   private readonly lent = new Set<Promise<void>>();
   /** Writes running, oldest first, each giving back its buffer. */
   private readonly inFlight: Array<Promise<Buffer>> = [];
+  /** The last run's write (settled, never rejects): the next one starts after it. */
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly file: BlockFile,
@@ -113,10 +112,20 @@ export class OutputStream {
     this.staging = this.free.pop()!;
   }
 
-  /** Write one run, staged or lent (appendFrom), and pace its write-back. */
-  private async writeRun(data: Buffer, start: number): Promise<void> {
-    await this.file.write(data, start);
-    this.writeBack.written(start, data.length);
+  /**
+   * Write one run, staged or lent (appendFrom), after the runs before it, and pace its write-back.
+   * Runs wait their turn, but their callers do not: buffered writes into one file take its lock in
+   * turn, so several at once only contend (a local qcow2 -> qcow2 copy took 5.1-6.1 s with up to
+   * 4 chunks written at once against 2.7-3.4 s one at a time), while a caller that awaited each
+   * one would stop reading whenever a write stalls (the copy from NBD: 3.26 s against 2.43 s).
+   */
+  private writeRun(data: Buffer, start: number): Promise<void> {
+    const w = this.writing.then(async () => {
+      await this.file.write(data, start);
+      this.writeBack.written(start, data.length);
+    });
+    this.writing = w.catch(() => undefined);
+    return w;
   }
 
   /** Everything staged is written. */

@@ -6,8 +6,9 @@
  *
  * Several staging buffers rotate: one fills while the others are being written (to disjoint
  * ranges, so order does not matter). Long runs are written straight from the caller's buffer
- * instead (appendFrom). The file gets one write at a time. Everything goes through the page cache and the BlockFile (so I/O observers
- * see every write), and write-back is paced as it goes (io/write-back.ts).
+ * instead (appendFrom). The file gets one write at a time. Everything goes through the page cache
+ * and the BlockFile (so I/O observers see every write), and write-back is paced as it goes
+ * (io/write-back.ts).
  */
 import type { BlockFile } from '../../io/file.js';
 import { WriteBack } from '../../io/write-back.js';

@@ -141,7 +141,11 @@ export function testContext(drivers: FormatDriver[]): OpenContext {
   return ctx;
 }
 
-/** Convert a raw file with our writer: data extents only, in odd-sized ascending writes. */
+/**
+ * Convert a raw file with our writer: data extents only, in odd-sized ascending writes, each from a
+ * buffer of its own. `inFlight`: the writes are not awaited one by one (the writer must keep them
+ * in order, and may write several side by side).
+ */
 export async function writeWith(
   driver: FormatDriver,
   rawPath: string,
@@ -149,6 +153,7 @@ export async function writeWith(
   options: Record<string, string> = {},
   wctx: WriterContext = { compress: false, threads: 2 },
   virtualSize?: number,
+  { step = 300 * 1024 + 7, inFlight = false }: { step?: number; inFlight?: boolean } = {},
 ): Promise<void> {
   const src = await RawImage.open(await BlockFile.open(rawPath));
   let w;
@@ -159,15 +164,17 @@ export async function writeWith(
     throw e;
   }
   try {
-    const step = 300 * 1024 + 7;
+    const running: Array<Promise<void>> = [];
     for await (const e of src.extents(0, src.virtualSize)) {
       if (e.kind !== 'data') continue;
       for (let off = e.start; off < e.end; off += step) {
         const b = Buffer.alloc(Math.min(step, e.end - off));
         await src.read(b, off);
-        await w.write(b, off);
+        if (inFlight) running.push(w.write(b, off));
+        else await w.write(b, off);
       }
     }
+    await Promise.all(running);
     await w.finish();
   } catch (e) {
     await w.abort();

@@ -1,8 +1,8 @@
 /**
  * The qcow2 writer's lent runs (OutputStream.appendFrom: whole data clusters written straight from
- * the caller's buffer, several at once, as the copy executor gives them), checked by qemu: the
- * same image written from buffers left in flight and one write at a time is the same file byte for
- * byte; qemu-img compare finds it identical to its raw source and qemu-img check finds it clean.
+ * the caller's buffer, several queued at once, as the copy executor gives them), checked by qemu:
+ * the same image written from buffers left in flight and one write at a time is the same file byte
+ * for byte; qemu-img compare finds it identical to its raw source and qemu-img check finds it clean.
  * Cluster sizes and compression mix lent and staged runs in one file. An I/O observer (the
  * power-cut tests' recorder) sees every byte written either way.
  */
@@ -11,12 +11,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { openSync, readFileSync, rmSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { BlockFile } from '../../src/io/file.js';
 import { observeIo } from '../../src/io/observer.js';
-import { RawImage } from '../../src/formats/raw.js';
 import { qcow2Driver } from '../../src/formats/qcow2/index.js';
-import type { Qcow2Writer } from '../../src/formats/qcow2/writer.js';
-import { assertQemuAgrees } from './format-helpers.js';
+import { assertQemuAgrees, writeWith } from './format-helpers.js';
 import { tempDir, haveTool } from '../helpers/fixtures.js';
 
 const MiB = 1 << 20;
@@ -37,36 +34,11 @@ function makeSource(path: string): void {
   }
 }
 
-/**
- * Write the source's data ranges in odd-sized pieces, each from a buffer of its own. `inFlight`:
- * the writes are not awaited one by one, so lent runs are written side by side.
- */
-async function write(src: string, out: string, options: Record<string, string>, compress: boolean, inFlight: boolean): Promise<void> {
-  const img = await RawImage.open(await BlockFile.open(src));
-  try {
-    const w = (await qcow2Driver.createWriter!(out, img.virtualSize, new Map(Object.entries(options)), { compress, threads: 2 })) as Qcow2Writer;
-    try {
-      const step = 3 * MiB + 4096 * 3 + 512;
-      const running: Array<Promise<void>> = [];
-      for await (const e of img.extents(0, img.virtualSize)) {
-        if (e.kind !== 'data') continue;
-        for (let off = e.start; off < e.end; off += step) {
-          const b = Buffer.alloc(Math.min(step, e.end - off));
-          await img.read(b, off);
-          if (inFlight) running.push(w.write(b, off));
-          else await w.write(b, off);
-        }
-      }
-      await Promise.all(running);
-      await w.finish();
-    } catch (e) {
-      await w.abort();
-      throw e;
-    }
-  } finally {
-    await img.close();
-  }
-}
+/** Long pieces, so that whole-cluster runs are long enough to be lent. */
+const STEP = 3 * MiB + 4096 * 3 + 512;
+
+const write = (src: string, out: string, options: Record<string, string>, compress: boolean, inFlight: boolean): Promise<void> =>
+  writeWith(qcow2Driver, src, out, options, { compress, threads: 2 }, undefined, { step: STEP, inFlight });
 
 const CASES: Array<{ name: string; options: Record<string, string>; compress: boolean }> = [
   { name: 'defaults', options: {}, compress: false },

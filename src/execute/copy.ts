@@ -150,7 +150,7 @@ export async function copyImage(image: DiskImage, plan: Plan, writer: ImageWrite
   // From an NBD export into a local raw file, writes go one at a time: there is no kernel copy to
   // overlap, and several buffered writes into one file only contend for its lock (measured: a raw
   // output took 40% more system time and 1.5x the wall time with 4 in flight). The qcow2 writer
-  // places writes one at a time whatever comes; only the writes of its long runs run side by side.
+  // writes one at a time whatever comes, so chunks given to it wait without stopping the reads.
   const oneRawFileFromRemote = writer.format === 'raw' && !(writer instanceof NbdRawWriter) && (await remoteSource(image, toCopy));
   const writesInFlight = writer.concurrentWrites && !oneRawFileFromRemote ? WRITES_IN_FLIGHT : 0;
   const pool: Buffer[] = Array.from({ length: READS_IN_FLIGHT + writesInFlight + 1 }, () => Buffer.allocUnsafe(CHUNK));

@@ -116,7 +116,7 @@ export class Qcow2Writer implements ImageWriter {
     return this.cs;
   }
 
-  /** Several calls may be in flight: they are placed in order, and the writes of their long runs overlap. */
+  /** Several calls may be in flight: they are placed in order, and their writes wait their turn without holding the caller. */
   readonly concurrentWrites = true;
 
   write(buf: Buffer, offset: number): Promise<void> {

@@ -4,8 +4,9 @@
  * minimum (reads widen; unaligned writes read, modify and write whole blocks, one at a time).
  * Several requests of one call run at once. A server that sets CAN_MULTI_CONN gets several
  * connections (defaultConnections; each request goes to the least busy; a FLUSH on one then covers
- * writes answered on all, per the protocol); extra connections that fail are done without. Timeouts come from
- * SPARSIFY_NBD_TIMEOUT (seconds, default 60) so a silent server fails, never hangs.
+ * writes answered on all, per the protocol); extra connections that fail are done without.
+ * Timeouts come from SPARSIFY_NBD_TIMEOUT (seconds, default 60) so a silent server fails, never
+ * hangs.
  */
 import { availableParallelism } from 'node:os';
 import { hex } from '../errors.js';
